@@ -1,0 +1,115 @@
+"""The contract between task adapters and distillation methods (DESIGN §3).
+
+Every distillation loss acts on categorical distributions (a `Head`), stacks of them
+(`Outputs.layers`), or intermediate features and attention inputs. Adapters expose their
+models' outputs in this form; methods never see task-specific structure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from torch import Tensor
+
+
+@dataclass
+class Head:
+    """One categorical prediction over positions.
+
+    Attributes:
+        logits: (..., K) unnormalised scores, the distribution on the last dimension.
+        target: class indices (...) , a soft target (..., K), or None.
+        mask: (...) bool, True at valid positions; None means every position is valid.
+        weight: (...) per-position weight, or None.
+    """
+
+    logits: Tensor
+    target: Tensor | None = None
+    mask: Tensor | None = None
+    weight: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        positions = self.logits.shape[:-1]
+        if self.target is not None and self.target.shape not in (positions, self.logits.shape):
+            raise ValueError(
+                f"Head.target has shape {tuple(self.target.shape)}; expected {tuple(positions)} "
+                f"(class indices) or {tuple(self.logits.shape)} (soft target)"
+            )
+        for name in ("mask", "weight"):
+            value = getattr(self, name)
+            if value is not None and value.shape != positions:
+                raise ValueError(
+                    f"Head.{name} has shape {tuple(value.shape)}; expected {tuple(positions)}"
+                )
+
+    @property
+    def hard_target(self) -> Tensor | None:
+        """Class indices: the target itself, or the argmax of a soft target."""
+        if self.target is None or self.target.shape != self.logits.shape:
+            return self.target
+        return self.target.argmax(dim=-1)
+
+    def detach(self) -> Head:
+        return replace(self, logits=self.logits.detach())
+
+
+@dataclass
+class Outputs:
+    """What an adapter's `forward` returns for one batch.
+
+    Attributes:
+        heads: final predictions by name, e.g. {"cls"} or {"simcc_x", "simcc_y"}.
+        layers: per-layer predictions, earliest first; the last entry is `heads`. Empty when
+            the model has no per-layer heads.
+        features: named intermediate features, e.g. {"stage3": (B, C, H, W), "embedding": (B, D)}.
+        attentions: per-layer attention inputs (q, k, v), each (B, heads, T, d).
+        ids: (B,) dataset indices of the batch's samples.
+    """
+
+    heads: dict[str, Head]
+    layers: list[dict[str, Head]] = field(default_factory=list)
+    features: dict[str, Tensor] = field(default_factory=dict)
+    attentions: dict[str, tuple[Tensor, Tensor, Tensor]] = field(default_factory=dict)
+    ids: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.layers and self.layers[-1].keys() != self.heads.keys():
+            raise ValueError(
+                "Outputs.layers[-1] must hold the final heads "
+                f"({sorted(self.heads)}), got {sorted(self.layers[-1])}"
+            )
+
+    @property
+    def provides(self) -> frozenset[str]:
+        """The parts of the contract this instance fills (used to check a method's needs)."""
+        parts = {"heads"}
+        if len(self.layers) > 1:
+            parts.add("layers")
+        if self.features:
+            parts.add("features")
+        if self.attentions:
+            parts.add("attentions")
+        if self.ids is not None:
+            parts.add("ids")
+        return frozenset(parts)
+
+    def detach(self) -> Outputs:
+        """A copy with every tensor cut from the graph (for teachers and past predictions)."""
+        return Outputs(
+            heads={k: h.detach() for k, h in self.heads.items()},
+            layers=[{k: h.detach() for k, h in layer.items()} for layer in self.layers],
+            features={k: v.detach() for k, v in self.features.items()},
+            attentions={k: tuple(t.detach() for t in qkv) for k, qkv in self.attentions.items()},  # type: ignore[misc]
+            ids=self.ids,
+        )
+
+
+def masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean of `values` over positions where `mask` is True (all positions when None)."""
+    if mask is None:
+        return values.mean()
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+__all__ = ["Head", "Outputs", "masked_mean"]
