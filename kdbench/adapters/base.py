@@ -1,0 +1,77 @@
+"""What a task pipeline provides to the runner (DESIGN §3, Adapters)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+from kdbench.outputs import Outputs
+from kdbench.runner.protocol import Protocol
+
+Role = Literal["student", "teacher"]
+
+
+class Adapter(ABC):
+    """One task pipeline: data tiers, model factories, task loss, forward, alignment, metrics.
+
+    Attributes:
+        task: the task's name on the command line.
+        provides: which method needs (kdbench.methods.base.NEEDS) this adapter can supply.
+        primary_metric: the metric tables rank by (its direction is in kdbench.metrics).
+    """
+
+    task: ClassVar[str]
+    provides: ClassVar[frozenset[str]]
+    primary_metric: ClassVar[str]
+
+    def __init__(self, protocol: Protocol, data_root: Path | None, device: torch.device) -> None:
+        self.protocol = protocol
+        self.data_root = data_root
+        self.device = device
+
+    @property
+    @abstractmethod
+    def train_size(self) -> int:
+        """Number of training samples (sizes per-sample memories such as PS-KD's table)."""
+
+    @abstractmethod
+    def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Any]:
+        """One epoch of augmented training batches on `self.device`, ordered by `generator`."""
+
+    @abstractmethod
+    def steps_per_epoch(self, batch_size: int) -> int: ...
+
+    @abstractmethod
+    def build_model(self, role: Role, needs: frozenset[str]) -> nn.Module:
+        """The card's student or teacher; `needs` may ask for extra parts (auxiliary heads)."""
+
+    @abstractmethod
+    def forward(self, model: nn.Module, batch: Any) -> Outputs: ...
+
+    def align(self, student: Outputs, teacher: Outputs) -> Outputs:
+        """The teacher's Outputs position-aligned to the student's (identity by default)."""
+        return teacher
+
+    @abstractmethod
+    def task_loss(self, outputs: Outputs) -> dict[str, Tensor]:
+        """The task's supervised loss terms; a final head's hard-label term carries its name."""
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module, split: str = "test") -> dict[str, float]: ...
+
+    @abstractmethod
+    def teacher_pass(self, model: nn.Module) -> Iterator[Outputs]:
+        """Eval-mode Outputs over the training set, without augmentation."""
+
+    @abstractmethod
+    def example_input(self) -> Any:
+        """One sample's model input, for counting FLOPs."""
+
+    def arch_name(self, role: Role) -> str:
+        spec = self.protocol.card[role]
+        return str(spec["arch"]) if isinstance(spec, dict) else str(spec)

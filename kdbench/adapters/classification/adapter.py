@@ -1,0 +1,134 @@
+"""Image classification: digits (embedded) and CIFAR-100 (the user's files)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdbench.adapters.base import Adapter, Role
+from kdbench.adapters.classification import data as D
+from kdbench.adapters.classification.metrics import classification_metrics
+from kdbench.adapters.classification.models import build_model
+from kdbench.errors import KDBenchError, UsageError
+from kdbench.outputs import Head, Outputs
+from kdbench.runner.protocol import Protocol
+
+DATASETS = ("digits", "cifar100")
+_MODEL_KEYS = ("arch", "seed", "train")  # card keys that are not model arguments
+
+
+@dataclass
+class Batch:
+    images: Tensor  # (B, C, H, W) on the device
+    labels: Tensor  # (B,)
+    ids: Tensor  # (B,) indices into the training set
+
+
+class ClassificationAdapter(Adapter):
+    """Classification with a CE task loss; auxiliary per-stage heads when `layers` is needed."""
+
+    task = "classification"
+    provides = frozenset({"layers", "features", "ids", "teacher_pass"})
+    primary_metric = "top1"
+
+    def __init__(self, protocol: Protocol, data_root: Path | None, device: torch.device) -> None:
+        super().__init__(protocol, data_root, device)
+        self.train_set, self.test_set = self._load(protocol.card["data"])
+        self.augmentation = str(protocol.card.get("augmentation", "none"))
+        if self.augmentation not in D.AUGMENT_KINDS:
+            raise UsageError(f"unknown augmentation {self.augmentation!r}; "
+                             f"valid: {', '.join(D.AUGMENT_KINDS)}")
+
+    def _load(self, spec: dict[str, Any]) -> tuple[D.ArrayDataset, D.ArrayDataset]:
+        name = spec.get("dataset")
+        if name == "digits":
+            return D.load_digits_split(
+                float(spec.get("test_fraction", 0.25)), int(spec.get("split_seed", 0)),
+                spec.get("limit_train"), spec.get("limit_test"))
+        if name == "cifar100":
+            if self.data_root is None:
+                raise UsageError("CIFAR-100 needs --data-root (or KDBENCH_DATA_ROOT): the folder "
+                                 f"that holds {D.CIFAR100_DIR}/ (download {D.CIFAR100_URL})")
+            try:
+                return D.load_cifar100(self.data_root)
+            except (FileNotFoundError, ValueError) as e:
+                raise KDBenchError(str(e)) from None
+        raise UsageError(f"unknown classification dataset {name!r}; valid: {', '.join(DATASETS)}")
+
+    @property
+    def train_size(self) -> int:
+        return len(self.train_set)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return -(-len(self.train_set) // batch_size)
+
+    def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
+        data = self.train_set
+        for idx in D.batches(len(data), batch_size, generator, shuffle=True):
+            images = D.augment(data.images[idx], self.augmentation, generator)
+            yield self._batch(images, data.labels[idx], idx)
+
+    def _batch(self, images: Tensor, labels: Tensor, ids: Tensor) -> Batch:
+        move = {"device": self.device, "non_blocking": True}
+        return Batch(images.to(**move), labels.to(**move), ids.to(**move))  # type: ignore[arg-type]
+
+    def build_model(self, role: Role, needs: frozenset[str]) -> nn.Module:
+        spec = dict(self.protocol.card[role])
+        kwargs = {k: v for k, v in spec.items() if k not in _MODEL_KEYS}
+        if "widths" in kwargs:
+            kwargs["widths"] = tuple(kwargs["widths"])
+        try:
+            return build_model(spec["arch"], self.train_set.num_classes,
+                               int(self.train_set.images.shape[1]),
+                               aux_heads=role == "student" and "layers" in needs, **kwargs)
+        except ValueError as e:
+            raise UsageError(f"protocol {self.protocol.name!r} {role}: {e}") from None
+
+    def forward(self, model: nn.Module, batch: Batch) -> Outputs:
+        out = model(batch.images)
+        heads = {"cls": Head(out.logits, batch.labels)}
+        layers = [{"cls": Head(aux, batch.labels)} for aux in out.aux_logits]
+        return Outputs(heads=heads, layers=[*layers, heads] if layers else [],
+                       features=dict(out.features), ids=batch.ids)
+
+    def task_loss(self, outputs: Outputs) -> dict[str, Tensor]:
+        """CE on the final head ("cls") and on every auxiliary head (deep supervision)."""
+        terms = {name: F.cross_entropy(h.logits, h.target) for name, h in outputs.heads.items()}
+        for i, layer in enumerate(outputs.layers[:-1]):
+            for name, h in layer.items():
+                terms[f"layer{i}/{name}"] = F.cross_entropy(h.logits, h.target)
+        return terms
+
+    @torch.no_grad()
+    def _logits(self, model: nn.Module, images: Tensor) -> Iterator[tuple[slice, Any]]:
+        for start in range(0, len(images), 500):
+            part = slice(start, start + 500)
+            yield part, model(images[part].to(self.device))
+
+    def evaluate(self, model: nn.Module, split: str = "test") -> dict[str, float]:
+        data = {"test": self.test_set, "train": self.train_set}.get(split)
+        if data is None:
+            raise UsageError(f"unknown split {split!r}; valid: test, train")
+        was_training = model.training
+        model.eval()
+        logits = torch.cat([out.logits.float().cpu() for _, out in self._logits(model, data.images)])
+        model.train(was_training)
+        return classification_metrics(logits.double().numpy(), data.labels.numpy())
+
+    def teacher_pass(self, model: nn.Module) -> Iterator[Outputs]:
+        model.eval()
+        data = self.train_set
+        for part, out in self._logits(model, data.images):
+            ids = torch.arange(len(data))[part]
+            batch = self._batch(data.images[part], data.labels[part], ids)
+            yield Outputs(heads={"cls": Head(out.logits, batch.labels)},
+                          features=dict(out.features), ids=batch.ids)
+
+    def example_input(self) -> Tensor:
+        return self.test_set.images[:1].to(self.device)

@@ -1,0 +1,293 @@
+"""Classification data: scikit-learn's digits (embedded) and CIFAR-100 (user's files), in memory.
+
+Datasets are held as normalised float32 tensors; augmentation runs on batches of tensors and
+is deterministic given a `torch.Generator`. No code here downloads anything.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+CIFAR100_DIR = "cifar-100-python"
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+
+AUGMENT_KINDS: tuple[str, ...] = ("none", "shift", "crop_flip")
+
+
+@dataclass
+class ArrayDataset:
+    """An in-memory labelled image set.
+
+    Attributes:
+        images: (N, C, H, W) float32, already normalised.
+        labels: (N,) int64 class indices in [0, num_classes).
+        num_classes: K.
+        class_names: K names, index-aligned with the labels.
+    """
+
+    images: Tensor
+    labels: Tensor
+    num_classes: int
+    class_names: list[str]
+
+    def __post_init__(self) -> None:
+        if self.images.dim() != 4 or self.labels.shape != (self.images.shape[0],):
+            raise ValueError(
+                f"ArrayDataset expects images (N, C, H, W) and labels (N,), got "
+                f"{tuple(self.images.shape)} and {tuple(self.labels.shape)}"
+            )
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def _interleave_classes(labels: np.ndarray) -> np.ndarray:
+    """Order indices round-robin over classes, so that any prefix is close to stratified.
+
+    Within a class the original order is kept: index i goes to position (rank in its class,
+    class), sorted lexicographically.
+    """
+    rank = np.zeros(len(labels), dtype=np.int64)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        rank[members] = np.arange(len(members))
+    return np.lexsort((labels, rank))  # primary key: rank, then class
+
+
+def load_digits_split(
+    test_fraction: float = 0.25,
+    split_seed: int = 0,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+) -> tuple[ArrayDataset, ArrayDataset]:
+    """scikit-learn's 8×8 handwritten digits (1,797 images, 10 classes), split stratified.
+
+    Pixels are scaled to [0, 1] (÷16), then normalised with the returned training set's mean
+    and std (one channel). Both sets are ordered round-robin over classes, so `limit_*` keeps a
+    deterministic, nearly stratified prefix (for the smoke tier).
+
+    Args:
+        test_fraction: fraction of the data held out for testing.
+        split_seed: `random_state` of the stratified `train_test_split`.
+        limit_train: keep at most this many training images.
+        limit_test: keep at most this many test images.
+
+    Returns:
+        (train, test) datasets with images (N, 1, 8, 8).
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = (digits.data.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)  # (1797, 1, 8, 8)
+    y = digits.target.astype(np.int64)
+    idx_train, idx_test = train_test_split(
+        np.arange(len(y)), test_size=test_fraction, stratify=y, random_state=split_seed
+    )
+    idx_train = idx_train[_interleave_classes(y[idx_train])][:limit_train]
+    idx_test = idx_test[_interleave_classes(y[idx_test])][:limit_test]
+    mean, std = float(x[idx_train].mean()), float(x[idx_train].std())
+    names = [str(c) for c in range(10)]
+
+    def make(idx: np.ndarray) -> ArrayDataset:
+        images = torch.from_numpy((x[idx] - mean) / std)
+        return ArrayDataset(images, torch.from_numpy(y[idx]), 10, names)
+
+    return make(idx_train), make(idx_test)
+
+
+def _missing_message(path: Path, root: Path) -> str:
+    return (
+        f"CIFAR-100 file {path.name!r} is missing under {path.parent}: download the "
+        f'"CIFAR-100 python version" from {CIFAR100_URL} and extract it under --data-root '
+        f"({root}), giving {root / CIFAR100_DIR}/{{train,test,meta}}"
+    )
+
+
+def _read_pickle(path: Path, root: Path) -> dict[bytes, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(_missing_message(path, root))
+    with path.open("rb") as f:
+        # The official files are (trusted) Python 2 pickles; their keys and strings are bytes.
+        obj = pickle.load(f, encoding="bytes")
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
+    return obj
+
+
+def _read_split(path: Path, root: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 3, 32, 32) uint8 images and (N,) int64 fine labels from one CIFAR-100 pickle."""
+    batch = _read_pickle(path, root)
+    if b"data" not in batch or b"fine_labels" not in batch:
+        raise ValueError(f"{path}: missing key b'data' or b'fine_labels'; found {sorted(batch)}")
+    data = np.asarray(batch[b"data"])
+    labels = np.asarray(batch[b"fine_labels"], dtype=np.int64)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise ValueError(f"{path}: b'data' must be (N, 3072) uint8, got {data.shape} {data.dtype}")
+    if labels.shape != (data.shape[0],):
+        raise ValueError(
+            f"{path}: {labels.shape[0]} fine labels for {data.shape[0]} images in b'data'"
+        )
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"{path}: fine labels outside [0, {num_classes})")
+    return data.reshape(-1, 3, 32, 32), labels  # rows are R(1024) G(1024) B(1024), row-major
+
+
+def _normalise_cifar(data: np.ndarray) -> Tensor:
+    """(N, 3, 32, 32) uint8 → float32 in [0, 1], standardised per channel."""
+    mean = torch.tensor(CIFAR100_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR100_STD).view(1, 3, 1, 1)
+    return (torch.from_numpy(data).float().div_(255.0) - mean) / std
+
+
+def load_cifar100(root: Path) -> tuple[ArrayDataset, ArrayDataset]:
+    """CIFAR-100 (Krizhevsky, 2009) from the official python pickles, fine labels.
+
+    Reads `root/cifar-100-python/{train,test,meta}` and normalises with the usual CIFAR-100
+    mean and std. Images of the full set take about 0.6 GB (train) as float32.
+
+    Args:
+        root: the data root (--data-root) that holds `cifar-100-python/`.
+
+    Returns:
+        (train, test) datasets with images (N, 3, 32, 32).
+
+    Raises:
+        FileNotFoundError: a file is missing (the message says which and where to get it).
+        ValueError: a file is malformed (the message names it).
+    """
+    root = Path(root)
+    folder = root / CIFAR100_DIR
+    for name in ("train", "test", "meta"):  # check all first: one clear error, before any work
+        if not (folder / name).is_file():
+            raise FileNotFoundError(_missing_message(folder / name, root))
+    meta = _read_pickle(folder / "meta", root)
+    if b"fine_label_names" not in meta:
+        raise ValueError(f"{folder / 'meta'}: missing key b'fine_label_names'")
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[b"fine_label_names"]]
+    sets = []
+    for split in ("train", "test"):
+        data, labels = _read_split(folder / split, root, len(names))
+        sets.append(
+            ArrayDataset(_normalise_cifar(data), torch.from_numpy(labels), len(names), names)
+        )
+    return sets[0], sets[1]
+
+
+def write_cifar100_fixture(
+    root: Path, n_train: int = 40, n_test: int = 20, num_classes: int = 100, seed: int = 0
+) -> Path:
+    """Write a tiny random CIFAR-100 in exactly the official pickle format (for tests).
+
+    Args:
+        root: the data root; files go to `root/cifar-100-python/{train,test,meta}`.
+        n_train: training images.
+        n_test: test images.
+        num_classes: fine classes (labels and names); coarse label = fine % 20.
+        seed: numpy seed for images and labels.
+
+    Returns:
+        The `cifar-100-python` folder.
+    """
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / CIFAR100_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n, label in (("train", n_train, b"training"), ("test", n_test, b"testing")):
+        fine = rng.integers(0, num_classes, size=n)
+        batch = {
+            b"filenames": [f"fixture_{split}_{i}.png".encode() for i in range(n)],
+            b"batch_label": label + b" batch 1 of 1",
+            b"fine_labels": [int(c) for c in fine],
+            b"coarse_labels": [int(c) % 20 for c in fine],
+            b"data": rng.integers(0, 256, size=(n, 3 * 32 * 32), dtype=np.uint8),
+        }
+        with (folder / split).open("wb") as f:
+            pickle.dump(batch, f, protocol=2)
+    meta = {
+        b"fine_label_names": [f"class_{c:03d}".encode() for c in range(num_classes)],
+        b"coarse_label_names": [f"superclass_{c:02d}".encode() for c in range(20)],
+    }
+    with (folder / "meta").open("wb") as f:
+        pickle.dump(meta, f, protocol=2)
+    return folder
+
+
+def _random_crop(images: Tensor, pad: int, flip: bool, generator: torch.Generator) -> Tensor:
+    """Crop each image at a random offset from its zero-padded copy; optionally flip it.
+
+    One gather for the whole batch: per-sample row and column indices into the padded batch.
+    """
+    n, c, h, w = images.shape
+    dev = generator.device
+    oy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=dev)  # (N,)
+    ox = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=dev)  # (N,)
+    cols = torch.arange(w, device=dev).expand(n, w)  # (N, W)
+    if flip:
+        mirror = torch.rand(n, generator=generator, device=dev) < 0.5  # (N,)
+        cols = torch.where(mirror[:, None], cols.flip(-1), cols)
+    rows = (oy[:, None] + torch.arange(h, device=dev)).to(images.device)  # (N, H)
+    cols = (ox[:, None] + cols).to(images.device)  # (N, W)
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))  # (N, C, H+2p, W+2p)
+    batch = torch.arange(n, device=images.device)[:, None, None, None]
+    chans = torch.arange(c, device=images.device)[None, :, None, None]
+    return padded[batch, chans, rows[:, None, :, None], cols[:, None, None, :]]  # (N, C, H, W)
+
+
+def augment(images: Tensor, kind: str, generator: torch.Generator) -> Tensor:
+    """Augment a batch; deterministic given the generator's state.
+
+    Padding is with zeros of the (already normalised) images, i.e. the dataset's mean colour.
+
+    Args:
+        images: (N, C, H, W) batch.
+        kind: "none" (identity: the input itself is returned), "shift" (random shift by up to
+            1 pixel, for digits) or "crop_flip" (random crop with 4-pixel padding and a
+            horizontal flip with p = 0.5: the standard CIFAR augmentation).
+        generator: source of randomness; its device is where offsets are drawn.
+
+    Returns:
+        (N, C, H, W) augmented batch.
+    """
+    if kind == "none":
+        return images
+    if kind == "shift":
+        return _random_crop(images, pad=1, flip=False, generator=generator)
+    if kind == "crop_flip":
+        return _random_crop(images, pad=4, flip=True, generator=generator)
+    raise ValueError(f"unknown augmentation {kind!r}; valid: {', '.join(AUGMENT_KINDS)}")
+
+
+def batches(
+    n: int,
+    batch_size: int,
+    generator: torch.Generator,
+    shuffle: bool = True,
+    drop_last: bool = False,
+) -> Iterator[Tensor]:
+    """Yield (B,) int64 index tensors covering range(n) once.
+
+    Args:
+        n: dataset size.
+        batch_size: B; the last batch may be smaller unless `drop_last`.
+        generator: CPU generator, source of the permutation (unused when not shuffling).
+        shuffle: random order (a fresh permutation from the generator) or 0..n-1.
+        drop_last: skip a final batch smaller than `batch_size`.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        yield order[start : start + batch_size]

@@ -1,0 +1,293 @@
+"""Classification students and teachers: a small ConvNet and the CIFAR ResNets of the KD literature.
+
+Every model returns a `ClassifierOutput`: the final logits, the logits of optional auxiliary
+heads (earliest first) and named features ("stage1".."stage3" maps and the pooled "embedding").
+The ResNets follow the CIFAR ResNets of He et al. (CVPR 2016) as used by CRD (Tian et al.,
+ICLR 2020) and mdistiller (`mdistiller/models/cifar/resnet.py`): `resnet8x4` has ≈1.23M and
+`resnet32x4` ≈7.43M parameters with 100 classes.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+STAGES = ("stage1", "stage2", "stage3")
+
+
+@dataclass
+class ClassifierOutput:
+    """What every classification model's `forward` returns.
+
+    Attributes:
+        logits: (B, K) final logits; never depend on the auxiliary heads.
+        aux_logits: (B, K) logits of each auxiliary head, earliest stage first; empty if none.
+        features: "stage1", "stage2", "stage3" maps (B, C, H, W) after each stage and
+            "embedding" (B, D), the pooled vector fed to the final linear layer.
+    """
+
+    logits: Tensor
+    aux_logits: list[Tensor] = field(default_factory=list)
+    features: dict[str, Tensor] = field(default_factory=dict)
+
+
+def _conv_bn_relu(c_in: int, c_out: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+def _init_weights(modules: Sequence[nn.Module]) -> None:
+    """Kaiming-normal convs, BN weight 1 and bias 0 (as torchvision's ResNet)."""
+    for root in modules:
+        for m in root.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+
+class AuxHead(nn.Module):
+    """Auxiliary classifier on an intermediate stage (deep supervision, removed at inference).
+
+    conv3x3 (stride 2; stride 1 when the map is already ≤ 2×2) → BN → ReLU → conv1x1 to
+    `out_channels` → BN → ReLU → global average pool → Linear to K.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, in_channels, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(in_channels)
+        self.proj = _conv_bn_relu(in_channels, out_channels, kernel=1)
+        self.fc = nn.Linear(out_channels, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Map a (B, C, H, W) stage output to (B, K) logits."""
+        stride = 1 if min(x.shape[-2:]) <= 2 else 2  # the stride is chosen per input size
+        x = F.conv2d(x, self.conv.weight, stride=stride, padding=1)
+        x = self.proj(F.relu(self.bn(x)))  # (B, C_out, H', W')
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+class StagedClassifier(nn.Module):
+    """A stem, three stages, global average pooling and a linear classifier.
+
+    Subclasses build `stem` and `stages`; this class adds the classifier, the optional
+    auxiliary heads after stage1 and stage2, weight init and the forward pass. The auxiliary
+    heads are created and initialised after the main network, so a given seed yields the same
+    main weights with or without them.
+    """
+
+    def __init__(
+        self,
+        stem: nn.Module,
+        stages: Sequence[nn.Module],
+        widths: Sequence[int],
+        num_classes: int,
+        aux_heads: bool,
+    ) -> None:
+        super().__init__()
+        if len(stages) != len(STAGES) or len(widths) != len(STAGES):
+            raise ValueError(f"expected {len(STAGES)} stages and widths, got {len(widths)}")
+        self.num_classes = num_classes
+        self.widths = tuple(widths)
+        self.stem = stem
+        self.stages = nn.ModuleList(stages)
+        self.fc = nn.Linear(widths[-1], num_classes)
+        _init_weights([self.stem, self.stages])
+        heads = [AuxHead(w, widths[-1], num_classes) for w in widths[:2]] if aux_heads else []
+        self.aux_heads = nn.ModuleList(heads)
+        _init_weights([self.aux_heads])
+
+    def feature_dims(self) -> dict[str, int]:
+        """Channels of each stage map and the embedding size, by feature name."""
+        dims = dict(zip(STAGES, self.widths, strict=True))
+        dims["embedding"] = self.widths[-1]
+        return dims
+
+    def forward(self, x: Tensor) -> ClassifierOutput:
+        """Classify a (B, C_in, H, W) batch; see `ClassifierOutput`."""
+        features: dict[str, Tensor] = {}
+        x = self.stem(x)
+        for name, stage in zip(STAGES, self.stages, strict=True):
+            x = stage(x)  # (B, C_i, H_i, W_i)
+            features[name] = x
+        embedding = x.mean(dim=(2, 3))  # (B, D) global average pool
+        features["embedding"] = embedding
+        aux = [head(features[name]) for name, head in zip(STAGES[:2], self.aux_heads, strict=False)]
+        return ClassifierOutput(logits=self.fc(embedding), aux_logits=aux, features=features)
+
+
+class ConvNet(StagedClassifier):
+    """A plain CNN: 3 stages of two conv3x3-BN-ReLU, 2×2 max-pool between stages.
+
+    The pool sits at the start of stages 2 and 3, so each stage map is the output of its convs:
+    for 8×8 digits the stages run at 8×8, 4×4 and 2×2.
+
+    Args:
+        widths: channels of the three stages.
+        num_classes: K.
+        in_channels: input channels.
+        aux_heads: add auxiliary classifiers after stage1 and stage2.
+    """
+
+    def __init__(
+        self,
+        widths: Sequence[int] = (16, 32, 64),
+        num_classes: int = 10,
+        in_channels: int = 1,
+        aux_heads: bool = False,
+    ) -> None:
+        if len(widths) != len(STAGES):
+            raise ValueError(f"ConvNet needs {len(STAGES)} widths, got {tuple(widths)}")
+        stages: list[nn.Module] = []
+        c_in = in_channels
+        for i, w in enumerate(widths):
+            pool: list[nn.Module] = [nn.MaxPool2d(2)] if i > 0 else []
+            stages.append(nn.Sequential(*pool, _conv_bn_relu(c_in, w), _conv_bn_relu(w, w)))
+            c_in = w
+        super().__init__(nn.Identity(), stages, widths, num_classes, aux_heads)
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: conv3x3-BN-ReLU-conv3x3-BN, plus shortcut, then ReLU."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:  # projection shortcut (option B of He et al.)
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet(StagedClassifier):
+    """CIFAR ResNet (He et al., CVPR 2016) in the form used by CRD and mdistiller.
+
+    Stem conv3x3 in→filters[0] + BN + ReLU, then three stages of (depth − 2) / 6 basic blocks
+    with filters[1:] channels at strides 1, 2, 2; global average pool; linear classifier.
+    Features are the (post-ReLU) stage outputs.
+
+    Args:
+        depth: 6n + 2.
+        filters: stem width and the three stage widths.
+        num_classes: K.
+        in_channels: input channels.
+        aux_heads: add auxiliary classifiers after stage1 and stage2.
+    """
+
+    def __init__(
+        self,
+        depth: int,
+        filters: Sequence[int],
+        num_classes: int = 100,
+        in_channels: int = 3,
+        aux_heads: bool = False,
+    ) -> None:
+        if (depth - 2) % 6 != 0 or depth < 8:
+            raise ValueError(f"CIFAR ResNet depth must be 6n + 2 (8, 20, 32, ...), got {depth}")
+        if len(filters) != 4:
+            raise ValueError(f"expected 4 filter sizes (stem + 3 stages), got {tuple(filters)}")
+        n = (depth - 2) // 6
+        stem = _conv_bn_relu(in_channels, filters[0])
+        stages: list[nn.Module] = []
+        c_in = filters[0]
+        for c_out, stride in zip(filters[1:], (1, 2, 2), strict=True):
+            blocks = [
+                BasicBlock(c_in if i == 0 else c_out, c_out, stride if i == 0 else 1)
+                for i in range(n)
+            ]
+            stages.append(nn.Sequential(*blocks))
+            c_in = c_out
+        super().__init__(stem, stages, filters[1:], num_classes, aux_heads)
+
+
+ModelFactory = Callable[..., StagedClassifier]
+MODELS: dict[str, ModelFactory] = {}
+
+
+def register(name: str) -> Callable[[ModelFactory], ModelFactory]:
+    """Register a factory `(num_classes, in_channels, aux_heads, **kwargs) -> model`."""
+
+    def wrap(factory: ModelFactory) -> ModelFactory:
+        if name in MODELS:
+            raise ValueError(f"architecture {name!r} is already registered")
+        MODELS[name] = factory
+        return factory
+
+    return wrap
+
+
+register("convnet")(ConvNet)
+
+_RESNETS: dict[str, tuple[int, tuple[int, ...]]] = {
+    "resnet8": (8, (16, 16, 32, 64)),
+    "resnet20": (20, (16, 16, 32, 64)),
+    "resnet56": (56, (16, 16, 32, 64)),
+    "resnet110": (110, (16, 16, 32, 64)),
+    "resnet8x4": (8, (32, 64, 128, 256)),
+    "resnet32x4": (32, (32, 64, 128, 256)),
+}
+
+
+def _resnet_factory(depth: int, filters: tuple[int, ...]) -> ModelFactory:
+    def factory(num_classes: int, in_channels: int, aux_heads: bool = False) -> CifarResNet:
+        return CifarResNet(depth, filters, num_classes, in_channels, aux_heads)
+
+    return factory
+
+
+for _name, (_depth, _filters) in _RESNETS.items():
+    register(_name)(_resnet_factory(_depth, _filters))
+
+
+def build_model(
+    arch: str, num_classes: int, in_channels: int, aux_heads: bool = False, **kwargs: Any
+) -> StagedClassifier:
+    """Build a registered architecture.
+
+    Args:
+        arch: registered name, e.g. "convnet" or "resnet32x4".
+        num_classes: K.
+        in_channels: input channels (1 for digits, 3 for CIFAR).
+        aux_heads: add auxiliary classifiers after stage1 and stage2.
+        **kwargs: architecture options, e.g. `widths` for "convnet".
+
+    Returns:
+        The model, with freshly initialised weights.
+
+    Raises:
+        ValueError: unknown architecture (the message lists the registered ones), or an
+            option the architecture does not take.
+    """
+    if arch not in MODELS:
+        raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(sorted(MODELS))}")
+    factory = MODELS[arch]
+    args = {"num_classes": num_classes, "in_channels": in_channels, "aux_heads": aux_heads}
+    try:
+        inspect.signature(factory).bind(**args, **kwargs)
+    except TypeError as err:
+        raise ValueError(f"bad options {sorted(kwargs)} for architecture {arch!r}: {err}") from err
+    return factory(**args, **kwargs)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (trainable or not; buffers excluded)."""
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,144 @@
+"""What a distillation method is: a declared teacher, declared needs, typed hyperparameters,
+and named loss terms (DESIGN §3, STYLE 1-5).
+
+A method is an `nn.Module` so that what it learns (an auxiliary head, a projector, learnable
+layer weights) is optimised with the student, and what it remembers (PS-KD's past predictions,
+TAID's interpolation state) is checkpointed and restored with the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from torch import Tensor, nn
+
+from kdbench.errors import UsageError
+from kdbench.outputs import Head, Outputs
+
+TeacherKind = Literal["none", "external", "self"]
+
+#: Everything a method may declare in `needs`; adapters declare which of these they provide.
+NEEDS: dict[str, str] = {
+    "layers": "per-layer predictions (auxiliary heads, decoder layers)",
+    "features": "named intermediate features",
+    "attentions": "per-layer attention q/k/v",
+    "ids": "dataset indices of samples (for per-sample memories such as past predictions)",
+    "teacher_pass": "one teacher pass over the training set before training",
+}
+
+
+@dataclass
+class RunState:
+    """Where training stands when a loss is computed."""
+
+    epoch: int  # 0-based
+    epochs: int
+    step: int  # global optimiser step, 0-based
+    steps: int  # total optimiser steps
+
+
+@dataclass
+class MethodContext:
+    """What a method may size itself from, built by the runner from a probe forward pass."""
+
+    student: Outputs  # detached example outputs of the student on one training batch
+    teacher: Outputs | None  # the same for the teacher, aligned; None without one
+    train_size: int
+    epochs: int
+
+
+class Method(nn.Module):
+    """Base class of every registered method.
+
+    Subclasses set the class attributes, a `Config` dataclass with the paper's defaults,
+    and implement `loss`. The runner sums `task_weight(progress) × task loss` and every term
+    `loss` returns; it never branches on a method's name.
+    """
+
+    name: ClassVar[str]
+    paper: ClassVar[str]
+    teacher: ClassVar[TeacherKind]
+    needs: ClassVar[frozenset[str]] = frozenset()
+    Config: ClassVar[type]
+
+    def __init__(self, config: Any, ctx: MethodContext) -> None:
+        super().__init__()
+        self.config = config
+        self.head_names = frozenset(ctx.student.heads)
+
+    def task_weight(self, term: str, progress: float) -> float:
+        """Weight of one term of the adapter's own supervised loss.
+
+        Adapters name the hard-label term of each final head after the head ("cls",
+        "simcc_x"); methods that re-weight or replace the hard-label loss (KD's w_ce, PS-KD's
+        soft targets) use `ce_weight` below, other terms (box regression) keep weight 1.
+        """
+        return self.ce_weight() if term in self.head_names else 1.0
+
+    def ce_weight(self) -> float:
+        """Weight of the hard-label terms; 1 unless the method's config says otherwise."""
+        return float(getattr(self.config, "ce_weight", 1.0))
+
+    def prepare(self, teacher_pass: Callable[[], Iterable[Outputs]]) -> None:  # noqa: B027
+        """Called once before training when `teacher_pass` is needed."""
+
+    def loss(
+        self, student: Outputs, teacher: Outputs | None, progress: float, state: RunState
+    ) -> dict[str, Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} must implement loss()")
+
+    def after_step(self, student: Outputs, losses: dict[str, Tensor], state: RunState) -> None:  # noqa: B027
+        """Called after each optimiser step with that step's (detached) student outputs."""
+
+    @classmethod
+    def summary(cls) -> str:
+        doc = (cls.__doc__ or "").strip().splitlines()
+        return doc[0] if doc else cls.name
+
+
+def paired_heads(student: Outputs, teacher: Outputs | None) -> Iterator[tuple[str, Head, Head]]:
+    """(name, student head, teacher head) for every final head the two share."""
+    if teacher is None:
+        raise ValueError("this method needs a teacher's outputs")
+    for name, head in student.heads.items():
+        yield name, head, teacher.heads[name]
+
+
+def require_target(head: Head, method: str) -> Tensor:
+    target = head.hard_target
+    if target is None:
+        raise ValueError(f"method {method!r} needs targets on every head")
+    return target
+
+
+def make_config(cls: type, overrides: dict[str, Any]) -> Any:
+    """Build a method's config dataclass, rejecting unknown keys by name."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in overrides:
+        if key not in fields:
+            raise UsageError(
+                f"unknown hyperparameter {key!r} for {cls.__qualname__.split('.')[0]}; "
+                f"valid: {', '.join(fields) or '(none)'}"
+            )
+    return cls(**{k: _coerce(fields[k], v) for k, v in overrides.items()})
+
+
+def _coerce(field: dataclasses.Field[Any], value: Any) -> Any:
+    kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", "")
+    try:
+        if kind == "float":
+            return float(value)
+        if kind == "int":
+            return int(value)
+        if kind == "bool":
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1")
+            return bool(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"hyperparameter {field.name!r} must be {kind}, got {value!r}") from None
+    return value

@@ -1,0 +1,38 @@
+"""BD-KD (Amara et al., "BD-KD: Balancing the Divergences for Online Knowledge Distillation",
+2022). No official code: the entropy-gap weighting rule is kdbench's reading, documented in
+`kdbench.losses.bdkd`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from kdbench.losses import bdkd
+from kdbench.methods import register
+from kdbench.methods.base import Method, RunState, paired_heads
+from kdbench.outputs import Outputs
+
+
+@register
+class BDKD(Method):
+    """BD-KD: CE + per-sample entropy-gap-weighted forward and reverse KL."""
+
+    name = "bdkd"
+    paper = "Amara et al., BD-KD: Balancing the Divergences for Online Knowledge Distillation, 2022"
+    teacher = "external"
+
+    @dataclass
+    class Config:
+        temperature: float = 4.0
+        kd_weight: float = 1.0
+        ce_weight: float = 1.0
+
+    def loss(
+        self, student: Outputs, teacher: Outputs | None, progress: float, state: RunState
+    ) -> dict[str, Tensor]:
+        c = self.config
+        return {
+            f"bdkd/{name}": c.kd_weight * bdkd(s.logits, t.logits, c.temperature, s.mask)
+            for name, s, t in paired_heads(student, teacher)
+        }

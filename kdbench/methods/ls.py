@@ -1,0 +1,36 @@
+"""Label smoothing (Szegedy et al., "Rethinking the Inception Architecture", CVPR 2016)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from kdbench.losses import label_smoothing
+from kdbench.methods import register
+from kdbench.methods.base import Method, RunState, require_target
+from kdbench.outputs import Outputs
+
+
+@register
+class LabelSmoothing(Method):
+    """Label smoothing: CE to (1−ε)·onehot + ε/K in place of the hard-label CE."""
+
+    name = "ls"
+    paper = "Szegedy et al., Rethinking the Inception Architecture for Computer Vision, CVPR 2016"
+    teacher = "none"
+
+    @dataclass
+    class Config:
+        epsilon: float = 0.1
+        ce_weight: float = 0.0  # the smoothed CE replaces the hard-label CE
+
+    def loss(
+        self, student: Outputs, teacher: Outputs | None, progress: float, state: RunState
+    ) -> dict[str, Tensor]:
+        return {
+            f"ls/{name}": label_smoothing(
+                head.logits, require_target(head, self.name), self.config.epsilon, head.mask
+            )
+            for name, head in student.heads.items()
+        }

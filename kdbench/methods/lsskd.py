@@ -1,0 +1,49 @@
+"""LSSKD, layered self-supervised knowledge distillation with auxiliary classifiers.
+
+No official code was found. kdbench's reading of the paper's description: auxiliary classifiers
+on intermediate stages (removed at inference) are trained with the task loss, and knowledge is
+transferred one-to-one between adjacent stages: stage l+1's detached distribution teaches stage
+l, the final head teaching the last auxiliary one. The self-supervised pretext augmentation
+the paper layers on top is not reproduced here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from kdbench.losses import kd
+from kdbench.methods import register
+from kdbench.methods.base import Method, RunState
+from kdbench.outputs import Outputs
+
+
+@register
+class LSSKD(Method):
+    """LSSKD: one-to-one KD from each stage's head to the stage before it (kdbench reading)."""
+
+    name = "lsskd"
+    paper = "Layered self-supervised knowledge distillation (auxiliary classifiers); no official code"
+    teacher = "self"
+    needs = frozenset({"layers"})
+
+    @dataclass
+    class Config:
+        temperature: float = 3.0
+        weight: float = 1.0
+
+    def loss(
+        self, student: Outputs, teacher: Outputs | None, progress: float, state: RunState
+    ) -> dict[str, Tensor]:
+        c = self.config
+        terms = {}
+        for name, final in student.heads.items():
+            chain = [layer[name].logits for layer in student.layers]
+            total = sum(
+                (kd(shallow, deep, c.temperature, final.mask)
+                 for shallow, deep in zip(chain[:-1], chain[1:], strict=True)),
+                start=final.logits.new_zeros(()),
+            )
+            terms[f"lsskd/{name}"] = c.weight * total
+        return terms

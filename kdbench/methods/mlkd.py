@@ -1,0 +1,70 @@
+"""MLKD, multi-level knowledge distillation (Wu et al., "Multi-Level Knowledge Distillation for
+Out-of-Distribution Detection in Text", ACL 2023)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from kdbench.losses import kd, similarity
+from kdbench.methods import register
+from kdbench.methods._features import pooled
+from kdbench.methods.base import Method, MethodContext, RunState, paired_heads
+from kdbench.outputs import Outputs
+
+
+@register
+class MLKD(Method):
+    """MLKD: prediction-layer KL at τ 0.5 (no τ² factor) + intermediate-layer similarity.
+
+    Every student feature is compared with every teacher feature mapped to its size by a
+    learnable Linear; the two nearest teacher layers are kept and weighted by learnable
+    weights initialised to 1 (`kdbench.losses.similarity`). Features are pooled over space.
+    """
+
+    name = "mlkd"
+    paper = "Wu et al., Multi-Level Knowledge Distillation for Out-of-Distribution Detection in Text, ACL 2023"
+    teacher = "external"
+    needs = frozenset({"features"})
+
+    @dataclass
+    class Config:
+        temperature: float = 0.5
+        kd_weight: float = 1.0
+        similarity_weight: float = 1.0
+        nearest: int = 2
+
+    def __init__(self, config: Config, ctx: MethodContext) -> None:
+        super().__init__(config, ctx)
+        assert ctx.teacher is not None
+        self.names_s = sorted(ctx.student.features)
+        self.names_t = sorted(ctx.teacher.features)
+        ds = [pooled(ctx.student.features[n]).shape[-1] for n in self.names_s]
+        dt = [pooled(ctx.teacher.features[n]).shape[-1] for n in self.names_t]
+        self.maps = nn.ModuleList(
+            nn.ModuleList(nn.Linear(b, a) for b in dt) for a in ds
+        )
+        self.layer_weights = nn.Parameter(torch.ones(len(ds), len(dt)))
+
+    def loss(
+        self, student: Outputs, teacher: Outputs | None, progress: float, state: RunState
+    ) -> dict[str, Tensor]:
+        assert teacher is not None
+        c = self.config
+        terms = {
+            f"mlkd_pred/{name}": c.kd_weight * kd(s.logits, t.logits, c.temperature, s.mask)
+            / c.temperature**2
+            for name, s, t in paired_heads(student, teacher)
+        }
+        fs = [pooled(student.features[n]) for n in self.names_s]
+        ft = [pooled(teacher.features[n]) for n in self.names_t]
+        sim = sum(
+            (similarity([f], [m(g) for m, g in zip(maps, ft, strict=True)],
+                        self.layer_weights[i:i + 1], c.nearest)
+             for i, (f, maps) in enumerate(zip(fs, self.maps, strict=True))),
+            start=fs[0].new_zeros(()),
+        )
+        terms["mlkd_sim"] = c.similarity_weight * sim
+        return terms

@@ -1,0 +1,69 @@
+"""PS-KD (Kim et al., "Self-Knowledge Distillation with Progressive Refinement of Targets",
+ICCV 2021; official code lgcnsai/PS-KD-Pytorch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from kdbench.losses import pskd_targets, soft_cross_entropy
+from kdbench.methods import register
+from kdbench.methods.base import Method, MethodContext, RunState, require_target
+from kdbench.outputs import Outputs
+
+
+@register
+class PSKD(Method):
+    """PS-KD: soft CE to (1−α_t)·onehot + α_t·p_{t−1}(x), α_t = α_T·(e+1)/E; no separate CE.
+
+    p_{t−1} is a (N, K) table per head indexed by sample id, initialised to one-hot and
+    overwritten after each optimiser step with the detached softmax of that step's forward.
+    """
+
+    name = "pskd"
+    paper = "Kim et al., Self-Knowledge Distillation with Progressive Refinement of Targets, ICCV 2021"
+    teacher = "self"
+    needs = frozenset({"ids"})
+
+    @dataclass
+    class Config:
+        alpha_T: float = 0.8
+        ce_weight: float = 0.0  # the soft-target CE replaces the hard-label CE
+
+    def __init__(self, config: Config, ctx: MethodContext) -> None:
+        super().__init__(config, ctx)
+        for name, head in ctx.student.heads.items():
+            if head.logits.dim() != 2:
+                raise ValueError(f"pskd's per-sample table needs (B, K) logits; head {name!r} "
+                                 f"has shape {tuple(head.logits.shape)}")
+            table = torch.zeros(ctx.train_size, head.logits.shape[-1])
+            self.register_buffer(f"past_{name}", table)
+            self.register_buffer(f"seen_{name}", torch.zeros(ctx.train_size, dtype=torch.bool))
+
+    def _past(self, name: str, ids: Tensor, target: Tensor) -> Tensor:
+        past: Tensor = getattr(self, f"past_{name}")[ids]
+        seen: Tensor = getattr(self, f"seen_{name}")[ids]
+        onehot = F.one_hot(target, past.shape[-1]).to(past.dtype)  # the table starts one-hot
+        return torch.where(seen[:, None], past, onehot)
+
+    def loss(
+        self, student: Outputs, teacher: Outputs | None, progress: float, state: RunState
+    ) -> dict[str, Tensor]:
+        assert student.ids is not None
+        alpha = self.config.alpha_T * (state.epoch + 1) / state.epochs
+        terms = {}
+        for name, head in student.heads.items():
+            target = require_target(head, self.name)
+            past = self._past(name, student.ids, target)
+            soft = pskd_targets(target, past.to(head.logits.dtype), alpha)
+            terms[f"pskd/{name}"] = soft_cross_entropy(head.logits, soft, head.mask)
+        return terms
+
+    def after_step(self, student: Outputs, losses: dict[str, Tensor], state: RunState) -> None:
+        assert student.ids is not None
+        for name, head in student.heads.items():
+            getattr(self, f"past_{name}")[student.ids] = F.softmax(head.logits.float(), -1)
+            getattr(self, f"seen_{name}")[student.ids] = True

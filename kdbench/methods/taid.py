@@ -1,0 +1,67 @@
+"""TAID (Shing et al., "TAID: Temporally Adaptive Interpolated Distillation for Efficient
+Knowledge Transfer in Language Models", ICLR 2025; official code SakanaAI/TAID)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from kdbench.losses import taid
+from kdbench.methods import register
+from kdbench.methods.base import Method, MethodContext, RunState, paired_heads
+from kdbench.outputs import Outputs
+
+
+@register
+class TAID(Method):
+    """TAID: CE to σ((1−t)·sg(z_S) + t·z_T), with t raised adaptively over training.
+
+    After every step, with J the TAID loss: δ = (J_prev − J)/J_prev, m ← β·m + (1−β)·δ,
+    t ← min(t_end, max(t_lin, t + α·sigmoid(m)·(1−t))), t_lin = t_start + (t_end −
+    t_start)·progress. The official code trains on the TAID loss alone (ce_weight 0).
+    """
+
+    name = "taid"
+    paper = "Shing et al., TAID: Temporally Adaptive Interpolated Distillation, ICLR 2025"
+    teacher = "external"
+
+    @dataclass
+    class Config:
+        t_start: float = 0.2
+        t_end: float = 1.0
+        alpha: float = 5e-4
+        beta: float = 0.99
+        ce_weight: float = 0.0
+
+    def __init__(self, config: Config, ctx: MethodContext) -> None:
+        super().__init__(config, ctx)
+        self.register_buffer("t", torch.tensor(config.t_start, dtype=torch.float64))
+        self.register_buffer("momentum", torch.tensor(0.0, dtype=torch.float64))
+        self.register_buffer("prev_loss", torch.tensor(math.nan, dtype=torch.float64))
+
+    def loss(
+        self, student: Outputs, teacher: Outputs | None, progress: float, state: RunState
+    ) -> dict[str, Tensor]:
+        t = float(self.t)
+        return {
+            f"taid/{name}": taid(s.logits, tt.logits, t, s.mask)
+            for name, s, tt in paired_heads(student, teacher)
+        }
+
+    def after_step(self, student: Outputs, losses: dict[str, Tensor], state: RunState) -> None:
+        c = self.config
+        loss = sum(float(v) for k, v in losses.items() if k.startswith("taid/"))
+        if not math.isfinite(loss):
+            return
+        prev = float(self.prev_loss)
+        if not math.isnan(prev):
+            delta = (prev - loss) / (prev + 1e-15)
+            self.momentum.fill_(c.beta * float(self.momentum) + (1 - c.beta) * delta)
+            progress = (state.step + 1) / max(state.steps, 1)
+            t_lin = c.t_start + (c.t_end - c.t_start) * progress
+            step = c.alpha * torch.sigmoid(self.momentum).item() * (1 - float(self.t))
+            self.t.fill_(min(c.t_end, max(t_lin, float(self.t) + step)))
+        self.prev_loss.fill_(loss)

@@ -1,0 +1,44 @@
+"""The one metric registry: every reported metric, its direction and its unit.
+
+Imported by the runner, `kdbench compare` and the leaderboard; it never imports torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Direction = Literal["higher", "lower"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    direction: Direction
+    label: str
+    unit: str = ""
+
+
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in [
+        Metric("top1", "higher", "Top-1 accuracy", "%"),
+        Metric("top5", "higher", "Top-5 accuracy", "%"),
+        Metric("nll", "lower", "Negative log-likelihood", "nats"),
+        Metric("ece", "lower", "Expected calibration error (15 bins)", "%"),
+        Metric("aurc", "lower", "Area under the risk-coverage curve", "×1000"),
+    ]
+}
+
+
+def metric(name: str) -> Metric:
+    """Look up a metric; an unknown name raises and lists the registered ones."""
+    try:
+        return METRICS[name]
+    except KeyError:
+        raise KeyError(f"unknown metric {name!r}; registered: {', '.join(sorted(METRICS))}") from None
+
+
+def better(name: str, a: float, b: float) -> bool:
+    """True when value `a` is strictly better than `b` for metric `name`."""
+    return a > b if metric(name).direction == "higher" else a < b
