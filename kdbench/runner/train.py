@@ -121,7 +121,7 @@ def _train_epoch(
         terms = _terms(job, student, teacher, state)
         loss = torch.stack(list(terms.values())).sum()
         if not torch.isfinite(loss):
-            values = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+            values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
             raise NonFiniteLoss(f"non-finite loss at epoch {epoch}, step {state.step} "
                                 f"(batch {i} of the epoch): {values}")
         optimizer.zero_grad(set_to_none=True)

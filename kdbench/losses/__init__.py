@@ -1,0 +1,39 @@
+"""kdbench's loss library: pure tensor functions, no task knowledge (DESIGN §3).
+
+Distributions are on the last dimension with any leading position dimensions; losses sum
+over the last dimension and average over valid positions (`mask`, bool over the leading
+shape) unless the original method defines otherwise, which each docstring then says.
+Teacher inputs are detached inside every loss.
+"""
+
+from kdbench.losses.divergence import bdkd, binary_kl_norm
+from kdbench.losses.feature import feature_mse, minilm_relations, nd, similarity
+from kdbench.losses.gold import ddf, layer_self_distillation
+from kdbench.losses.logit import dkd, kd, nkd, taid
+from kdbench.losses.self_distill import (
+    label_smoothing,
+    pskd_targets,
+    soft_cross_entropy,
+    uskd,
+    uskd_terms,
+)
+
+__all__ = [
+    "bdkd",
+    "binary_kl_norm",
+    "ddf",
+    "dkd",
+    "feature_mse",
+    "kd",
+    "label_smoothing",
+    "layer_self_distillation",
+    "minilm_relations",
+    "nd",
+    "nkd",
+    "pskd_targets",
+    "similarity",
+    "soft_cross_entropy",
+    "taid",
+    "uskd",
+    "uskd_terms",
+]

@@ -1,0 +1,91 @@
+"""Contract tests parametrized over the registry (STYLE 8): for every method the classification
+task serves, one tiny step is finite, gradients reach the student only, the teacher stays frozen
+in eval mode; and the registry is loud."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from kdbench.adapters.classification.adapter import ClassificationAdapter
+from kdbench.errors import UsageError
+from kdbench.methods import get_method, register, registry
+from kdbench.methods.base import NEEDS, Method, MethodContext, RunState, make_config
+from kdbench.runner.protocol import load_protocol
+from kdbench.runner.train import Job, _terms, probe_outputs
+
+ALL = sorted(registry())
+
+
+@pytest.fixture(scope="module")
+def adapter() -> ClassificationAdapter:
+    return ClassificationAdapter(load_protocol("classification", "smoke"), None, torch.device("cpu"))
+
+
+def test_registry_holds_the_fourteen_methods() -> None:
+    assert {"baseline", "ls", "kd", "dkd", "nkd", "uskd", "pskd", "taid", "bdkd", "dhkd", "nd",
+            "mlkd", "lsskd", "gold"} <= set(ALL)
+
+
+def test_duplicate_registration_raises() -> None:
+    with pytest.raises(ValueError, match="registered twice"):
+        register(type("Again", (get_method("kd"),), {}))
+
+
+def test_unknown_method_lists_registered() -> None:
+    with pytest.raises(UsageError, match="unknown method 'x'; valid: baseline, bdkd"):
+        get_method("x")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_method_declares_itself(name: str) -> None:
+    cls = get_method(name)
+    assert cls.name == name and cls.teacher in ("none", "external", "self")
+    assert cls.paper and cls.__doc__
+    assert cls.needs <= set(NEEDS)
+    assert dataclasses.is_dataclass(cls.Config)
+    cls.Config()  # the paper's defaults build without arguments
+
+
+def test_make_config_coerces_and_rejects() -> None:
+    cfg = make_config(get_method("kd").Config, {"temperature": "2", "ce_weight": 0})
+    assert cfg.temperature == 2.0 and isinstance(cfg.ce_weight, float)
+    with pytest.raises(UsageError, match="must be float"):
+        make_config(get_method("kd").Config, {"temperature": "hot"})
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_one_step_trains_the_student_only(name: str, adapter: ClassificationAdapter) -> None:
+    cls: type[Method] = get_method(name)
+    torch.manual_seed(0)
+    student = adapter.build_model("student", cls.needs)
+    teacher = None
+    if cls.teacher == "external":
+        teacher = adapter.build_model("teacher", frozenset()).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    ctx = MethodContext(probe_outputs(adapter, student),
+                        probe_outputs(adapter, teacher) if teacher else None, adapter.train_size, 2)
+    method = cls(cls.Config(), ctx)
+    if "teacher_pass" in cls.needs:
+        assert teacher is not None
+        method.prepare(lambda: adapter.teacher_pass(teacher))
+    job = Job(adapter, student, method, teacher, {"batch_size": 16}, 0, None)
+    batch = next(adapter.train_batches(16, torch.Generator().manual_seed(0)))
+    out = adapter.forward(student, batch)
+    t_out = adapter.forward(teacher, batch) if teacher is not None else None
+    state = RunState(epoch=1, epochs=2, step=5, steps=10)
+    terms = _terms(job, out, t_out, state)
+    loss = torch.stack(list(terms.values())).sum()
+    assert torch.isfinite(loss), terms
+    loss.backward()
+    grads = [p.grad for p in student.parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
+    method.after_step(out.detach(), {k: v.detach() for k, v in terms.items()}, state)
+    if teacher is not None:
+        assert not teacher.training
+        assert all(p.grad is None for p in teacher.parameters())
+        assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
