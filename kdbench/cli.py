@@ -112,8 +112,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         from kdbench.adapters import TASKS, get_adapter
 
         for task in TASKS:
-            cls = get_adapter(task)
-            print(f"{task:<16} primary {cls.primary_metric:<6} provides {', '.join(sorted(cls.provides))}")
+            adapter = get_adapter(task)
+            provides = ", ".join(sorted(adapter.provides))
+            print(f"{task:<16} primary {adapter.primary_metric:<6} provides {provides}")
     elif args.what == "methods":
         from kdbench.methods import registry
 

@@ -111,7 +111,7 @@ def test_overrides_only_existing_keys() -> None:
     changed = apply_overrides(small, sets)
     assert changed.get("train.epochs") == 3 and changed.get("train.optimizer.lr") == 0.1
     assert small.get("train.epochs") != 3  # the original card is untouched
-    with pytest.raises(UsageError, match="unknown --set key 'train.epoch'; valid: .*train.epochs"):
+    with pytest.raises(UsageError, match=r"unknown --set key 'train\.epoch'; valid: .*train\.epochs"):
         apply_overrides(small, {"train.epoch": 3})
     with pytest.raises(UsageError, match="key=value"):
         parse_sets(["epochs"])

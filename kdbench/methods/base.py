@@ -82,7 +82,7 @@ class Method(nn.Module):
         """Weight of the hard-label terms; 1 unless the method's config says otherwise."""
         return float(getattr(self.config, "ce_weight", 1.0))
 
-    def prepare(self, teacher_pass: Callable[[], Iterable[Outputs]]) -> None:  # noqa: B027
+    def prepare(self, teacher_pass: Callable[[], Iterable[Outputs]]) -> None:
         """Called once before training when `teacher_pass` is needed."""
 
     def loss(
@@ -90,7 +90,7 @@ class Method(nn.Module):
     ) -> dict[str, Tensor]:
         raise NotImplementedError(f"{type(self).__name__} must implement loss()")
 
-    def after_step(self, student: Outputs, losses: dict[str, Tensor], state: RunState) -> None:  # noqa: B027
+    def after_step(self, student: Outputs, losses: dict[str, Tensor], state: RunState) -> None:
         """Called after each optimiser step with that step's (detached) student outputs."""
 
     @classmethod

@@ -10,6 +10,7 @@ the paper layers on top is not reproduced here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 from torch import Tensor
 
@@ -42,7 +43,7 @@ class LSSKD(Method):
             chain = [layer[name].logits for layer in student.layers]
             total = sum(
                 (kd(shallow, deep, c.temperature, final.mask)
-                 for shallow, deep in zip(chain[:-1], chain[1:], strict=True)),
+                 for shallow, deep in pairwise(chain)),
                 start=final.logits.new_zeros(()),
             )
             terms[f"lsskd/{name}"] = c.weight * total

@@ -43,9 +43,7 @@ class MLKD(Method):
         self.names_t = sorted(ctx.teacher.features)
         ds = [pooled(ctx.student.features[n]).shape[-1] for n in self.names_s]
         dt = [pooled(ctx.teacher.features[n]).shape[-1] for n in self.names_t]
-        self.maps = nn.ModuleList(
-            nn.ModuleList(nn.Linear(b, a) for b in dt) for a in ds
-        )
+        self.maps = nn.ModuleList(nn.ModuleList(nn.Linear(b, a) for b in dt) for a in ds)
         self.layer_weights = nn.Parameter(torch.ones(len(ds), len(dt)))
 
     def loss(
@@ -61,9 +59,9 @@ class MLKD(Method):
         fs = [pooled(student.features[n]) for n in self.names_s]
         ft = [pooled(teacher.features[n]) for n in self.names_t]
         sim = sum(
-            (similarity([f], [m(g) for m, g in zip(maps, ft, strict=True)],
+            (similarity([f], [m(g) for m, g in zip(maps, ft, strict=True)],  # type: ignore[call-overload]
                         self.layer_weights[i:i + 1], c.nearest)
-             for i, (f, maps) in enumerate(zip(fs, self.maps, strict=True))),
+             for i, (f, maps) in enumerate(zip(fs, self.maps, strict=True))),  # type: ignore[call-overload]
             start=fs[0].new_zeros(()),
         )
         terms["mlkd_sim"] = c.similarity_weight * sim

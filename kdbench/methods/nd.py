@@ -48,6 +48,8 @@ class ND(Method):
         self.head = name
         self.register_buffer("class_means", torch.zeros(head.logits.shape[-1], dt))
 
+    class_means: Tensor
+
     def prepare(self, teacher_pass: Callable[[], Iterable[Outputs]]) -> None:
         sums = torch.zeros_like(self.class_means, dtype=torch.float64)
         counts = torch.zeros(sums.shape[0], dtype=torch.float64)

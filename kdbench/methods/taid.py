@@ -42,6 +42,10 @@ class TAID(Method):
         self.register_buffer("momentum", torch.tensor(0.0, dtype=torch.float64))
         self.register_buffer("prev_loss", torch.tensor(math.nan, dtype=torch.float64))
 
+    t: Tensor
+    momentum: Tensor
+    prev_loss: Tensor
+
     def loss(
         self, student: Outputs, teacher: Outputs | None, progress: float, state: RunState
     ) -> dict[str, Tensor]:

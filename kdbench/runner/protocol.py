@@ -103,7 +103,7 @@ def apply_overrides(protocol: Protocol, sets: dict[str, Any]) -> Protocol:
         parts = dotted.split(".")
         for i, part in enumerate(parts):
             if not isinstance(node, dict) or part not in node:
-                valid = sorted(_leaves(card)) + ["method.<hyperparameter>"]
+                valid = [*sorted(_leaves(card)), "method.<hyperparameter>"]
                 raise UsageError(f"unknown --set key {dotted!r}; valid: {', '.join(valid)}")
             if i == len(parts) - 1:
                 node[part] = value

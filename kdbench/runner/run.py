@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from kdbench.metrics import metric
 from kdbench.methods.base import MethodContext
+from kdbench.metrics import metric
 from kdbench.records import SCHEMA_VERSION, record_path, write_record
 from kdbench.runner import checkpoint
 from kdbench.runner.env import (

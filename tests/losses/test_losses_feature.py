@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
-from lossref import flat, kl, rows, softmax
 
 from kdbench.losses import feature_mse, minilm_relations, nd, similarity
+from tests.losses.lossref import flat, kl, rows, softmax
 
 TOL = dict(rtol=0, atol=1e-10)
 

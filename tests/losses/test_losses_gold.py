@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
-from lossref import flat, kl, rows, scaled, softmax, valid_mean
 
 from kdbench.losses import ddf, layer_self_distillation
+from tests.losses.lossref import flat, kl, rows, scaled, softmax, valid_mean
 
 P, E, BINS = 5, 4, 7
 TEMP = 5.0

@@ -6,7 +6,9 @@ import math
 
 import pytest
 import torch
-from lossref import (
+
+from kdbench.losses import bdkd, binary_kl_norm, dkd, kd, nkd, taid
+from tests.losses.lossref import (
     entropy,
     flat,
     kl,
@@ -18,8 +20,6 @@ from lossref import (
     valid_mean,
     without,
 )
-
-from kdbench.losses import bdkd, binary_kl_norm, dkd, kd, nkd, taid
 
 K = 5
 TOL = dict(rtol=0, atol=1e-10)

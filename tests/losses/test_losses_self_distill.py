@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from lossref import entropy, flat, log_softmax, rows, softmax, valid_mean
 
 from kdbench.losses import (
     label_smoothing,
@@ -16,6 +15,7 @@ from kdbench.losses import (
     uskd,
     uskd_terms,
 )
+from tests.losses.lossref import entropy, flat, log_softmax, rows, softmax, valid_mean
 
 K = 5
 

@@ -75,8 +75,7 @@ class ClassificationAdapter(Adapter):
             yield self._batch(images, data.labels[idx], idx)
 
     def _batch(self, images: Tensor, labels: Tensor, ids: Tensor) -> Batch:
-        move = {"device": self.device, "non_blocking": True}
-        return Batch(images.to(**move), labels.to(**move), ids.to(**move))  # type: ignore[arg-type]
+        return Batch(images.to(self.device), labels.to(self.device), ids.to(self.device))
 
     def build_model(self, role: Role, needs: frozenset[str]) -> nn.Module:
         spec = dict(self.protocol.card[role])
@@ -99,10 +98,10 @@ class ClassificationAdapter(Adapter):
 
     def task_loss(self, outputs: Outputs) -> dict[str, Tensor]:
         """CE on the final head ("cls") and on every auxiliary head (deep supervision)."""
-        terms = {name: F.cross_entropy(h.logits, h.target) for name, h in outputs.heads.items()}
+        terms = {name: _ce(h) for name, h in outputs.heads.items()}
         for i, layer in enumerate(outputs.layers[:-1]):
             for name, h in layer.items():
-                terms[f"layer{i}/{name}"] = F.cross_entropy(h.logits, h.target)
+                terms[f"layer{i}/{name}"] = _ce(h)
         return terms
 
     @torch.no_grad()
@@ -132,3 +131,8 @@ class ClassificationAdapter(Adapter):
 
     def example_input(self) -> Tensor:
         return self.test_set.images[:1].to(self.device)
+
+
+def _ce(head: Head) -> Tensor:
+    assert head.target is not None, "classification heads carry their labels"
+    return F.cross_entropy(head.logits, head.target)
