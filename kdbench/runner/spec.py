@@ -66,6 +66,9 @@ def resolve(options: RunOptions) -> RunSpec:
         raise UsageError(f"--seed must be a non-negative integer, got {options.seed}")
     if options.teacher is not None and not options.teacher.is_file():
         raise UsageError(f"--teacher {options.teacher}: no such file")
+    if options.teacher is not None and method_cls.teacher != "external":
+        raise UsageError(f"--teacher is for methods with an external teacher; {options.method!r} "
+                         f"has teacher {method_cls.teacher!r}")
     needs_path = protocol.get("teacher.train") is False
     if method_cls.teacher == "external" and needs_path and options.teacher is None:
         raise UsageError(

@@ -106,6 +106,8 @@ def test_cifar100_standard_card_on_a_fixture(tmp_path: Path, capsys: pytest.Capt
     assert record["spec"]["overrides"] == {"train.epochs": 1, "train.batch_size": 12}
     assert set(record["metrics"]["values"]) == {"top1", "top5", "nll", "ece", "aurc"}
     capsys.readouterr()
+    assert main([*common, "--method", "pskd", "--teacher", str(teacher)]) == 2
+    assert "--teacher is for methods with an external teacher" in capsys.readouterr().err
     assert main([*common[:-4], "--method", "baseline", "--data-root", str(tmp_path / "empty")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cifar-100-python" in err[0] and "cifar-100-python.tar.gz" in err[0]
