@@ -20,8 +20,15 @@ class MLKD(Method):
     """MLKD: prediction-layer KL at τ 0.5 (no τ² factor) + intermediate-layer similarity.
 
     Every student feature is compared with every teacher feature mapped to its size by a
-    learnable Linear; the two nearest teacher layers are kept and weighted by learnable
-    weights initialised to 1 (`kdbench.losses.similarity`). Features are pooled over space.
+    learnable Linear; the two nearest teacher layers are kept and weighted
+    (`kdbench.losses.similarity`). Features are pooled over space.
+
+    Layer weights: the official code (microsoft/KC, MLKD_OOD) creates its weights (init 1) as
+    a plain attribute, so they are never optimised and stay 1; that is the default here.
+    The paper calls them learnable, but a free weight on a minimised non-negative loss runs
+    to −∞ (measured here: the loss went non-finite within 4 epochs). `learn_weights=true`
+    offers the paper's reading in a bounded form: per student layer, L_t·softmax(θ_i) with θ
+    initialised to 0, so every weight starts at 1 and they keep summing to L_t.
     """
 
     name = "mlkd"
@@ -35,6 +42,7 @@ class MLKD(Method):
         kd_weight: float = 1.0
         similarity_weight: float = 1.0
         nearest: int = 2
+        learn_weights: bool = False
 
     def __init__(self, config: Config, ctx: MethodContext) -> None:
         super().__init__(config, ctx)
@@ -44,7 +52,8 @@ class MLKD(Method):
         ds = [pooled(ctx.student.features[n]).shape[-1] for n in self.names_s]
         dt = [pooled(ctx.teacher.features[n]).shape[-1] for n in self.names_t]
         self.maps = nn.ModuleList(nn.ModuleList(nn.Linear(b, a) for b in dt) for a in ds)
-        self.layer_weights = nn.Parameter(torch.ones(len(ds), len(dt)))
+        self.layer_logits = nn.Parameter(torch.zeros(len(ds), len(dt)),
+                                         requires_grad=config.learn_weights)
 
     def loss(
         self, student: Outputs, teacher: Outputs | None, progress: float, state: RunState
@@ -56,11 +65,12 @@ class MLKD(Method):
             / c.temperature**2
             for name, s, t in paired_heads(student, teacher)
         }
+        weights = self.layer_logits.softmax(-1) * self.layer_logits.shape[-1]  # 1 at init
         fs = [pooled(student.features[n]) for n in self.names_s]
         ft = [pooled(teacher.features[n]) for n in self.names_t]
         sim = sum(
             (similarity([f], [m(g) for m, g in zip(maps, ft, strict=True)],  # type: ignore[call-overload]
-                        self.layer_weights[i:i + 1], c.nearest)
+                        weights[i:i + 1], c.nearest)
              for i, (f, maps) in enumerate(zip(fs, self.maps, strict=True))),  # type: ignore[call-overload]
             start=fs[0].new_zeros(()),
         )
