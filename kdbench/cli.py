@@ -100,9 +100,10 @@ def _summary(record: dict[str, Any], path: Path) -> None:
         print(f"  error: {record['error']}")
     for name, value in m["values"].items():
         info = METRICS.get(name)
-        label = f"{info.label} ({info.unit})" if info else name
+        label = (f"{info.label} ({info.unit})" if info.unit else info.label) if info else name
         mark = "  ← primary" if name == m["primary"] else ""
-        print(f"  {name:<6} {value:10.4f}   {label}{mark}")
+        shown = "       n/a" if value is None else f"{value:10.4f}"
+        print(f"  {name:<9} {shown}   {label}{mark}")
     cost = record["cost"]
     print(f"  trained in {cost['train_seconds']:.1f} s on {cost['device']}; record: {path}")
 

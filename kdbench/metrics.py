@@ -27,6 +27,12 @@ METRICS: dict[str, Metric] = {
         Metric("nll", "lower", "Negative log-likelihood", "nats"),
         Metric("ece", "lower", "Expected calibration error (15 bins)", "%"),
         Metric("aurc", "lower", "Area under the risk-coverage curve", "×1000"),
+        Metric("ap", "higher", "COCO AP @[.50:.95]"),
+        Metric("ap50", "higher", "COCO AP @.50"),
+        Metric("ap75", "higher", "COCO AP @.75"),
+        Metric("ap_small", "higher", "COCO AP, small objects"),
+        Metric("ap_medium", "higher", "COCO AP, medium objects"),
+        Metric("ap_large", "higher", "COCO AP, large objects"),
     ]
 }
 

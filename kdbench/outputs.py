@@ -20,13 +20,16 @@ class Head:
         logits: (..., K) unnormalised scores, the distribution on the last dimension.
         target: class indices (...) , a soft target (..., K), or None.
         mask: (...) bool, True at valid positions; None means every position is valid.
-        weight: (...) per-position weight, or None.
+        weight: (...) per-position weight, or None (e.g. a detector's distillation weight).
+        matched: (...) bool, True at positions matched to a ground-truth object, or None; losses
+            that normalise matched and unmatched positions separately (DDF) use it.
     """
 
     logits: Tensor
     target: Tensor | None = None
     mask: Tensor | None = None
     weight: Tensor | None = None
+    matched: Tensor | None = None
 
     def __post_init__(self) -> None:
         positions = self.logits.shape[:-1]
@@ -35,7 +38,7 @@ class Head:
                 f"Head.target has shape {tuple(self.target.shape)}; expected {tuple(positions)} "
                 f"(class indices) or {tuple(self.logits.shape)} (soft target)"
             )
-        for name in ("mask", "weight"):
+        for name in ("mask", "weight", "matched"):
             value = getattr(self, name)
             if value is not None and value.shape != positions:
                 raise ValueError(

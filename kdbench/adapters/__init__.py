@@ -11,6 +11,7 @@ from kdbench.errors import unknown
 #: load only when that task runs).
 TASKS: dict[str, str] = {
     "classification": "kdbench.adapters.classification.adapter:ClassificationAdapter",
+    "detection": "kdbench.adapters.detection.adapter:DetectionAdapter",
 }
 
 

@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from kdbench.errors import KDBenchError
 from kdbench.outputs import Outputs
 from kdbench.runner.protocol import Protocol
 
@@ -33,6 +34,9 @@ class Adapter(ABC):
         self.protocol = protocol
         self.data_root = data_root
         self.device = device
+
+    def configure(self, needs: frozenset[str]) -> None:  # noqa: B027
+        """Told the method's needs and requests before any model is built (default: nothing)."""
 
     @property
     @abstractmethod
@@ -64,9 +68,9 @@ class Adapter(ABC):
     @abstractmethod
     def evaluate(self, model: nn.Module, split: str = "test") -> dict[str, float]: ...
 
-    @abstractmethod
     def teacher_pass(self, model: nn.Module) -> Iterator[Outputs]:
-        """Eval-mode Outputs over the training set, without augmentation."""
+        """Eval-mode Outputs over the training set, without augmentation (need `teacher_pass`)."""
+        raise KDBenchError(f"task {self.task!r} does not provide a teacher pass over its training set")
 
     @abstractmethod
     def example_input(self) -> Any:

@@ -9,6 +9,7 @@ Teacher inputs are detached inside every loss.
 from kdbench.losses.divergence import bdkd, binary_kl_norm
 from kdbench.losses.feature import feature_mse, minilm_relations, nd, similarity
 from kdbench.losses.gold import ddf, layer_self_distillation
+from kdbench.losses.localization import box_giou, box_l1, fgl, varifocal
 from kdbench.losses.logit import dkd, kd, nkd, taid
 from kdbench.losses.self_distill import (
     label_smoothing,
@@ -21,9 +22,12 @@ from kdbench.losses.self_distill import (
 __all__ = [
     "bdkd",
     "binary_kl_norm",
+    "box_giou",
+    "box_l1",
     "ddf",
     "dkd",
     "feature_mse",
+    "fgl",
     "kd",
     "label_smoothing",
     "layer_self_distillation",
@@ -36,4 +40,5 @@ __all__ = [
     "taid",
     "uskd",
     "uskd_terms",
+    "varifocal",
 ]

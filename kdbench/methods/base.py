@@ -27,6 +27,13 @@ NEEDS: dict[str, str] = {
     "attentions": "per-layer attention q/k/v",
     "ids": "dataset indices of samples (for per-sample memories such as past predictions)",
     "teacher_pass": "one teacher pass over the training set before training",
+    "sample_heads": "one categorical prediction per sample, (B, K) logits",
+    "ce_heads": "final heads trained with softmax cross-entropy on hard targets",
+}
+
+#: Optional adapter behaviours a method may request; adapters apply those they have.
+REQUESTS: dict[str, str] = {
+    "union_matching": "GO-LSD's union of ground-truth matches across decoder layers for box losses",
 }
 
 
@@ -62,6 +69,7 @@ class Method(nn.Module):
     paper: ClassVar[str]
     teacher: ClassVar[TeacherKind]
     needs: ClassVar[frozenset[str]] = frozenset()
+    requests: ClassVar[frozenset[str]] = frozenset()
     Config: ClassVar[type]
 
     def __init__(self, config: Any, ctx: MethodContext) -> None:
@@ -100,11 +108,19 @@ class Method(nn.Module):
 
 
 def paired_heads(student: Outputs, teacher: Outputs | None) -> Iterator[tuple[str, Head, Head]]:
-    """(name, student head, teacher head) for every final head the two share."""
+    """(name, student head, teacher head) for every final head the two share.
+
+    The student head's mask is narrowed to the positions the teacher's aligned head marks valid
+    (a detector's teacher covers only queries matched to the same ground-truth object).
+    """
     if teacher is None:
         raise ValueError("this method needs a teacher's outputs")
     for name, head in student.heads.items():
-        yield name, head, teacher.heads[name]
+        other = teacher.heads[name]
+        if other.mask is not None:
+            mask = other.mask if head.mask is None else head.mask & other.mask
+            head = dataclasses.replace(head, mask=mask)
+        yield name, head, other
 
 
 def require_target(head: Head, method: str) -> Tensor:

@@ -25,7 +25,7 @@ class DHKD(Method):
     name = "dhkd"
     paper = "Yang et al., Dual-Head Knowledge Distillation: Enhancing Logits Utilization with an Auxiliary Head, 2024"
     teacher = "external"
-    needs = frozenset({"features"})
+    needs = frozenset({"features", "sample_heads"})
 
     @dataclass
     class Config:

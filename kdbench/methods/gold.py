@@ -8,43 +8,62 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from kdbench.losses import layer_self_distillation
+from kdbench.losses import ddf, layer_self_distillation
 from kdbench.methods import register
 from kdbench.methods.base import Method, RunState, require_target
-from kdbench.outputs import Outputs
+from kdbench.outputs import Head, Outputs
 
 
 @register
 class GOLD(Method):
     """GO-LSD: the final layer's detached distributions teach every earlier layer's.
 
-    On tasks with per-layer heads (auxiliary classifiers), each earlier layer l gets
-    w·T²·KL(σ(z_L/T) ‖ σ(z_l/T)) with w = sg(p_L[y]) the final layer's confidence in the
-    correct class, mean over valid positions, summed over layers (DDF's weight 1.5, T 5).
-    Every layer also keeps the task loss (deep supervision, as D-FINE's decoder layers do).
+    Each earlier layer l gets w·T²·KL(σ(z_L/T) ‖ σ(z_l/T)), weight 1.5, T 5, summed over layers.
+    The weight w is the adapter's per-position weight where it gives one (a detector: IoU of the
+    layer's box with its ground truth for matched queries, the final layer's max class score for
+    the rest), else sg(p_L[y]), the final layer's confidence in the correct class. Where a head
+    marks matched positions, matched and unmatched ones are averaged separately and combined
+    with √K weights (D-FINE's DDF); otherwise it is a mean over valid positions. Every layer
+    keeps the task loss (deep supervision, as D-FINE's decoder layers do); detectors also use
+    the union of the layers' matches for their box losses (`requests`).
     """
 
     name = "gold"
     paper = "Peng et al., D-FINE: Redefine Regression Task of DETRs as Fine-grained Distribution Refinement, ICLR 2025"
     teacher = "self"
     needs = frozenset({"layers"})
+    requests = frozenset({"union_matching"})
 
     @dataclass
     class Config:
         weight: float = 1.5
         temperature: float = 5.0
+        heads: str = ""  # comma-separated head names to distill; empty: every head
 
     def loss(
         self, student: Outputs, teacher: Outputs | None, progress: float, state: RunState
     ) -> dict[str, Tensor]:
         c = self.config
+        chosen = [h.strip() for h in c.heads.split(",") if h.strip()] or list(student.heads)
         terms = {}
-        for name, final in student.heads.items():
-            target = require_target(final, self.name)
-            with torch.no_grad():
-                conf = final.logits.softmax(-1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
-            earlier = [layer[name].logits for layer in student.layers[:-1]]
-            terms[f"gold/{name}"] = c.weight * layer_self_distillation(
-                earlier, final.logits, conf, c.temperature, final.mask
-            )
+        for name in chosen:
+            final = student.heads[name]
+            earlier = [layer[name] for layer in student.layers[:-1]]
+            terms[f"gold/{name}"] = c.weight * sum(
+                (self._layer(head, final) for head in earlier), start=final.logits.new_zeros(()))
         return terms
+
+    def _layer(self, head: Head, final: Head) -> Tensor:
+        t = self.config.temperature
+        if head.weight is not None:
+            weight = head.weight
+        else:
+            with torch.no_grad():
+                target = require_target(final, self.name)
+                weight = final.logits.softmax(-1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        if head.matched is None:
+            return layer_self_distillation([head.logits], final.logits, weight, t, final.mask)
+        k = head.logits.shape[-1]
+        valid = torch.ones_like(head.matched) if head.mask is None else head.mask
+        return ddf(head.logits[valid].reshape(-1, k), final.logits[valid].reshape(-1, k),
+                   weight[valid].reshape(-1), head.matched[valid].reshape(-1), t)

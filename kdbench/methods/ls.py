@@ -19,6 +19,7 @@ class LabelSmoothing(Method):
     name = "ls"
     paper = "Szegedy et al., Rethinking the Inception Architecture for Computer Vision, CVPR 2016"
     teacher = "none"
+    needs = frozenset({"ce_heads"})
 
     @dataclass
     class Config:

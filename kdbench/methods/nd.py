@@ -27,7 +27,7 @@ class ND(Method):
     name = "nd"
     paper = "Wang et al., Improving Knowledge Distillation via Regularizing Feature Norm and Direction, 2023"
     teacher = "external"
-    needs = frozenset({"features", "teacher_pass"})
+    needs = frozenset({"features", "teacher_pass", "sample_heads"})
 
     @dataclass
     class Config:

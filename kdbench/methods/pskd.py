@@ -26,7 +26,7 @@ class PSKD(Method):
     name = "pskd"
     paper = "Kim et al., Self-Knowledge Distillation with Progressive Refinement of Targets, ICCV 2021"
     teacher = "self"
-    needs = frozenset({"ids"})
+    needs = frozenset({"ids", "sample_heads", "ce_heads"})
 
     @dataclass
     class Config:

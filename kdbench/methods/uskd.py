@@ -27,7 +27,7 @@ class USKD(Method):
     name = "uskd"
     paper = "Yang et al., Normalized Loss and Customized Soft Labels (NKD/USKD), ICCV 2023"
     teacher = "self"
-    needs = frozenset({"features"})
+    needs = frozenset({"features", "sample_heads"})
 
     @dataclass
     class Config:

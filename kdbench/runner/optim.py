@@ -26,7 +26,7 @@ def build_optimizer(cfg: dict[str, Any], params: Iterable[nn.Parameter]) -> torc
     if name in ("adamw", "adam"):
         cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
         betas = tuple(cfg.get("betas", (0.9, 0.999)))
-        return cls(params, lr=lr, weight_decay=wd, betas=betas)  # type: ignore[arg-type]
+        return cls(params, lr=lr, weight_decay=wd, betas=betas, foreach=True)  # type: ignore[arg-type]
     raise UsageError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
 
 

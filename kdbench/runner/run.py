@@ -32,6 +32,7 @@ def run(options: RunOptions) -> tuple[dict[str, Any], Path]:
     device = resolve_device(options.device)
     torch.use_deterministic_algorithms(True, warn_only=True)
     adapter = spec.adapter_cls(spec.protocol, options.data_root, device)
+    adapter.configure(spec.method_cls.needs | spec.method_cls.requests)
     teacher = None
     if spec.method_cls.teacher == "external":
         teacher = get_teacher(adapter, spec.teacher_seed, options.teacher)

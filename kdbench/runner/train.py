@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from kdbench.adapters.base import Adapter
 from kdbench.methods.base import Method, RunState
 from kdbench.runner import checkpoint
+from kdbench.runner.ema import EMA
 from kdbench.runner.optim import build_optimizer, build_schedule
 
 
@@ -60,10 +61,14 @@ def fit(job: Job) -> FitResult:
     optimizer = build_optimizer(cfg["optimizer"], params)
     schedule = build_schedule(optimizer, cfg.get("schedule", {}), steps_per_epoch, epochs)
     clip = cfg.get("grad_clip")
+    ema_cfg = cfg.get("ema") or {}
+    ema = EMA(job.student, float(ema_cfg["decay"]), int(ema_cfg.get("warmup_steps", 2000))) if ema_cfg else None
     result = FitResult()
     if job.checkpoint is not None and job.checkpoint.is_file():
         state = checkpoint.load(job.checkpoint, job.adapter.device)
         job.student.load_state_dict(state["student"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         job.method.load_state_dict(state["method"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -74,24 +79,26 @@ def fit(job: Job) -> FitResult:
                initial=result.resumed_from, total=epochs, leave=False, disable=None)
     for epoch in bar:
         started = time.perf_counter()
-        terms = _train_epoch(job, optimizer, schedule, epoch, epochs, steps_per_epoch, clip)
+        terms = _train_epoch(job, optimizer, schedule, epoch, epochs, steps_per_epoch, clip, ema)
         seconds = time.perf_counter() - started
         result.train_seconds += seconds
         entry: dict[str, Any] = {"epoch": epoch, "loss": terms.pop("loss"), "terms": terms,
                                  "lr": optimizer.param_groups[0]["lr"], "seconds": seconds}
         if _should_eval(cfg, epoch, epochs):
-            entry["metrics"] = job.adapter.evaluate(job.student)
+            entry["metrics"] = job.adapter.evaluate(ema.model if ema else job.student)
         result.history.append(entry)
         bar.set_postfix(loss=f"{entry['loss']:.3f}", **{
             k: f"{v:.2f}" for k, v in entry.get("metrics", {}).items()
-            if k == job.adapter.primary_metric})
+            if k == job.adapter.primary_metric and v is not None})
         if job.checkpoint is not None:
             checkpoint.save(job.checkpoint, {
                 "epoch": epoch + 1, "student": job.student.state_dict(),
                 "method": job.method.state_dict(), "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(), "history": result.history,
-                "train_seconds": result.train_seconds})
+                "train_seconds": result.train_seconds, "ema": ema.state_dict() if ema else None})
     bar.close()
+    if ema is not None:  # what is evaluated and saved from here on is the averaged model
+        job.student.load_state_dict(ema.model.state_dict())
     return result
 
 
@@ -102,7 +109,7 @@ def _should_eval(cfg: dict[str, Any], epoch: int, epochs: int) -> bool:
 
 def _train_epoch(
     job: Job, optimizer: torch.optim.Optimizer, schedule: Any, epoch: int, epochs: int,
-    steps_per_epoch: int, clip: float | None,
+    steps_per_epoch: int, clip: float | None, ema: EMA | None = None,
 ) -> dict[str, float]:
     torch.manual_seed(epoch_seed(job.seed, epoch))  # dropout and other in-model randomness
     generator = torch.Generator().manual_seed(epoch_seed(job.seed, epoch))
@@ -131,6 +138,8 @@ def _train_epoch(
                 [p for g in optimizer.param_groups for p in g["params"]], float(clip))
         optimizer.step()
         schedule.step()
+        if ema is not None:
+            ema.update(job.student)
         detached = {k: v.detach() for k, v in terms.items()}
         job.method.after_step(student.detach(), detached, state)
         for k, v in detached.items():

@@ -34,7 +34,7 @@ class ClassificationAdapter(Adapter):
     """Classification with a CE task loss; auxiliary per-stage heads when `layers` is needed."""
 
     task = "classification"
-    provides = frozenset({"layers", "features", "ids", "teacher_pass"})
+    provides = frozenset({"layers", "features", "ids", "teacher_pass", "sample_heads", "ce_heads"})
     primary_metric = "top1"
 
     def __init__(self, protocol: Protocol, data_root: Path | None, device: torch.device) -> None:

@@ -1,0 +1,183 @@
+"""Detection: a D-FINE-style DETR on synthetic shapes (embedded) or COCO 2017 (the user's files)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from kdbench.adapters.base import Adapter, Role
+from kdbench.adapters.detection import data as D
+from kdbench.adapters.detection.evaluate import coco_detection_metrics, to_coco_results
+from kdbench.adapters.detection.losses import DetectionLoss
+from kdbench.adapters.detection.matcher import hungarian_match, union_matches
+from kdbench.adapters.detection.model import FDRDetector
+from kdbench.adapters.detection.targets import Batch, DetectionOutputs, Pairs, matched_iou, query_labels, query_mask
+from kdbench.errors import KDBenchError, UsageError
+from kdbench.outputs import Head
+from kdbench.runner.checkpoint import cache_dir, sha256_json
+from kdbench.runner.protocol import Protocol
+
+DATASETS = ("shapes", "coco2017")
+ARCHS = ("fdr-detr",)
+
+
+class DetectionAdapter(Adapter):
+    """Heads "cls" (B, Q, C) and "box" (B, Q, 4, N+1) per decoder layer; teacher Outputs are
+    aligned to the student's by ground-truth matches (the final layers' Hungarian matches)."""
+
+    task = "detection"
+    provides = frozenset({"layers", "features", "ids"})
+    primary_metric = "ap"
+
+    def __init__(self, protocol: Protocol, data_root: Path | None, device: torch.device) -> None:
+        super().__init__(protocol, data_root, device)
+        card = protocol.card
+        self.size = int(card["data"].get("size", 64))
+        self.train_set, self.val_set = self._load(card["data"])
+        self.num_classes = len(self.train_set.category_ids)
+        self.flip = float(card.get("augmentation", {}).get("hflip", 0.0))
+        self.matcher = dict(card.get("matcher", {}))
+        self.loss = DetectionLoss(**card.get("loss", {}))
+        self.union = False
+
+    def _load(self, spec: dict[str, Any]) -> tuple[D.DetectionSet, D.DetectionSet]:
+        name = spec.get("dataset")
+        try:
+            if name == "shapes":
+                params = {k: spec[k] for k in ("n_train", "n_val", "size", "max_objects", "seed")}
+                root = cache_dir() / "data" / f"shapes-{sha256_json(params)[:16]}"
+                D.make_shapes_dataset(root, **params)
+                ann = root / "annotations"
+                return (D.load_coco_detection(ann / "instances_train.json", root / "train", self.size),
+                        D.load_coco_detection(ann / "instances_val.json", root / "val", self.size))
+            if name == "coco2017":
+                if self.data_root is None:
+                    raise UsageError("COCO 2017 needs --data-root (or KDBENCH_DATA_ROOT): the folder with "
+                                     "annotations/instances_{train,val}2017.json, train2017/ and val2017/")
+                limit = spec.get("limit_train"), spec.get("limit_val")
+                return (D.load_coco2017(self.data_root, "train", self.size, limit[0]),
+                        D.load_coco2017(self.data_root, "val", self.size, limit[1]))
+        except FileNotFoundError as e:
+            raise KDBenchError(str(e)) from None
+        raise UsageError(f"unknown detection dataset {name!r}; valid: {', '.join(DATASETS)}")
+
+    def configure(self, needs: frozenset[str]) -> None:
+        self.union = "union_matching" in needs
+
+    @property
+    def train_size(self) -> int:
+        return len(self.train_set.image_ids)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return -(-self.train_size // batch_size)
+
+    def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
+        order = torch.randperm(self.train_size, generator=generator)
+        for start in range(0, self.train_size, batch_size):
+            idx = order[start:start + batch_size]
+            images = self.train_set.get_images(idx).float() / 255
+            boxes = [self.train_set.boxes[i] for i in idx.tolist()]
+            labels = [self.train_set.labels[i] for i in idx.tolist()]
+            if self.flip:
+                images, boxes = D.hflip_batch(images, boxes, generator, self.flip)
+            yield Batch(images.to(self.device), [t.to(self.device) for t in labels],
+                        [b.to(self.device) for b in boxes], idx.to(self.device))
+
+    def build_model(self, role: Role, needs: frozenset[str]) -> nn.Module:
+        spec = dict(self.protocol.card[role])
+        arch = spec.pop("arch")
+        for key in ("seed", "train"):
+            spec.pop(key, None)
+        if arch not in ARCHS:
+            raise UsageError(f"protocol {self.protocol.name!r} {role}: unknown architecture {arch!r}; "
+                             f"valid: {', '.join(ARCHS)}")
+        if "widths" in spec:
+            spec["widths"] = tuple(spec["widths"])
+        return FDRDetector(self.num_classes, **spec)
+
+    def forward(self, model: nn.Module, batch: Batch) -> DetectionOutputs:
+        raw = model(batch.images)
+        match = dict(self.matcher)
+        sets = hungarian_match(torch.cat([raw.logits, raw.logits[:1]]), torch.cat([raw.boxes, raw.pre_boxes[None]]),
+                               batch.labels, batch.boxes, **match)  # every layer, then the pre-box head
+        per_layer, pre = sets[:-1], sets[-1]
+        union = union_matches([*per_layer, pre])
+        pairs = [Pairs.of(m, batch) for m in per_layer]
+        union_pairs = Pairs.of(union, batch)
+        b, q = raw.logits.shape[1:3]
+        device = raw.logits.device
+        union_mask = query_mask(union_pairs, (b, q), device)
+        with torch.no_grad():
+            final_conf = raw.logits[-1].sigmoid().max(-1).values  # (B, Q) the teacher's confidence
+        layers = []
+        for i, layer_pairs in enumerate(pairs):
+            cls = Head(raw.logits[i], query_labels(layer_pairs, batch, (b, q), device),
+                       mask=query_mask(layer_pairs, (b, q), device))
+            weight = self._ddf_weight(raw.boxes[i], union_pairs, batch, final_conf)
+            box = Head(raw.corners[i], weight=weight[..., None].expand(-1, -1, 4),
+                       matched=union_mask[..., None].expand(-1, -1, 4))
+            layers.append({"cls": cls, "box": box})
+        return DetectionOutputs(heads=layers[-1], layers=layers, features={"c3": raw.features["c3"],
+                                "c4": raw.features["c4"]}, ids=batch.ids, raw=raw, batch=batch,
+                                matches=per_layer, pre_matches=pre, union=union, pairs=pairs,
+                                pre_pairs=Pairs.of(pre, batch), union_pairs=union_pairs)
+
+    @torch.no_grad()
+    def _ddf_weight(self, boxes: Tensor, union: Pairs, batch: Batch, conf: Tensor) -> Tensor:
+        """(B, Q): IoU with the ground truth for union-matched queries, else the final max score."""
+        weight = conf.clone()
+        iou = matched_iou(boxes[union.batch, union.query], batch.all_boxes[union.gt])
+        weight[union.batch, union.query] = iou.to(weight.dtype)
+        return weight
+
+    def align(self, student: DetectionOutputs, teacher: DetectionOutputs) -> DetectionOutputs:  # type: ignore[override]
+        """The teacher's final heads re-indexed so that, for every ground-truth object, the teacher
+        query matched to it sits at the student query matched to it; other queries are masked."""
+        s_match, t_match = student.matches[-1], teacher.matches[-1]
+        heads = {}
+        for name, head in teacher.heads.items():
+            logits = torch.zeros_like(head.logits)
+            mask = torch.zeros(head.logits.shape[:2], dtype=torch.bool, device=head.logits.device)
+            for b, ((s_rows, s_cols), (t_rows, t_cols)) in enumerate(zip(s_match, t_match, strict=True)):
+                s_of_gt = {int(g): int(r) for r, g in zip(s_rows, s_cols, strict=True)}
+                pairs = [(s_of_gt[int(g)], int(r)) for r, g in zip(t_rows, t_cols, strict=True) if int(g) in s_of_gt]
+                if pairs:
+                    s_idx, t_idx = (torch.tensor(x, device=logits.device) for x in zip(*pairs, strict=True))
+                    logits[b, s_idx] = head.logits[b, t_idx]
+                    mask[b, s_idx] = True
+            mask = mask.view(*mask.shape, *([1] * (head.logits.dim() - 3))).expand(head.logits.shape[:-1])
+            heads[name] = replace(head, logits=logits, mask=mask, weight=None, matched=None,
+                                  target=None if head.target is None else student.heads[name].target)
+        return DetectionOutputs(heads=heads, features=teacher.features, ids=teacher.ids)
+
+    def task_loss(self, outputs: DetectionOutputs) -> dict[str, Tensor]:  # type: ignore[override]
+        """VFL per layer with its own matches; L1, GIoU and FGL with its own or (GO-LSD) the union."""
+        assert outputs.raw is not None and outputs.batch is not None and outputs.pre_pairs is not None
+        return self.loss(outputs.raw, outputs.batch, outputs.pairs, outputs.pre_pairs,
+                         outputs.union_pairs if self.union else None)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, split: str = "test") -> dict[str, float]:
+        data = {"test": self.val_set, "val": self.val_set, "train": self.train_set}.get(split)
+        if data is None:
+            raise UsageError(f"unknown split {split!r}; valid: test, val, train")
+        was_training = model.training
+        model.eval()
+        detections: list[dict[str, Any]] = []
+        for start in range(0, len(data.image_ids), 64):
+            idx = torch.arange(start, min(start + 64, len(data.image_ids)))
+            out = model((data.get_images(idx).float() / 255).to(self.device))
+            ids = [data.image_ids[i] for i in idx.tolist()]
+            detections += to_coco_results(out.logits[-1].sigmoid().cpu(), out.boxes[-1].cpu(), ids,
+                                          data.category_ids, data.orig_sizes[idx], top_k=int(self.protocol.get(
+                                              "eval.top_k", 100)))
+        model.train(was_training)
+        return coco_detection_metrics(data.ann_file, detections, data.image_ids)  # type: ignore[return-value]
+
+    def example_input(self) -> Tensor:
+        return (self.val_set.get_images(torch.arange(1)).float() / 255).to(self.device)

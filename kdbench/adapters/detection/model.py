@@ -1,0 +1,223 @@
+"""A D-FINE-style DETR in plain PyTorch: CNN backbone, a light encoder, and a decoder whose every
+layer predicts class logits and FDR box-edge distributions, refined residually layer by layer.
+
+Peng et al., "D-FINE: Redefine Regression Task of DETRs as Fine-grained Distribution
+Refinement", ICLR 2025. Differences from the official model, for CPU scale: multi-head
+attention over two flattened feature levels instead of deformable attention, and learnable
+anchor-like reference boxes on a grid instead of encoder top-k proposals.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from itertools import pairwise
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdbench.adapters.detection.fdr import distance2bbox, integral, weighting_function
+
+
+@dataclass
+class DetectorOutput:
+    """Raw predictions, stacked over decoder layers (earliest first).
+
+    Attributes:
+        logits: (L, B, Q, C) sigmoid class logits.
+        corners: (L, B, Q, 4, N+1) box-edge bin logits (left, top, right, bottom).
+        boxes: (L, B, Q, 4) decoded boxes, normalised cx, cy, w, h.
+        pre_boxes: (B, Q, 4) the first layer's conventional box head (the initial boxes).
+        features: named maps, e.g. {"c3": (B, C, H, W), "c4": ..., "memory": (B, T, D)}.
+        reg_scale, up: the FDR parameters the boxes were decoded with (the FGL targets need them).
+    """
+
+    logits: Tensor
+    corners: Tensor
+    boxes: Tensor
+    pre_boxes: Tensor
+    features: dict[str, Tensor]
+    reg_scale: float
+    up: float
+
+
+def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
+    x = x.clamp(eps, 1 - eps)
+    return torch.log(x / (1 - x))
+
+
+def sine_embedding(coords: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
+    """(..., k) coordinates in [0, 1] → (..., k·dim/k) sine/cosine embedding."""
+    per = dim // coords.shape[-1] // 2
+    freq = temperature ** (torch.arange(per, device=coords.device, dtype=coords.dtype) / per)
+    angles = coords[..., None] * 2 * math.pi / freq  # (..., k, per)
+    return torch.cat([angles.sin(), angles.cos()], -1).flatten(-2)
+
+
+def grid_positions(h: int, w: int, device: torch.device) -> Tensor:
+    """(h·w, 2) cell centres (x, y) in [0, 1]."""
+    ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+    return torch.stack([(xs.flatten() + 0.5) / w, (ys.flatten() + 0.5) / h], -1).float()
+
+
+class MLP(nn.Sequential):
+    def __init__(self, dims: list[int]) -> None:
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(pairwise(dims)):
+            layers.append(nn.Linear(a, b))
+            if i < len(dims) - 2:
+                layers.append(nn.ReLU())
+        super().__init__(*layers)
+
+
+def _conv(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
+
+
+class SmallBackbone(nn.Module):
+    """Four stride-2 stages (one 3×3 conv in the two high-resolution ones, two in the others);
+    returns the stride-8 and stride-16 maps (c3, c4)."""
+
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 96)) -> None:
+        super().__init__()
+        c1, c2, c3, c4 = widths
+        self.stem = _conv(3, c1, 2)
+        self.stage2 = _conv(c1, c2, 2)
+        self.stage3 = nn.Sequential(_conv(c2, c3, 2), _conv(c3, c3, 1))
+        self.stage4 = nn.Sequential(_conv(c3, c4, 2), _conv(c4, c4, 1))
+        self.channels = (c3, c4)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        c3 = self.stage3(self.stage2(self.stem(x)))
+        return c3, self.stage4(c3)
+
+
+class TimmBackbone(nn.Module):
+    """A timm backbone (ResNet, HGNetV2 ...) returning its stride-8 and stride-16 maps."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        import timm
+
+        self.body = timm.create_model(name, pretrained=False, features_only=True, out_indices=(2, 3))
+        self.channels = tuple(self.body.feature_info.channels())
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        c3, c4 = self.body(x)
+        return c3, c4
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, dim: int, heads: int, ffn: int) -> None:
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.cross_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.ffn = MLP([dim, ffn, dim])
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(3))
+
+    def forward(self, h: Tensor, query_pos: Tensor, memory: Tensor, memory_pos: Tensor) -> Tensor:
+        q = h + query_pos
+        h = self.norms[0](h + self.self_attn(q, q, h, need_weights=False)[0])
+        h = self.norms[1](h + self.cross_attn(h + query_pos, memory + memory_pos, memory, need_weights=False)[0])
+        return self.norms[2](h + self.ffn(h))
+
+
+class FDRDetector(nn.Module):
+    """D-FINE-style detector: every decoder layer predicts class logits and edge distributions.
+
+    Per layer l: L^l = L^{l−1} + MLP_l(h^l + sg(h^{l−1})) (residual distribution refinement),
+    box^l = distance2bbox(sg(pre_box), Σ_n σ(L^l)_n·W(n), c); the next layer attends around
+    sg(box^l). pre_box comes from a conventional box head on the first layer's output.
+    """
+
+    def __init__(
+        self, num_classes: int, backbone: str = "small", widths: tuple[int, ...] = (16, 32, 64, 96),
+        dim: int = 64, heads: int = 4, ffn: int = 256, layers: int = 3, queries: int = 20,
+        reg_max: int = 32, up: float = 0.5, reg_scale: float = 4.0, encoder_layers: int = 1,
+    ) -> None:
+        super().__init__()
+        self.backbone: nn.Module = SmallBackbone(widths) if backbone == "small" else TimmBackbone(backbone)
+        c3, c4 = self.backbone.channels  # type: ignore[misc]
+        self.proj = nn.ModuleList([nn.Conv2d(c3, dim, 1), nn.Conv2d(c4, dim, 1)])
+        self.level_embed = nn.Parameter(torch.zeros(2, dim))
+        self.encoder = nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(dim, heads, ffn, dropout=0.0, batch_first=True), encoder_layers,
+            enable_nested_tensor=False)
+        self.query_content = nn.Embedding(queries, dim)
+        self.ref_logits = nn.Parameter(inverse_sigmoid(_anchor_grid(queries)))
+        self.query_pos = MLP([dim, dim, dim])
+        self.layers = nn.ModuleList(DecoderLayer(dim, heads, ffn) for _ in range(layers))
+        self.score_heads = nn.ModuleList(nn.Linear(dim, num_classes) for _ in range(layers))
+        self.corner_heads = nn.ModuleList(MLP([dim, dim, 4 * (reg_max + 1)]) for _ in range(layers))
+        self.pre_box_head = MLP([dim, dim, 4])
+        self.reg_max, self.reg_scale, self.up, self.dim = reg_max, reg_scale, up, dim
+        self.register_buffer("project", weighting_function(reg_max, up, reg_scale), persistent=False)
+        self._reset()
+
+    project: Tensor
+
+    def _reset(self) -> None:
+        prior = -math.log((1 - 0.01) / 0.01)  # focal-loss prior: initial sigmoid scores 0.01
+        for head in self.score_heads:
+            nn.init.constant_(head.bias, prior)
+        for mlp in self.corner_heads:
+            nn.init.zeros_(mlp[-1].weight)
+            nn.init.zeros_(mlp[-1].bias)
+        nn.init.zeros_(self.pre_box_head[-1].weight)
+        nn.init.zeros_(self.pre_box_head[-1].bias)
+        nn.init.normal_(self.level_embed, std=0.02)
+
+    def _memory(self, images: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        c3, c4 = self.backbone(images)
+        maps = [p(c) for p, c in zip(self.proj, (c3, c4), strict=True)]
+        tokens, pos = [], []
+        for level, m in enumerate(maps):
+            b, d, h, w = m.shape
+            p = sine_embedding(grid_positions(h, w, m.device), d) + self.level_embed[level]
+            t = m.flatten(2).transpose(1, 2)  # (B, h·w, D)
+            if level == 1:  # the coarsest level goes through the encoder (AIFI-like)
+                t = self.encoder(t + p)
+            tokens.append(t)
+            pos.append(p.expand(b, -1, -1))
+        memory = torch.cat(tokens, 1)
+        return memory, torch.cat(pos, 1), {"c3": c3, "c4": c4, "memory": memory}
+
+    def forward(self, images: Tensor) -> DetectorOutput:
+        memory, memory_pos, features = self._memory(images)
+        b = images.shape[0]
+        h = self.query_content.weight.expand(b, -1, -1)
+        ref = self.ref_logits.sigmoid().expand(b, -1, -1).detach()
+        h_prev = torch.zeros_like(h)
+        corners_prev: Tensor | None = None
+        init: Tensor | None = None
+        pre_boxes = ref
+        all_logits, all_corners, all_boxes = [], [], []
+        for i, layer in enumerate(self.layers):
+            query_pos = self.query_pos(sine_embedding(ref, self.dim))
+            h = layer(h, query_pos, memory, memory_pos)
+            if init is None:
+                pre_boxes = (self.pre_box_head(h) + self.ref_logits).sigmoid()
+                init = pre_boxes.detach()
+            delta = self.corner_heads[i](h + h_prev).view(b, -1, 4, self.reg_max + 1)
+            corners = delta if corners_prev is None else delta + corners_prev
+            boxes = distance2bbox(init, integral(corners, self.project), self.reg_scale)
+            all_logits.append(self.score_heads[i](h))
+            all_corners.append(corners)
+            all_boxes.append(boxes)
+            corners_prev, h_prev, ref = corners, h.detach(), boxes.detach()
+        return DetectorOutput(torch.stack(all_logits), torch.stack(all_corners), torch.stack(all_boxes),
+                              pre_boxes, features, self.reg_scale, self.up)
+
+
+def _anchor_grid(queries: int, size: float = 0.3) -> Tensor:
+    """(Q, 4) cx, cy, w, h: Q anchor boxes on the most square grid that holds Q."""
+    cols = math.ceil(math.sqrt(queries))
+    rows = math.ceil(queries / cols)
+    cells = grid_positions(rows, cols, torch.device("cpu"))[:queries]
+    return torch.cat([cells, torch.full((queries, 2), size)], -1)
+
+
+def decoded_scores(out: DetectorOutput) -> Tensor:
+    """(B, Q, C) final sigmoid scores."""
+    return F.sigmoid(out.logits[-1])
