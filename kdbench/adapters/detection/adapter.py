@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -9,12 +10,14 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torchvision.ops import box_convert
 
 from kdbench.adapters.base import Adapter, Role
 from kdbench.adapters.detection import data as D
 from kdbench.adapters.detection.evaluate import coco_detection_metrics, to_coco_results
+from kdbench.adapters.detection.fdr import bbox2distance
 from kdbench.adapters.detection.losses import DetectionLoss
-from kdbench.adapters.detection.matcher import hungarian_match, union_matches
+from kdbench.adapters.detection.matcher import hungarian_match_sets, union_matches
 from kdbench.adapters.detection.model import FDRDetector
 from kdbench.adapters.detection.targets import Batch, DetectionOutputs, Pairs, matched_iou, query_labels, query_mask
 from kdbench.errors import KDBenchError, UsageError
@@ -28,7 +31,13 @@ ARCHS = ("fdr-detr",)
 
 class DetectionAdapter(Adapter):
     """Heads "cls" (B, Q, C) and "box" (B, Q, 4, N+1) per decoder layer; teacher Outputs are
-    aligned to the student's by ground-truth matches (the final layers' Hungarian matches)."""
+    aligned to the student's by ground-truth matches (the final layers' Hungarian matches).
+
+    "cls": target = the matched ground truth's class, mask = the layer's matched queries.
+    "box": every query valid; target = the bin nearest each ground-truth edge at matched queries;
+    weight and matched = GO-LSD's DDF weight (IoU for union-matched queries, else the final
+    layer's max class score) and the union's matched queries.
+    """
 
     task = "detection"
     provides = frozenset({"layers", "features", "ids"})
@@ -96,15 +105,25 @@ class DetectionAdapter(Adapter):
         if arch not in ARCHS:
             raise UsageError(f"protocol {self.protocol.name!r} {role}: unknown architecture {arch!r}; "
                              f"valid: {', '.join(ARCHS)}")
-        if "widths" in spec:
-            spec["widths"] = tuple(spec["widths"])
+        for key in ("widths", "strides"):
+            if key in spec:
+                spec[key] = tuple(spec[key])
         return FDRDetector(self.num_classes, **spec)
+
+    def arch_name(self, role: Role) -> str:
+        """e.g. "fdr-detr/small-16-32-64-96/d64/L3/Q20/N32": what sizes a record's model."""
+        defaults = {k: p.default for k, p in inspect.signature(FDRDetector).parameters.items()}
+        spec = {**defaults, **self.protocol.card[role]}
+        backbone = spec["backbone"]
+        if backbone == "small":
+            backbone += "-" + "-".join(str(w) for w in spec["widths"])
+        return f"{spec['arch']}/{backbone}/d{spec['dim']}/L{spec['layers']}/Q{spec['queries']}/N{spec['reg_max']}"
 
     def forward(self, model: nn.Module, batch: Batch) -> DetectionOutputs:
         raw = model(batch.images)
-        match = dict(self.matcher)
-        sets = hungarian_match(torch.cat([raw.logits, raw.logits[:1]]), torch.cat([raw.boxes, raw.pre_boxes[None]]),
-                               batch.labels, batch.boxes, **match)  # every layer, then the pre-box head
+        logits = torch.cat([raw.logits, raw.logits[:1]])  # every layer, then the pre-box head
+        boxes = torch.cat([raw.boxes, raw.pre_boxes[None]])
+        sets = hungarian_match_sets(logits, boxes, batch.labels, batch.boxes, **self.matcher)
         per_layer, pre = sets[:-1], sets[-1]
         union = union_matches([*per_layer, pre])
         pairs = [Pairs.of(m, batch) for m in per_layer]
@@ -119,13 +138,25 @@ class DetectionAdapter(Adapter):
             cls = Head(raw.logits[i], query_labels(layer_pairs, batch, (b, q), device),
                        mask=query_mask(layer_pairs, (b, q), device))
             weight = self._ddf_weight(raw.boxes[i], union_pairs, batch, final_conf)
-            box = Head(raw.corners[i], weight=weight[..., None].expand(-1, -1, 4),
-                       matched=union_mask[..., None].expand(-1, -1, 4))
+            box = Head(raw.corners[i], self._edge_bins(raw, layer_pairs, batch),
+                       weight=weight[..., None].expand(-1, -1, 4), matched=union_mask[..., None].expand(-1, -1, 4))
             layers.append({"cls": cls, "box": box})
         return DetectionOutputs(heads=layers[-1], layers=layers, features={"c3": raw.features["c3"],
                                 "c4": raw.features["c4"]}, ids=batch.ids, raw=raw, batch=batch,
                                 matches=per_layer, pre_matches=pre, union=union, pairs=pairs,
                                 pre_pairs=Pairs.of(pre, batch), union_pairs=union_pairs)
+
+    @torch.no_grad()
+    def _edge_bins(self, raw: Any, pairs: Pairs, batch: Batch) -> Tensor:
+        """(B, Q, 4) long: for matched queries, the bin nearest each ground-truth edge (the larger
+        of FGL's two interpolation weights) — the hard target of the edge distributions."""
+        b, q = raw.logits.shape[1:3]
+        bins = torch.zeros(b, q, 4, dtype=torch.long, device=raw.logits.device)
+        gt = box_convert(batch.all_boxes[pairs.gt], "cxcywh", "xyxy")
+        left, w_left, w_right = bbox2distance(raw.pre_boxes[pairs.batch, pairs.query], gt, raw.corners.shape[-1] - 1,
+                                              raw.reg_scale, raw.up)
+        bins[pairs.batch, pairs.query] = torch.where(w_left >= w_right, left, left + 1)
+        return bins
 
     @torch.no_grad()
     def _ddf_weight(self, boxes: Tensor, union: Pairs, batch: Batch, conf: Tensor) -> Tensor:

@@ -15,32 +15,35 @@ from torchvision.ops import box_convert, generalized_box_iou
 Match = tuple[Tensor, Tensor]
 
 
-@torch.no_grad()
 def hungarian_match(
+    logits: Tensor, boxes: Tensor, gt_labels: list[Tensor], gt_boxes: list[Tensor], **costs: float
+) -> list[Match]:
+    """`hungarian_match_sets` for one prediction set: logits (B, Q, C), boxes (B, Q, 4)."""
+    return hungarian_match_sets(logits[None], boxes[None], gt_labels, gt_boxes, **costs)[0]
+
+
+@torch.no_grad()
+def hungarian_match_sets(
     logits: Tensor, boxes: Tensor, gt_labels: list[Tensor], gt_boxes: list[Tensor],
     cost_class: float = 2.0, cost_bbox: float = 5.0, cost_giou: float = 2.0,
     alpha: float = 0.25, gamma: float = 2.0,
-) -> list[Match]:
+) -> list[list[Match]]:
     """One-to-one assignment per image minimising 2·focal class + 5·L1 + 2·(−GIoU) costs.
 
     Args:
-        logits: (B, Q, C) sigmoid class logits, or (S, B, Q, C) for S prediction sets at once.
-        boxes: (B, Q, 4) predicted cx, cy, w, h, or (S, B, Q, 4).
+        logits: (S, B, Q, C) sigmoid class logits of S prediction sets (decoder layers) at once.
+        boxes: (S, B, Q, 4) predicted cx, cy, w, h.
         gt_labels: per image (n_i,) class indices.
         gt_boxes: per image (n_i, 4) cx, cy, w, h.
 
     Returns:
-        Per image (query indices, ground-truth indices); for stacked inputs, one such list per set.
+        Per set, per image (query indices, ground-truth indices).
     """
-    stacked = logits.dim() == 4
-    if not stacked:
-        logits, boxes = logits[None], boxes[None]
     s, b, q, _ = logits.shape
     sizes = [len(t) for t in gt_labels]
     if sum(sizes) == 0:
         empty = torch.empty(0, dtype=torch.long)
-        none = [(empty, empty) for _ in range(b)]
-        return [none for _ in range(s)] if stacked else none  # type: ignore[return-value]
+        return [[(empty, empty) for _ in range(b)] for _ in range(s)]
     prob = logits.flatten(0, 2).float().sigmoid()  # (S·B·Q, C)
     labels = torch.cat(gt_labels)
     targets = torch.cat(gt_boxes).float()
@@ -58,7 +61,7 @@ def hungarian_match(
             rows, cols = linear_sum_assignment(part[k, i])
             matches.append((torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)))
         sets.append(matches)
-    return sets if stacked else sets[0]  # type: ignore[return-value]
+    return sets
 
 
 def union_matches(per_layer: list[list[Match]]) -> list[Match]:

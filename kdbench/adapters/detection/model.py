@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -94,14 +95,22 @@ class SmallBackbone(nn.Module):
 
 
 class TimmBackbone(nn.Module):
-    """A timm backbone (ResNet, HGNetV2 ...) returning its stride-8 and stride-16 maps."""
+    """A timm backbone (ResNet, HGNetV2 ...) returning its maps at two strides (16 and 32 by
+    default). Weights start random: nothing is downloaded; pass a checkpoint to initialise."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, strides: tuple[int, int] = (16, 32)) -> None:
         super().__init__()
         import timm
 
-        self.body = timm.create_model(name, pretrained=False, features_only=True, out_indices=(2, 3))
-        self.channels = tuple(self.body.feature_info.channels())
+        probe: Any = timm.create_model(name, pretrained=False, features_only=True)
+        reductions = probe.feature_info.reduction()
+        missing = [s for s in strides if s not in reductions]
+        if missing:
+            raise ValueError(f"backbone {name!r} has no stride {missing[0]}; strides: {reductions}")
+        indices = tuple(reductions.index(s) for s in strides)
+        body: Any = timm.create_model(name, pretrained=False, features_only=True, out_indices=indices)
+        self.channels: tuple[int, ...] = tuple(body.feature_info.channels())
+        self.body = body
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         c3, c4 = self.body(x)
@@ -135,9 +144,10 @@ class FDRDetector(nn.Module):
         self, num_classes: int, backbone: str = "small", widths: tuple[int, ...] = (16, 32, 64, 96),
         dim: int = 64, heads: int = 4, ffn: int = 256, layers: int = 3, queries: int = 20,
         reg_max: int = 32, up: float = 0.5, reg_scale: float = 4.0, encoder_layers: int = 1,
+        strides: tuple[int, int] = (16, 32),
     ) -> None:
         super().__init__()
-        self.backbone: nn.Module = SmallBackbone(widths) if backbone == "small" else TimmBackbone(backbone)
+        self.backbone: nn.Module = SmallBackbone(widths) if backbone == "small" else TimmBackbone(backbone, strides)
         c3, c4 = self.backbone.channels  # type: ignore[misc]
         self.proj = nn.ModuleList([nn.Conv2d(c3, dim, 1), nn.Conv2d(c4, dim, 1)])
         self.level_embed = nn.Parameter(torch.zeros(2, dim))
@@ -160,12 +170,11 @@ class FDRDetector(nn.Module):
     def _reset(self) -> None:
         prior = -math.log((1 - 0.01) / 0.01)  # focal-loss prior: initial sigmoid scores 0.01
         for head in self.score_heads:
-            nn.init.constant_(head.bias, prior)
-        for mlp in self.corner_heads:
-            nn.init.zeros_(mlp[-1].weight)
-            nn.init.zeros_(mlp[-1].bias)
-        nn.init.zeros_(self.pre_box_head[-1].weight)
-        nn.init.zeros_(self.pre_box_head[-1].bias)
+            nn.init.constant_(cast(nn.Linear, head).bias, prior)
+        for mlp in [*self.corner_heads, self.pre_box_head]:
+            last = cast(nn.Linear, cast(MLP, mlp)[-1])
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
         nn.init.normal_(self.level_embed, std=0.02)
 
     def _memory(self, images: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:

@@ -1,0 +1,98 @@
+"""Detection end to end on the smoke tier, and the adapter's Outputs contract."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdbench.adapters.detection.adapter import DetectionAdapter
+from kdbench.cli import main
+from kdbench.records import validation_errors
+from kdbench.runner.protocol import load_protocol
+
+
+@pytest.fixture(scope="module")
+def adapter() -> DetectionAdapter:
+    return DetectionAdapter(load_protocol("detection", "smoke"), None, torch.device("cpu"))
+
+
+def test_outputs_heads_layers_and_ddf_weights(adapter: DetectionAdapter) -> None:
+    torch.manual_seed(0)
+    model = adapter.build_model("student", frozenset({"layers"}))
+    batch = next(adapter.train_batches(4, torch.Generator().manual_seed(0)))
+    out = adapter.forward(model, batch)
+    assert set(out.heads) == {"cls", "box"} and len(out.layers) == 3 and out.layers[-1] is out.heads
+    box = out.layers[0]["box"]
+    assert box.logits.shape[-2:] == (4, 17) and box.matched is not None and box.weight is not None
+    matched = box.matched[..., 0]
+    assert int(matched.sum()) >= sum(len(b) for b in batch.boxes)  # the union covers every GT
+    conf = out.raw.logits[-1].sigmoid().max(-1).values  # type: ignore[union-attr]
+    assert torch.allclose(box.weight[..., 0][~matched], conf[~matched])  # unmatched: final confidence
+    assert ((box.weight[..., 0][matched] >= 0) & (box.weight[..., 0][matched] <= 1)).all()  # matched: IoU
+    cls = out.heads["cls"]
+    assert cls.mask is not None and int(cls.mask.sum()) == sum(len(b) for b in batch.boxes)
+    terms = adapter.task_loss(out)
+    assert {"cls", "l1", "giou", "fgl", "aux/vfl", "aux/l1", "aux/giou", "aux/fgl"} == set(terms)
+    assert all(torch.isfinite(v) for v in terms.values())
+
+
+def test_teacher_is_aligned_by_ground_truth_matches(adapter: DetectionAdapter) -> None:
+    torch.manual_seed(0)
+    student = adapter.build_model("student", frozenset())
+    teacher = adapter.build_model("teacher", frozenset()).eval()
+    batch = next(adapter.train_batches(4, torch.Generator().manual_seed(1)))
+    s_out, t_out = adapter.forward(student, batch), adapter.forward(teacher, batch)
+    aligned = adapter.align(s_out, t_out)
+    for b, ((s_rows, s_cols), (t_rows, t_cols)) in enumerate(zip(s_out.matches[-1], t_out.matches[-1], strict=True)):
+        t_of_gt = dict(zip(t_cols.tolist(), t_rows.tolist(), strict=True))
+        for q, g in zip(s_rows.tolist(), s_cols.tolist(), strict=True):
+            assert torch.equal(aligned.heads["cls"].logits[b, q], t_out.heads["cls"].logits[b, t_of_gt[g]])
+            assert torch.equal(aligned.heads["box"].logits[b, q], t_out.heads["box"].logits[b, t_of_gt[g]])
+    assert torch.equal(aligned.heads["cls"].mask, s_out.heads["cls"].mask)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("method", ["gold", "baseline", "kd"])
+def test_smoke_run_end_to_end(method: str, results: Path) -> None:
+    argv = ["run", "--task", "detection", "--method", method, "--protocol", "smoke", "--device", "cpu",
+            "--results", str(results)]
+    assert main(argv) == 0
+    record = json.loads((results / "detection" / "smoke" / method / "seed0.json").read_text())
+    assert not validation_errors(record)
+    assert record["metrics"]["primary"] == "ap" and 0 <= record["metrics"]["values"]["ap"] <= 1
+    terms = record["history"][-1]["terms"]
+    if method == "gold":
+        assert "gold/box" in terms and "gold/cls" not in terms
+    if method == "kd":
+        assert {"kd/cls", "kd/box"} <= set(terms) and record["teacher"]["arch"].startswith("fdr-detr/")
+
+
+@pytest.mark.parametrize("method", ["pskd", "uskd", "ls"])
+def test_methods_detection_cannot_serve_are_refused_before_training(
+    method: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", "--task", "detection", "--method", method, "--protocol", "smoke"]) == 2
+    assert "task 'detection' cannot serve method" in capsys.readouterr().err
+
+
+def test_standard_card_reads_coco_format_files(tmp_path: Path) -> None:
+    import os
+
+    root = os.environ.get("KDBENCH_DATA_ROOT")
+    if not root:
+        pytest.skip("COCO keypoints fixture (coco-fixtures/) needs KDBENCH_DATA_ROOT")
+    fixtures = Path(root) / "coco-fixtures"
+    data = tmp_path / "coco"
+    (data / "annotations").mkdir(parents=True)
+    for split in ("train", "val"):
+        (data / "annotations" / f"instances_{split}2017.json").symlink_to(fixtures / "test_coco.json")
+        (data / f"{split}2017").symlink_to(fixtures, target_is_directory=True)
+    argv = ["run", "--task", "detection", "--method", "gold", "--protocol", "standard", "--device", "cpu",
+            "--data-root", str(data), "--results", str(tmp_path / "res"), "--set", "data.size=128",
+            "--set", "student.queries=10", "--set", "train.epochs=1", "--set", "train.batch_size=2"]
+    assert main(argv) == 0
+    record = json.loads((tmp_path / "res" / "detection" / "coco2017" / "gold" / "seed0.json").read_text())
+    assert record["student"]["arch"].startswith("fdr-detr/hgnetv2_b0") and record["tier"] == "standard"
+    assert not validation_errors(record)
