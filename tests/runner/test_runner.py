@@ -125,3 +125,32 @@ def test_a_task_that_cannot_serve_a_method_says_so_before_training() -> None:
             resolve(RunOptions(task="classification", method="gold", protocol="smoke"))
     finally:
         ClassificationAdapter.provides = provided  # type: ignore[misc]
+
+
+def test_resume_restores_ema_and_method_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash after an epoch's checkpoint, then the same command: same metrics as uninterrupted
+    (the detection smoke card trains with EMA weights; GO-LSD's union matching is on)."""
+    from kdbench.runner import train
+
+    argv = ["run", "--task", "detection", "--protocol", "smoke", "--device", "cpu", "--method", "gold",
+            "--set", "train.epochs=3", "--set", "train.eval_every=0"]
+    assert main([*argv, "--results", str(tmp_path / "whole")]) == 0
+    original = train._train_epoch
+    calls = {"n": 0}
+
+    def crash_in_second_epoch(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated crash")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train, "_train_epoch", crash_in_second_epoch)
+    monkeypatch.setenv("KDBENCH_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        main([*argv, "--results", str(tmp_path / "resumed")])
+    monkeypatch.setattr(train, "_train_epoch", original)
+    assert main([*argv, "--results", str(tmp_path / "resumed")]) == 0
+    whole = json.loads((tmp_path / "whole" / "detection" / "smoke" / "gold" / "seed0.json").read_text())
+    resumed = json.loads((tmp_path / "resumed" / "detection" / "smoke" / "gold" / "seed0.json").read_text())
+    assert resumed["metrics"] == whole["metrics"]
+    assert resumed["student"]["checkpoint_sha256"] == whole["student"]["checkpoint_sha256"]
