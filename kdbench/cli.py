@@ -117,13 +117,16 @@ def cmd_list(args: argparse.Namespace) -> int:
             provides = ", ".join(sorted(adapter.provides))
             print(f"{task:<16} primary {adapter.primary_metric:<6} provides {provides}")
     elif args.what == "methods":
+        from kdbench.adapters import TASKS, get_adapter
         from kdbench.methods import registry
 
+        provides = {task: get_adapter(task).provides for task in TASKS}
         rows = sorted(registry().values(), key=lambda c: c.name)
-        print(f"{'name':<10} {'teacher':<9} {'needs':<22} paper")
+        print(f"{'name':<10} {'teacher':<9} {'needs':<36} {'tasks':<28} paper")
         for cls in rows:
             needs = ", ".join(sorted(cls.needs)) or "-"
-            print(f"{cls.name:<10} {cls.teacher:<9} {needs:<22} {cls.paper}")
+            tasks = ", ".join(t for t, p in provides.items() if cls.needs <= p) or "-"
+            print(f"{cls.name:<10} {cls.teacher:<9} {needs:<36} {tasks:<28} {cls.paper}")
     else:
         from kdbench.adapters import TASKS
         from kdbench.runner.protocol import load_protocol, task_cards
