@@ -34,6 +34,14 @@ def _parser() -> argparse.ArgumentParser:
     lst.add_argument("what", choices=["tasks", "methods", "protocols"])
     val = sub.add_parser("validate", help="check result records against the schema")
     val.add_argument("paths", nargs="+", type=Path)
+
+    cmp = sub.add_parser("compare", help="mean ± std over seeds, Δ vs baseline with a paired t-test (Holm)")
+    cmp.add_argument("--task", default=None, help="one task's table (default: every task with records)")
+    cmp.add_argument("--protocol", default=None,
+                     help="a card name or tier (default: small with --task, every protocol without)")
+    cmp.add_argument("--results", type=Path, default=Path("results"))
+    cmp.add_argument("--format", dest="fmt", default="terminal", help="terminal, csv, json or markdown")
+    cmp.add_argument("--alpha", type=float, default=0.05, help="significance level of the verdict")
     return p
 
 
@@ -114,8 +122,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
         for task in TASKS:
             adapter = get_adapter(task)
-            provides = ", ".join(sorted(adapter.provides))
-            print(f"{task:<16} primary {adapter.primary_metric:<6} provides {provides}")
+            parts = ", ".join(sorted(adapter.provides))
+            print(f"{task:<16} primary {adapter.primary_metric:<6} provides {parts}")
     elif args.what == "methods":
         from kdbench.adapters import TASKS, get_adapter
         from kdbench.methods import registry
@@ -157,7 +165,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-COMMANDS = {"run": cmd_run, "teacher": cmd_teacher, "list": cmd_list, "validate": cmd_validate}
+def cmd_compare(args: argparse.Namespace) -> int:
+    from kdbench.compare import compare_results
+
+    sys.stdout.write(compare_results(args.results, task=args.task, protocol=args.protocol, fmt=args.fmt,
+                                     alpha=args.alpha))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "teacher": cmd_teacher, "list": cmd_list, "validate": cmd_validate,
+            "compare": cmd_compare}
 
 if __name__ == "__main__":
     sys.exit(main())
