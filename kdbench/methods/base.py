@@ -9,6 +9,7 @@ TAID's interpolation state) is checkpointed and restored with the run.
 from __future__ import annotations
 
 import dataclasses
+from abc import ABCMeta, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -57,7 +58,7 @@ class MethodContext:
     epochs: int
 
 
-class Method(nn.Module):
+class Method(nn.Module, metaclass=ABCMeta):
     """Base class of every registered method.
 
     Subclasses set the class attributes, a `Config` dataclass with the paper's defaults,
@@ -93,10 +94,11 @@ class Method(nn.Module):
     def prepare(self, teacher_pass: Callable[[], Iterable[Outputs]]) -> None:
         """Called once before training when `teacher_pass` is needed."""
 
+    @abstractmethod
     def loss(
         self, student: Outputs, teacher: Outputs | None, progress: float, state: RunState
     ) -> dict[str, Tensor]:
-        raise NotImplementedError(f"{type(self).__name__} must implement loss()")
+        """Named loss terms for this step; the runner sums them with the weighted task loss."""
 
     def after_step(self, student: Outputs, losses: dict[str, Tensor], state: RunState) -> None:
         """Called after each optimiser step with that step's (detached) student outputs."""

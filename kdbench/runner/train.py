@@ -5,7 +5,6 @@ random state derive from (seed, epoch) alone."""
 
 from __future__ import annotations
 
-import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -161,9 +160,6 @@ def _terms(job: Job, student: Any, teacher: Any, state: RunState) -> dict[str, T
         raise RuntimeError("no loss terms: the method and task produced nothing to optimise")
     return terms
 
-
-def finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
 
 
 def probe_outputs(adapter: Adapter, model: nn.Module) -> Any:

@@ -15,7 +15,6 @@ from itertools import pairwise
 from typing import Any, cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.adapters.detection.fdr import distance2bbox, integral, weighting_function
@@ -226,7 +225,3 @@ def _anchor_grid(queries: int, size: float = 0.3) -> Tensor:
     cells = grid_positions(rows, cols, torch.device("cpu"))[:queries]
     return torch.cat([cells, torch.full((queries, 2), size)], -1)
 
-
-def decoded_scores(out: DetectorOutput) -> Tensor:
-    """(B, Q, C) final sigmoid scores."""
-    return F.sigmoid(out.logits[-1])
