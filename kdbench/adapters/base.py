@@ -68,6 +68,11 @@ class Adapter(ABC):
     @abstractmethod
     def evaluate(self, model: nn.Module, split: str = "test") -> dict[str, float]: ...
 
+    def attach_teacher(self, teacher: nn.Module) -> None:  # noqa: B027
+        """Told the frozen external teacher once it is built (before the student), for adapters
+        whose data or scores depend on it: SeqKD's teacher-decoded targets, OOD scores from the
+        student-teacher discrepancy. Default: nothing."""
+
     def teacher_pass(self, model: nn.Module) -> Iterator[Outputs]:
         """Eval-mode Outputs over the training set, without augmentation (need `teacher_pass`)."""
         raise KDBenchError(f"task {self.task!r} does not provide a teacher pass over its training set")

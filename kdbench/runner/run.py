@@ -38,6 +38,7 @@ def run(options: RunOptions) -> tuple[dict[str, Any], Path]:
         teacher = get_teacher(adapter, spec.teacher_seed, options.teacher)
         if teacher.trained and not teacher.trained.get("cached"):
             write_teacher_record(spec, adapter, teacher, device)
+        adapter.attach_teacher(teacher.model)
     torch.manual_seed(options.seed)
     student = adapter.build_model("student", spec.method_cls.needs).to(device)
     ctx = MethodContext(
