@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 from torch import nn
 
 from kdbench.adapters.base import Adapter
@@ -16,6 +17,7 @@ from kdbench.methods.base import MethodContext
 from kdbench.methods.baseline import Baseline
 from kdbench.runner import checkpoint
 from kdbench.runner.env import count_flops, count_params
+from kdbench.runner.protocol import Protocol
 from kdbench.runner.train import Job, fit, probe_outputs
 
 
@@ -35,11 +37,16 @@ def load_state_dict(path: Path) -> dict[str, Any]:
     return payload
 
 
-def teacher_key(adapter: Adapter, seed: int) -> str:
-    card = adapter.protocol.card
+def teacher_key(protocol: Protocol, task: str, seed: int) -> str:
+    card = protocol.card
     return checkpoint.sha256_json({
-        "task": adapter.task, "protocol": adapter.protocol.sha256, "data": card.get("data"),
+        "task": task, "protocol": protocol.sha256, "data": card.get("data"),
         "teacher": card.get("teacher"), "seed": seed})
+
+
+def teacher_path(protocol: Protocol, task: str, seed: int) -> Path:
+    """Where the cached teacher of (card, task, teacher seed) lives."""
+    return checkpoint.cache_dir() / "teachers" / task / f"{teacher_key(protocol, task, seed)}.pt"
 
 
 def get_teacher(adapter: Adapter, seed: int, given: Path | None) -> Teacher:
@@ -53,9 +60,11 @@ def get_teacher(adapter: Adapter, seed: int, given: Path | None) -> Teacher:
         info |= {"checkpoint_sha256": checkpoint.sha256_file(given), "source": "given"}
         info["metrics"] = adapter.evaluate(model)
     else:
-        path = checkpoint.cache_dir() / "teachers" / adapter.task / f"{teacher_key(adapter, seed)}.pt"
-        if not path.is_file():
-            trained = _train(adapter, model, seed, path)
+        path = teacher_path(adapter.protocol, adapter.task, seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):  # two workers of a sweep never train the same teacher
+            if not path.is_file():
+                trained = _train(adapter, model, seed, path)
         payload = checkpoint.load(path, adapter.device)
         model.load_state_dict(payload["state_dict"])
         info |= {"checkpoint_sha256": checkpoint.sha256_file(path), "source": "trained by kdbench",

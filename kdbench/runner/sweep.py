@@ -1,0 +1,180 @@
+"""`kdbench sweep`: tasks × methods × seeds × protocols, each run in isolation on an executor.
+
+The plan is resolved before anything trains (every name and override checked, as `kdbench run`
+does); runs with an `ok` record of the same protocol hash and overrides are skipped; the
+external teachers the remaining runs need are trained first, once each, and shared; then the
+runs go to the executor. A run that fails leaves a `failed` record with the error and the tail
+of its traceback, and the rest go on.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from kdbench.errors import UsageError, unknown
+from kdbench.records import read_record, record_path
+
+
+@dataclass(frozen=True)
+class Item:
+    """One unit of sweep work: a run (`method` set) or a teacher to train (`method` = None)."""
+
+    task: str
+    protocol: str  # what the user named: a tier, a card name or a path
+    seed: int
+    method: str | None
+    sets: tuple[tuple[str, Any], ...] = ()
+    card: str = ""  # the resolved card name (for display and the results path)
+
+    @property
+    def label(self) -> str:
+        what = self.method or "teacher"
+        return f"{self.task}/{self.card or self.protocol}/{what}/seed{self.seed}"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Item:
+        data = json.loads(text)
+        data["sets"] = tuple(tuple(kv) for kv in data["sets"])
+        return cls(**data)
+
+
+@dataclass
+class Plan:
+    teachers: list[Item] = field(default_factory=list)
+    runs: list[Item] = field(default_factory=list)
+    skipped: list[Item] = field(default_factory=list)
+    not_served: list[tuple[str, str, str]] = field(default_factory=list)  # (task, method, why)
+
+
+@dataclass
+class Outcome:
+    item: Item
+    status: str  # ok | failed | crashed
+    seconds: float
+    message: str = ""
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`0-2` → [0, 1, 2]; `0,3,5`; `1`; mixtures `0-2,7`."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                if hi < lo:
+                    raise ValueError
+                seeds += range(lo, hi + 1)
+            else:
+                seeds.append(int(part))
+        except ValueError:
+            raise UsageError(f"--seeds {text!r}: expected integers and ranges such as 0-2 or 0,3,5") from None
+    if any(s < 0 for s in seeds):
+        raise UsageError(f"--seeds {text!r}: seeds must be non-negative")
+    return sorted(set(seeds))
+
+
+def _names(text: str, universe: Iterable[str], kind: str) -> list[str]:
+    universe = list(universe)
+    if text.strip() == "all":
+        return universe
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    for n in names:
+        if n not in universe:
+            raise unknown(kind, n, universe)
+    return names
+
+
+def make_plan(tasks: str, methods: str, seeds: str, protocols: str, sets: dict[str, Any],
+              results: Path, data_root: Path | None) -> Plan:
+    """Expand and resolve the sweep; raise UsageError on any bad name before anything runs."""
+    from kdbench.adapters import TASKS, get_adapter
+    from kdbench.methods import get_method, registry
+    from kdbench.runner.protocol import TIERS, load_protocol, task_cards
+    from kdbench.runner.spec import RunOptions, resolve
+    from kdbench.runner.teachers import teacher_path
+
+    plan = Plan()
+    seed_list = parse_seeds(seeds)
+    frozen_sets = tuple(sorted(sets.items()))
+    teachers: dict[str, Item] = {}
+    for task in _names(tasks, TASKS, "task"):
+        adapter_cls = get_adapter(task)
+        explicit_methods = methods.strip() != "all"
+        for method in _names(methods, sorted(registry()), "method"):
+            missing = get_method(method).needs - adapter_cls.provides
+            if missing:
+                why = f"needs {', '.join(sorted(missing))}"
+                if explicit_methods and tasks.strip() != "all" and "," not in tasks:
+                    raise UsageError(f"task {task!r} cannot serve method {method!r}: it {why}")
+                plan.not_served.append((task, method, why))
+                continue
+            for choice in _protocol_names(task, protocols, task_cards, TIERS):
+                card = load_protocol(task, choice).name
+                for seed in seed_list:
+                    item = Item(task, choice, seed, method, frozen_sets, card)
+                    spec = resolve(RunOptions(task=task, method=method, protocol=choice, seed=seed,
+                                              data_root=data_root, results=results, sets=dict(sets)))
+                    if _done(spec, results):
+                        plan.skipped.append(item)
+                        continue
+                    plan.runs.append(item)
+                    if spec.method_cls.teacher == "external" and spec.protocol.get("teacher.train") is not False:
+                        key = str(teacher_path(spec.protocol, task, spec.teacher_seed))
+                        teacher_sets = tuple((k, v) for k, v in frozen_sets if not k.startswith("method."))
+                        if key not in teachers and not Path(key).is_file():
+                            teachers[key] = Item(task, choice, spec.teacher_seed, None, teacher_sets, card)
+    plan.teachers = list(teachers.values())
+    return plan
+
+
+def _protocol_names(task: str, protocols: str, task_cards: Callable[[str], dict[str, Path]],
+                    tiers: tuple[str, ...]) -> list[str]:
+    cards = task_cards(task)
+    if protocols.strip() == "all":
+        return sorted(cards)
+    out = []
+    for name in (p.strip() for p in protocols.split(",") if p.strip()):
+        if name in cards or name in tiers or Path(name).suffix in (".yaml", ".yml"):
+            out.append(name)
+        else:
+            raise unknown(f"protocol for task {task!r}", name, [*cards, *tiers])
+    return out
+
+
+def _done(spec: Any, results: Path) -> bool:
+    """An `ok` record of the same card content, overrides and hyperparameters exists."""
+    path = record_path(results, spec.protocol.task, spec.protocol.name, spec.options.method, spec.options.seed)
+    if not path.is_file():
+        return False
+    try:
+        record = read_record(path)
+    except (OSError, ValueError):
+        return False
+    return bool(record.get("status") == "ok"
+                and record["protocol"]["sha256"] == spec.protocol.sha256
+                and record["spec"].get("overrides", {}) == dict(spec.options.sets)
+                and record["method"].get("hparams") == spec.hparams)
+
+
+def describe(plan: Plan, out: TextIO | None = None) -> None:
+    """The `--dry-run` listing."""
+    out = out or sys.stdout
+    for item in plan.teachers:
+        print(f"teacher  {item.label}", file=out)
+    for item in plan.runs:
+        print(f"run      {item.label}", file=out)
+    for item in plan.skipped:
+        print(f"skip     {item.label} (ok record with the same protocol hash)", file=out)
+    for task, method, why in plan.not_served:
+        print(f"n/a      {task}/{method} ({why})", file=out)
+    print(f"{len(plan.teachers)} teachers to train, {len(plan.runs)} runs, {len(plan.skipped)} "
+          f"already done, {len(plan.not_served)} pairs not served", file=out)
