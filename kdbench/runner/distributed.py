@@ -1,0 +1,157 @@
+"""One run on many processes: `torchrun --nproc_per_node N -m kdbench run ...`.
+
+Data parallel with the card's global batch kept: every rank draws the same global batch (the
+order derives from (seed, epoch) alone) and trains on its contiguous 1/N shard; after backward
+the gradients of every trainable parameter (the student's and the method's own modules) are
+averaged across ranks with one coalesced all-reduce — what DistributedDataParallel computes,
+without its bucketed overlap, and equally valid for modules DDP cannot wrap (a method's
+projectors, learnable layer weights). Per-step method memories stay identical on every rank:
+`after_step` sees the whole global batch's detached head outputs (gathered from all ranks) and
+the loss terms averaged across ranks. Only rank 0 evaluates, checkpoints and writes records.
+
+Known difference from one process: BatchNorm statistics are per rank (SyncBatchNorm needs a
+GPU), so the result matches a single-process run of the same global batch only up to that —
+the test states its tolerance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from kdbench.outputs import Head, Outputs
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int
+    size: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_from_env(device: torch.device) -> World | None:
+    """Join the process group torchrun describes (WORLD_SIZE > 1), else None (one process)."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return None
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
+    return World(dist.get_rank(), dist.get_world_size())
+
+
+def current() -> World | None:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return World(dist.get_rank(), dist.get_world_size())
+    return None
+
+
+def shard(batch: Any, world: World) -> Any:
+    """This rank's contiguous 1/N of a batch: tensors and lists whose length is the batch's."""
+    size = _batch_size(batch)
+    if size is None:
+        raise TypeError(f"cannot shard a batch of type {type(batch).__name__} across ranks")
+    bounds = [size * r // world.size for r in range(world.size + 1)]
+    lo, hi = bounds[world.rank], bounds[world.rank + 1]
+    return _slice(batch, size, lo, hi)
+
+
+def _batch_size(batch: Any) -> int | None:
+    if isinstance(batch, Tensor):
+        return int(batch.shape[0])
+    if isinstance(batch, (list, tuple)) and batch and not isinstance(batch[0], (Tensor, list, tuple)):
+        return len(batch)
+    values = (dataclasses.asdict(batch).values() if dataclasses.is_dataclass(batch) and not isinstance(batch, type)
+              else batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else [])
+    for value in values:
+        if isinstance(value, Tensor) and value.dim() > 0:
+            return int(value.shape[0])
+    return None
+
+
+def _slice(value: Any, size: int, lo: int, hi: int) -> Any:
+    if isinstance(value, Tensor):
+        return value[lo:hi] if value.dim() > 0 and value.shape[0] == size else value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(value, **{f.name: _slice(getattr(value, f.name), size, lo, hi)
+                                             for f in dataclasses.fields(value)})
+    if isinstance(value, dict):
+        return {k: _slice(v, size, lo, hi) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        if len(value) == size:
+            return type(value)(value[lo:hi])
+        return type(value)(_slice(v, size, lo, hi) for v in value)
+    return value
+
+
+def average_gradients(params: list[torch.nn.Parameter], world: World) -> None:
+    """grad ← mean over ranks, in one flat all-reduce (parameters without a grad count as 0)."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world.size
+    offset = 0
+    for p, g in zip(params, grads, strict=True):
+        n = g.numel()
+        p.grad = flat[offset:offset + n].view_as(p)
+        offset += n
+
+
+def all_finite(loss: Tensor, world: World | None) -> bool:
+    """Whether the loss is finite on every rank (all ranks stop together, none hangs)."""
+    ok = torch.isfinite(loss.detach()).float().reshape(1)
+    if world is not None:
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item())
+
+
+def average_terms(terms: dict[str, Tensor], world: World) -> dict[str, Tensor]:
+    """Each loss term averaged over ranks (what one process would report for the global batch)."""
+    if not terms:
+        return terms
+    stacked = torch.stack([v.detach().float() for v in terms.values()])
+    dist.all_reduce(stacked)
+    stacked /= world.size
+    return {k: stacked[i] for i, k in enumerate(terms)}
+
+
+def gather_heads(outputs: Outputs, world: World) -> Outputs:
+    """The global batch's final heads and ids on every rank (for per-sample memories)."""
+    local = {"heads": {k: (h.logits, h.target, h.mask, h.weight, h.matched) for k, h in outputs.heads.items()},
+             "ids": outputs.ids}
+    parts: list[Any] = [None] * world.size
+    dist.all_gather_object(parts, _cpu(local))
+    device = next(iter(outputs.heads.values())).logits.device
+
+    def cat(values: list[Any]) -> Any:
+        return None if values[0] is None else torch.cat(values).to(device)
+
+    heads = {name: Head(*(cat([p["heads"][name][i] for p in parts]) for i in range(5)))
+             for name in outputs.heads}
+    return Outputs(heads=heads, ids=cat([p["ids"] for p in parts]))
+
+
+def _cpu(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _cpu(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_cpu(v) for v in value)
+    return value
+
+
+def barrier(world: World | None) -> None:
+    if world is not None:
+        dist.barrier()

@@ -1,0 +1,67 @@
+"""The teacher-output cache: a cached run equals an online run bit for bit, the cache is really
+read (tampering with it changes the next run), top-k expansion keeps the top-k probabilities and
+spreads the remainder uniformly, and methods reading more than the heads run the teacher online."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kdbench.methods import get_method
+from kdbench.runner.checkpoint import cache_dir
+from kdbench.runner.run import run
+from kdbench.runner.spec import RunOptions
+from kdbench.runner.teacher_cache import expand_topk, why_online
+
+pytestmark = pytest.mark.slow
+
+
+def _kd(results: Path, method: str = "kd") -> dict:
+    record, _ = run(RunOptions(task="classification", method=method, protocol="smoke", seed=0, device="cpu",
+                               results=results, sets={"train.epochs": 1}))
+    return record
+
+
+def test_cached_run_is_bit_identical_and_really_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KDBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("KDBENCH_TEACHER_CACHE", "0")
+    online = _kd(tmp_path / "online")
+    assert online["spec"]["teacher_outputs"]["mode"] == "online"
+    monkeypatch.delenv("KDBENCH_TEACHER_CACHE")
+    first = _kd(tmp_path / "first")  # computes the teacher and writes the cache
+    files = sorted((cache_dir() / "teacher-outputs").rglob("cls.logits.npy"))
+    assert len(files) == 1
+    second = _kd(tmp_path / "second")  # reads it
+    assert first["spec"]["teacher_outputs"] == {"mode": "cached", "topk": None}
+    shas = {r["student"]["checkpoint_sha256"] for r in (online, first, second)}
+    assert len(shas) == 1, "cached and online runs must train the same weights"
+    assert online["metrics"] == second["metrics"]
+    arr = np.load(files[0])
+    np.save(files[0], np.zeros_like(arr))  # a tampered cache changes the next run: it is read
+    assert _kd(tmp_path / "third")["student"]["checkpoint_sha256"] not in shas
+
+
+def test_expand_topk_keeps_topk_and_spreads_the_remainder() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(5, 50, dtype=torch.float64)
+    logp = logits.log_softmax(-1)
+    values, index = logp.topk(7, -1)
+    p = expand_topk(values, index, 50).softmax(-1)
+    assert torch.allclose(p.gather(-1, index), values.exp())
+    rest = torch.ones_like(p, dtype=torch.bool).scatter(-1, index, False)
+    remainder = (1 - values.exp().sum(-1, keepdim=True)) / 43
+    assert torch.allclose(p[rest].view(5, 43), remainder.expand(5, 43))
+    assert torch.allclose(expand_topk(logp, torch.arange(50).expand(5, 50), 50).softmax(-1), logp.exp())
+
+
+def test_methods_reading_teacher_features_run_online() -> None:
+    from kdbench.adapters import get_adapter
+
+    adapter = get_adapter("classification")
+    assert why_online(adapter, get_method("kd")) is None
+    reason = why_online(adapter, get_method("mlkd"))
+    assert reason is not None and "features" in reason
+    assert "not declared" in (why_online(get_adapter("detection"), get_method("kd")) or "")
