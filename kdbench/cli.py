@@ -30,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
                              "and write its record")
     _run_args(teacher)
 
+    sweep = sub.add_parser("sweep", help="tasks × methods × seeds × protocols on a local pool, Ray or Slurm")
+    _sweep_args(sweep)
+
     lst = sub.add_parser("list", help="list tasks, methods or protocols")
     lst.add_argument("what", choices=["tasks", "methods", "protocols"])
     val = sub.add_parser("validate", help="check result records against the schema")
@@ -42,6 +45,18 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--results", type=Path, default=Path("results"))
     cmp.add_argument("--format", dest="fmt", default="terminal", help="terminal, csv, json or markdown")
     cmp.add_argument("--alpha", type=float, default=0.05, help="significance level of the verdict")
+
+    site = sub.add_parser("site", help="the static leaderboard: build it from records, or serve it locally")
+    site_sub = site.add_subparsers(dest="site_command", required=True, parser_class=_Parser)
+    build = site_sub.add_parser("build", help="render results/ into a static site (offline, no torch)")
+    build.add_argument("--results", type=Path, default=Path("results"))
+    build.add_argument("--out", type=Path, default=Path("site"))
+    build.add_argument("--alpha", type=float, default=0.05, help="significance level of the verdicts")
+    build.add_argument("--jobs", type=int, default=None, help="rendering processes (default: CPUs, at most 4)")
+    serve = site_sub.add_parser("serve", help="serve a built site on localhost for a local look")
+    serve.add_argument("--out", type=Path, default=Path("site"), help="the built site folder")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--bind", default="127.0.0.1")
     return p
 
 
@@ -58,6 +73,33 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a card field (train.epochs=5) or a hyperparameter "
                         "(method.temperature=2)")
+
+
+def _sweep_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tasks", default="all", help="'all' or a comma list")
+    p.add_argument("--methods", default="all", help="'all' (every method each task serves) or a comma list")
+    p.add_argument("--seeds", default="0-2", help="ranges and lists: 0-2, 0,3,5")
+    p.add_argument("--protocol", "--protocols", dest="protocols", default="small",
+                   help="tiers, card names or card paths, comma-separated, or 'all'")
+    p.add_argument("--executor", default="local", help="local, ray or slurm")
+    p.add_argument("--workers", type=int, default=1, help="runs at a time (local pool size, Ray CPUs)")
+    p.add_argument("--threads", type=int, default=None, help="threads per run (default: CPUs / workers)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    env_root = os.environ.get("KDBENCH_DATA_ROOT")
+    p.add_argument("--data-root", type=Path, default=Path(env_root) if env_root else None)
+    p.add_argument("--results", type=Path, default=Path("results"))
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="an override applied to every run (as in kdbench run)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    p.add_argument("--logs", type=Path, default=None, help="where per-run logs go (default: a temp dir)")
+    p.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local one)")
+    p.add_argument("--slurm-partition", default=None)
+    p.add_argument("--slurm-cluster", default=None, help="submitit cluster: slurm (default when "
+                   "available), local or debug")
+    p.add_argument("--slurm-param", dest="slurm_params", action="append", default=[], metavar="KEY=VALUE",
+                   help="any submitit parameter, e.g. slurm_gres=gpu:1, timeout_min=120")
+    p.add_argument("--no-slurm-array", dest="slurm_array", action="store_false",
+                   help="one job per run instead of one job array")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -85,7 +127,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kdbench.runner.run import run
 
     record, path = run(_options(args, args.method))
-    _summary(record, path)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 speaks for the run
+        _summary(record, path)
     return 0 if record["status"] == "ok" else 1
 
 
@@ -114,6 +157,35 @@ def _summary(record: dict[str, Any], path: Path) -> None:
         print(f"  {name:<9} {shown}   {label}{mark}")
     cost = record["cost"]
     print(f"  trained in {cost['train_seconds']:.1f} s on {cost['device']}; record: {path}")
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from kdbench.runner.executors import EXECUTORS, ExecutorOptions, drive
+    from kdbench.runner.protocol import parse_sets
+    from kdbench.runner.sweep import describe, make_plan
+
+    if args.executor not in EXECUTORS:
+        raise UsageError(f"unknown executor {args.executor!r}; valid: {', '.join(EXECUTORS)}")
+    if args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    sets = parse_sets(args.sets)
+    plan = make_plan(args.tasks, args.methods, args.seeds, args.protocols, sets, args.results, args.data_root)
+    if args.dry_run:
+        describe(plan)
+        return 0
+    slurm = dict(parse_sets(args.slurm_params))
+    if args.slurm_partition:
+        slurm["slurm_partition"] = args.slurm_partition
+    opts = ExecutorOptions(args.executor, args.workers, args.results, args.data_root, args.device, args.threads,
+                           args.ray_address, slurm, args.slurm_cluster, args.slurm_array, args.logs)
+    print(f"sweep: {len(plan.teachers)} teachers, {len(plan.runs)} runs, {len(plan.skipped)} already done",
+          file=sys.stderr)
+    outcomes = drive(plan, opts)
+    failed = [o for o in outcomes if o.status != "ok"]
+    for o in failed:
+        print(f"  {o.status}: {o.item.label}: {o.message.splitlines()[0] if o.message else ''}")
+    print(f"{len(outcomes) - len(failed)} ok, {len(failed)} failed, {len(plan.skipped)} skipped")
+    return 1 if failed else 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -173,8 +245,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "teacher": cmd_teacher, "list": cmd_list, "validate": cmd_validate,
-            "compare": cmd_compare}
+def cmd_site(args: argparse.Namespace) -> int:
+    if args.site_command == "serve":
+        from kdbench.site.serve import serve
+
+        serve(args.out, args.port, args.bind)
+        return 0
+    from kdbench.site.build import build_site
+
+    done = build_site(args.results, args.out, alpha=args.alpha, jobs=args.jobs)
+    print(f"site: {done.records} records, {done.settings} settings, {done.methods} methods, {done.pages} pages "
+          f"in {done.seconds:.1f} s → {done.out / 'index.html'}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "teacher": cmd_teacher, "list": cmd_list, "validate": cmd_validate,
+            "compare": cmd_compare, "site": cmd_site}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -116,7 +116,19 @@ def load_frame(results: Path, warn: TextIO | None = None) -> pd.DataFrame:
     Raises:
         UsageError: a file is not JSON or not a valid record.
     """
-    records = [r for _, r in _read_all(results)]
+    return frame_from_records([r for _, r in _read_all(results)], warn)
+
+
+def frame_from_records(records: list[dict[str, Any]], warn: TextIO | None = None) -> pd.DataFrame:
+    """`load_frame` on records already read and validated (the leaderboard reads its own).
+
+    Args:
+        records: valid result records.
+        warn: where warnings go; stderr by default.
+
+    Returns:
+        The frame, as `load_frame` describes it.
+    """
     records, set_aside = _keep_one_card(records, warn or sys.stderr)
     rows = [_row(r) for r in records if r["status"] == "ok"]
     failed = [{"task": r["task"], "tier": r["tier"], "protocol": r["protocol"]["name"],
@@ -215,7 +227,7 @@ def compare_table(frame: pd.DataFrame, task: str, protocol: str, alpha: float = 
         for name in metrics[1:]:
             s = summarize(g[f"m:{name}"])
             row[f"{name}_mean"], row[f"{name}_std"] = s.mean, s.std
-        row["params"] = int(g["params"].max()) if len(g) else None
+        row["params"] = int(g["params"].max()) if g["params"].notna().any() else None  # null: not counted
         row["train_seconds"] = float(g["train_seconds"].mean()) if len(g) else math.nan
     stat_cols = [f"{primary}_{k}" for k in ("mean", "std", "ci_low", "ci_high")]
     stat_cols += ["delta", "n_paired", "p", "p_holm", "verdict", "gap_closed"]

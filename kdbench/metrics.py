@@ -33,7 +33,24 @@ METRICS: dict[str, Metric] = {
         Metric("ap_small", "higher", "COCO AP, small objects"),
         Metric("ap_medium", "higher", "COCO AP, medium objects"),
         Metric("ap_large", "higher", "COCO AP, large objects"),
+        Metric("ar", "higher", "COCO AR @[.50:.95] (pose: OKS)"),
+        Metric("bleu", "higher", "BLEU (sacrebleu, detokenized)"),
+        Metric("chrf", "higher", "chrF (sacrebleu)"),
+        Metric("id_acc", "higher", "In-distribution accuracy", "%"),
     ]
+}
+
+#: OOD detection (kdbench.adapters.ood.scores): every score's detection metrics, registered as
+#: `{metric}_{score}` (pooled over the OOD test sets) and `{metric}_{score}_{set}` (per set).
+OOD_DETECTION_METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95")
+OOD_SCORES = ("msp", "maxlogit", "energy", "mahalanobis", "discrepancy")
+OOD_SETS = ("near", "far")
+_OOD_LABELS = {"auroc": ("higher", "AUROC"), "aupr_in": ("higher", "AUPR-In (ID positive)"),
+               "aupr_out": ("higher", "AUPR-Out (OOD positive)"), "fpr95": ("lower", "FPR at 95% TPR")}
+METRICS |= {
+    f"{m}_{score}{suffix}": Metric(f"{m}_{score}{suffix}", _OOD_LABELS[m][0],  # type: ignore[arg-type]
+                                   f"{_OOD_LABELS[m][1]}, {score}{f' ({suffix[1:]}-OOD)' if suffix else ''}", "%")
+    for m in OOD_DETECTION_METRICS for score in OOD_SCORES for suffix in ("", *(f"_{s}" for s in OOD_SETS))
 }
 
 

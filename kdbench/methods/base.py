@@ -30,6 +30,11 @@ NEEDS: dict[str, str] = {
     "teacher_pass": "one teacher pass over the training set before training",
     "sample_heads": "one categorical prediction per sample, (B, K) logits",
     "ce_heads": "final heads trained with softmax cross-entropy on hard targets",
+    "head_stage": "a copy of the model with a fresh head on the frozen rest of it, trained in a later "
+                  "stage (Method.later_stages; DWPose's second stage)",
+    "sequence_targets": "the external teacher's decoded outputs replace the training targets (SeqKD)",
+    "past_model": "the student as it was at the end of the previous epoch, run on every batch and "
+                  "handed to the method as its teacher (served by the runner on any task)",
 }
 
 #: Optional adapter behaviours a method may request; adapters apply those they have.
@@ -46,6 +51,21 @@ class RunState:
     epochs: int
     step: int  # global optimiser step, 0-based
     steps: int  # total optimiser steps
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A training stage after the first, run by the runner (DWPose's head-only second stage).
+
+    The runner trains a copy of the previous stage's final model whose head the adapter has
+    re-initialised and whose other parameters it has frozen (`head_stage`), for
+    `epochs_fraction` of the card's epochs (at least one), with the previous stage's final
+    model, frozen, as the teacher, with `train` overriding the card's train section (e.g. the
+    schedule). The method learns which stage runs from `Method.stage`.
+    """
+
+    epochs_fraction: float
+    train: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclass
@@ -71,12 +91,20 @@ class Method(nn.Module, metaclass=ABCMeta):
     teacher: ClassVar[TeacherKind]
     needs: ClassVar[frozenset[str]] = frozenset()
     requests: ClassVar[frozenset[str]] = frozenset()
+    #: Runner-served needs (`past_model`) this instance uses, decided once it has seen the
+    #: Outputs: PS-KD keeps a per-sample table where heads are (B, K), else the previous epoch.
+    runtime_needs: frozenset[str] = frozenset()
     Config: ClassVar[type]
 
     def __init__(self, config: Any, ctx: MethodContext) -> None:
         super().__init__()
         self.config = config
         self.head_names = frozenset(ctx.student.heads)
+        self.stage = 0  # which stage trains: 0 the first, i the i-th of `later_stages()`
+
+    def later_stages(self) -> tuple[Stage, ...]:
+        """Stages after the first (none by default); a method with some needs `head_stage`."""
+        return ()
 
     def task_weight(self, term: str, progress: float) -> float:
         """Weight of one term of the adapter's own supervised loss.

@@ -19,14 +19,22 @@ from kdbench.outputs import Outputs
 class PSKD(Method):
     """PS-KD: soft CE to (1−α_t)·onehot + α_t·p_{t−1}(x), α_t = α_T·(e+1)/E; no separate CE.
 
-    p_{t−1} is a (N, K) table per head indexed by sample id, initialised to one-hot and
-    overwritten after each optimiser step with the detached softmax of that step's forward.
+    One prediction per sample ((B, K) heads with ids, e.g. classification): p_{t−1} is a (N, K)
+    table per head indexed by sample id, initialised to one-hot and overwritten after each
+    optimiser step with the detached softmax of that step's forward, as the official code.
+
+    Sequence outputs (translation's (B, T, V) next-token heads): a per-token table over the
+    vocabulary is impractical (training tokens × V floats), so p_{t−1} comes from the previous
+    epoch's model instead, as METHODS.md prescribes (PS-KD's translation code is unreleased):
+    the runner keeps the student as it was at the end of the previous epoch (`past_model`),
+    runs it in eval mode on each batch and hands its outputs in as the teacher; during the
+    first epoch there is none and the target is the one-hot, as the table's initial value.
     """
 
     name = "pskd"
     paper = "Kim et al., Self-Knowledge Distillation with Progressive Refinement of Targets, ICCV 2021"
     teacher = "self"
-    needs = frozenset({"ids", "sample_heads", "ce_heads"})
+    needs = frozenset({"ce_heads"})
 
     @dataclass
     class Config:
@@ -35,10 +43,12 @@ class PSKD(Method):
 
     def __init__(self, config: Config, ctx: MethodContext) -> None:
         super().__init__(config, ctx)
+        self.table = ctx.student.ids is not None and all(
+            h.logits.dim() == 2 for h in ctx.student.heads.values())
+        if not self.table:
+            self.runtime_needs = frozenset({"past_model"})
+            return
         for name, head in ctx.student.heads.items():
-            if head.logits.dim() != 2:
-                raise ValueError(f"pskd's per-sample table needs (B, K) logits; head {name!r} "
-                                 f"has shape {tuple(head.logits.shape)}")
             table = torch.zeros(ctx.train_size, head.logits.shape[-1])
             self.register_buffer(f"past_{name}", table)
             self.register_buffer(f"seen_{name}", torch.zeros(ctx.train_size, dtype=torch.bool))
@@ -52,17 +62,24 @@ class PSKD(Method):
     def loss(
         self, student: Outputs, teacher: Outputs | None, progress: float, state: RunState
     ) -> dict[str, Tensor]:
-        assert student.ids is not None
         alpha = self.config.alpha_T * (state.epoch + 1) / state.epochs
         terms = {}
         for name, head in student.heads.items():
             target = require_target(head, self.name)
-            past = self._past(name, student.ids, target)
+            if self.table:
+                assert student.ids is not None
+                past = self._past(name, student.ids, target)
+            elif teacher is not None:  # the previous epoch's model
+                past = F.softmax(teacher.heads[name].logits.float(), -1)
+            else:  # first epoch: the one-hot target
+                past = F.one_hot(target, head.logits.shape[-1]).float()
             soft = pskd_targets(target, past.to(head.logits.dtype), alpha)
             terms[f"pskd/{name}"] = soft_cross_entropy(head.logits, soft, head.mask)
         return terms
 
     def after_step(self, student: Outputs, losses: dict[str, Tensor], state: RunState) -> None:
+        if not self.table:
+            return
         assert student.ids is not None
         for name, head in student.heads.items():
             getattr(self, f"past_{name}")[student.ids] = F.softmax(head.logits.float(), -1)

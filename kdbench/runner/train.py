@@ -5,9 +5,10 @@ random state derive from (seed, epoch) alone."""
 
 from __future__ import annotations
 
+import copy
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,13 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from kdbench.adapters.base import Adapter
+from kdbench.errors import KDBenchError
 from kdbench.methods.base import Method, RunState
 from kdbench.runner import checkpoint
+from kdbench.runner.distributed import World, all_finite, average_gradients, average_terms, gather_heads, shard
 from kdbench.runner.ema import EMA
 from kdbench.runner.optim import build_optimizer, build_schedule
+from kdbench.runner.teacher_cache import TeacherCache
 
 
 class NonFiniteLoss(RuntimeError):
@@ -38,6 +42,9 @@ class Job:
     seed: int
     checkpoint: Path | None
     label: str = "train"
+    world: World | None = None  # set for the student of a `torchrun` run (kdbench.runner.distributed)
+    teacher_cache: TeacherCache | None = None  # the teacher's logits read back, not recomputed
+    precision: str | None = None  # "bf16": forward and losses under autocast (cards that allow it, on GPU)
 
 
 @dataclass
@@ -77,21 +84,24 @@ def fit(job: Job) -> FitResult:
     bar = tqdm(range(result.resumed_from, epochs), desc=job.label, unit="epoch",
                initial=result.resumed_from, total=epochs, leave=False, disable=None)
     for epoch in bar:
+        if "past_model" in job.method.runtime_needs and epoch > 0:  # the previous epoch's model
+            job.teacher = copy.deepcopy(job.student).eval().requires_grad_(False)
         started = time.perf_counter()
         terms = _train_epoch(job, optimizer, schedule, epoch, epochs, steps_per_epoch, clip, ema)
         seconds = time.perf_counter() - started
         result.train_seconds += seconds
         entry: dict[str, Any] = {"epoch": epoch, "loss": terms.pop("loss"), "terms": terms,
                                  "lr": optimizer.param_groups[0]["lr"], "seconds": seconds}
-        if _should_eval(cfg, epoch, epochs):
+        main = job.world is None or job.world.is_main
+        if main and _should_eval(cfg, epoch, epochs):
             entry["metrics"] = job.adapter.evaluate(ema.model if ema else job.student)
         result.history.append(entry)
         bar.set_postfix(loss=f"{entry['loss']:.3f}", **{
             k: f"{v:.2f}" for k, v in entry.get("metrics", {}).items()
             if k == job.adapter.primary_metric and v is not None})
-        if job.checkpoint is not None:
+        if job.checkpoint is not None and main:
             checkpoint.save(job.checkpoint, {
-                "epoch": epoch + 1, "student": job.student.state_dict(),
+                "epoch": epoch + 1, "stage": job.method.stage, "student": job.student.state_dict(),
                 "method": job.method.state_dict(), "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(), "history": result.history,
                 "train_seconds": result.train_seconds, "ema": ema.state_dict() if ema else None})
@@ -99,6 +109,57 @@ def fit(job: Job) -> FitResult:
     if ema is not None:  # what is evaluated and saved from here on is the averaged model
         job.student.load_state_dict(ema.model.state_dict())
     return result
+
+
+def fit_stages(job: Job) -> FitResult:
+    """`fit`, then each of the method's later stages (`Method.later_stages`, DWPose's second).
+
+    Stage i > 0 trains `adapter.head_stage(previous model)` (a fresh head on the frozen rest)
+    with the previous stage's final model, frozen, as its teacher; `job.student` ends as the
+    last stage's model. A finished stage is saved as `stage<i>.pt` beside `job.checkpoint`
+    (with its index, model, method state and history) and stage i checkpoints every epoch to
+    `last-stage<i>.pt`, so a rerun after a crash resumes in the stage it was in.
+    """
+    stages = job.method.later_stages()
+    if not stages:
+        return fit(job)
+    head_stage = getattr(job.adapter, "head_stage", None)
+    if head_stage is None:
+        raise KDBenchError(f"task {job.adapter.task!r} cannot train a head alone (needs head_stage)")
+    folder = job.checkpoint.parent if job.checkpoint is not None else None
+    total = FitResult()
+    model = job.student
+    for i in range(len(stages) + 1):
+        done = folder / f"stage{i}.pt" if folder is not None else None
+        job.method.stage = i
+        if done is not None and done.is_file():
+            state = checkpoint.load(done, job.adapter.device)
+            model.load_state_dict(state["student"])
+            job.method.load_state_dict(state["method"])
+            result = FitResult(state["history"], state["train_seconds"])
+        else:
+            ckpt = job.checkpoint if i == 0 or folder is None else folder / f"last-stage{i}.pt"
+            epochs = int(job.train["epochs"]) if i == 0 else \
+                max(1, round(stages[i - 1].epochs_fraction * int(job.train["epochs"])))
+            train = {**job.train, "epochs": epochs, **(stages[i - 1].train if i else {})}
+            result = fit(replace(job, student=model, checkpoint=ckpt, train=train, label=f"{job.label} stage {i + 1}"))
+            for entry in result.history:
+                entry["stage"] = i
+            if done is not None:
+                checkpoint.save(done, {"stage": i, "student": model.state_dict(), "method": job.method.state_dict(),
+                                       "history": result.history, "train_seconds": result.train_seconds})
+        total.history += result.history
+        total.train_seconds += result.train_seconds
+        if i < len(stages):
+            teacher = copy.deepcopy(model).eval().requires_grad_(False)
+            torch.manual_seed(epoch_seed(job.seed, 1000 + i))  # the fresh head's initialisation
+            model = head_stage(teacher)
+            job = replace(job, teacher=teacher)
+    job.student.load_state_dict(model.state_dict())
+    if folder is not None:
+        for path in [*folder.glob("stage*.pt"), *folder.glob("last-stage*.pt")]:
+            path.unlink(missing_ok=True)
+    return total
 
 
 def _should_eval(cfg: dict[str, Any], epoch: int, epochs: int) -> bool:
@@ -117,21 +178,27 @@ def _train_epoch(
     sums: dict[str, float] = defaultdict(float)
     count = 0
     steps = epochs * steps_per_epoch
+    if job.teacher_cache is not None:
+        job.teacher_cache.start_epoch(epoch)
     for i, batch in enumerate(job.adapter.train_batches(int(job.train["batch_size"]), generator)):
+        if job.world is not None:
+            batch = shard(batch, job.world)
         state = RunState(epoch, epochs, epoch * steps_per_epoch + i, steps)
-        student = job.adapter.forward(job.student, batch)
-        teacher = None
-        if job.teacher is not None:
-            with torch.no_grad():
-                teacher = job.adapter.align(student, job.adapter.forward(job.teacher, batch))
-        terms = _terms(job, student, teacher, state)
+        with torch.autocast(job.adapter.device.type, torch.bfloat16, enabled=job.precision == "bf16"):
+            student = job.adapter.forward(job.student, batch)
+            teacher = None
+            if job.teacher is not None:
+                teacher = _teacher_outputs(job, batch, student, i)
+            terms = _terms(job, student, teacher, state)
         loss = torch.stack(list(terms.values())).sum()
-        if not torch.isfinite(loss):
+        if not all_finite(loss, job.world):
             values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
             raise NonFiniteLoss(f"non-finite loss at epoch {epoch}, step {state.step} "
                                 f"(batch {i} of the epoch): {values}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if job.world is not None:
+            average_gradients([p for g in optimizer.param_groups for p in g["params"]], job.world)
         if clip:
             torch.nn.utils.clip_grad_norm_(
                 [p for g in optimizer.param_groups for p in g["params"]], float(clip))
@@ -140,12 +207,31 @@ def _train_epoch(
         if ema is not None:
             ema.update(job.student)
         detached = {k: v.detach() for k, v in terms.items()}
-        job.method.after_step(student.detach(), detached, state)
+        seen = student.detach()
+        if job.world is not None:  # per-step memories see the global batch on every rank
+            detached = average_terms(detached, job.world)
+            if type(job.method).after_step is not Method.after_step:
+                seen = gather_heads(seen, job.world)
+        job.method.after_step(seen, detached, state)
         for k, v in detached.items():
             sums[k] += float(v)
-        sums["loss"] += float(loss.detach())
+        sums["loss"] += float(loss.detach()) if job.world is None else float(sum(detached.values()))
         count += 1
+    if job.teacher_cache is not None:
+        job.teacher_cache.finish_epoch()
     return {k: v / max(count, 1) for k, v in sums.items()}
+
+
+def _teacher_outputs(job: Job, batch: Any, student: Any, step: int) -> Any:
+    cache = job.teacher_cache
+    if cache is not None and cache.hit:
+        raw = cache.teacher(step, student)
+    else:
+        with torch.no_grad():
+            raw = job.adapter.forward(job.teacher, batch)  # type: ignore[arg-type]
+        if cache is not None:
+            cache.add(raw)
+    return job.adapter.align(student, raw)
 
 
 def _terms(job: Job, student: Any, teacher: Any, state: RunState) -> dict[str, Tensor]:

@@ -33,9 +33,9 @@ def test_item_round_trips_through_json() -> None:
 
 
 def test_plan_rejects_bad_names(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match="unknown method 'nope'; valid: .*baseline"):
+    with pytest.raises(UsageError, match=r"unknown method 'nope'; valid: .*baseline"):
         make_plan("classification", "nope", "0", "smoke", {}, tmp_path, None)
-    with pytest.raises(UsageError, match="unknown task 'nope'"):
+    with pytest.raises(UsageError, match="unknown task 'nope';"):
         make_plan("nope", "kd", "0", "smoke", {}, tmp_path, None)
     with pytest.raises(UsageError, match="cannot serve method 'pskd'"):
         make_plan("detection", "pskd", "0", "smoke", {}, tmp_path, None)

@@ -36,6 +36,7 @@ class ClassificationAdapter(Adapter):
     task = "classification"
     provides = frozenset({"layers", "features", "ids", "teacher_pass", "sample_heads", "ce_heads"})
     primary_metric = "top1"
+    teacher_inputs_fixed = True  # batches and augmentation derive from (seed, epoch) alone
 
     def __init__(self, protocol: Protocol, data_root: Path | None, device: torch.device) -> None:
         super().__init__(protocol, data_root, device)
