@@ -12,6 +12,7 @@ from kdbench.errors import unknown
 TASKS: dict[str, str] = {
     "classification": "kdbench.adapters.classification.adapter:ClassificationAdapter",
     "detection": "kdbench.adapters.detection.adapter:DetectionAdapter",
+    "pose": "kdbench.adapters.pose.adapter:PoseAdapter",
 }
 
 

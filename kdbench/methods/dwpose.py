@@ -1,0 +1,89 @@
+"""DWPose (Yang, Zeng, Yuan, Li, "Effective Whole-body Pose Estimation with Two-stages
+Distillation", ICCV 2023 Workshops; official code IDEA-Research/DWPose)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from kdbench.losses.pose import dwpose_feature, dwpose_logit
+from kdbench.methods import register
+from kdbench.methods.base import Method, MethodContext, RunState, Stage, paired_heads
+from kdbench.outputs import Outputs
+
+
+def decay(epoch: int, epochs: int) -> float:
+    """DWPose's weight decay of the distillation terms, r(e) = 1 − e/E_max (e 0-based)."""
+    return 1.0 - epoch / epochs
+
+
+@register
+class DWPose(Method):
+    """DWPose: feature + logit KD with a decaying weight, then head self-KD on frozen features.
+
+    Stage 1 (student from scratch, external teacher): L = L_gt + r(e)·(L_fea + L_logit),
+    r(e) = 1 − e/E_max; L_fea = α·‖Conv1×1(F_S) − F_T‖²_sum / B on the last backbone stage (the
+    1×1 align convolution only when the channel counts differ, as the official `FeaLoss`);
+    L_logit = w·(1/K)·Σ_axis (1/B)Σ_b Σ_k KL(σ(β·z_T) ‖ σ(β·z_S)) over every keypoint,
+    visibility ignored, no T².
+    Stage 2 (`later_stages`, `stage2_fraction` of the stage-1 epochs, 60/270 ≈ 20% officially):
+    the stage-1 model, frozen, teaches a fresh head on its own frozen backbone, with L_logit at
+    weight `head_weight` (1) only — no ground-truth loss, no decay — at a constant learning rate
+    (see `later_stages`); the exported model is the stage-1 backbone with that head.
+
+    β: the official code applies the head loss's β (RTMPose: 10) to raw logits; kdbench's pose
+    heads already are β·z, so `beta` (applied on top) is 1. `feature`: which of Outputs.features
+    is distilled; empty means the last one (adapters list backbone stages earliest first).
+    """
+
+    name = "dwpose"
+    paper = "Yang et al., Effective Whole-body Pose Estimation with Two-stages Distillation, ICCVW 2023"
+    teacher = "external"
+    needs = frozenset({"features", "head_stage"})
+
+    @dataclass
+    class Config:
+        alpha_fea: float = 7e-5
+        logit_weight: float = 0.1
+        head_weight: float = 1.0
+        beta: float = 1.0
+        stage2_fraction: float = 0.2
+        feature: str = ""
+
+    def __init__(self, config: Config, ctx: MethodContext) -> None:
+        super().__init__(config, ctx)
+        assert ctx.teacher is not None
+        self.feature = config.feature or list(ctx.student.features)[-1]
+        for outputs, who in ((ctx.student, "student"), (ctx.teacher, "teacher")):
+            if self.feature not in outputs.features:
+                raise ValueError(f"dwpose: the {who} has no feature {self.feature!r}; "
+                                 f"it has {', '.join(outputs.features)}")
+        c_s = ctx.student.features[self.feature].shape[1]
+        c_t = ctx.teacher.features[self.feature].shape[1]
+        self.align = nn.Conv2d(c_s, c_t, 1) if c_s != c_t else nn.Identity()
+
+    def later_stages(self) -> tuple[Stage, ...]:
+        # The official stage-2 configs inherit RTMPose's schedule, whose cosine phase begins at
+        # epoch 135 of 270, past their 60 epochs: after a 1,000-iteration warm-up, stage 2 runs
+        # at the constant base learning rate. Here: constant, without the warm-up.
+        return (Stage(self.config.stage2_fraction, {"schedule": {"name": "constant", "warmup_epochs": 0}}),)
+
+    def task_weight(self, term: str, progress: float) -> float:
+        return 0.0 if self.stage > 0 else 1.0
+
+    def loss(
+        self, student: Outputs, teacher: Outputs | None, progress: float, state: RunState
+    ) -> dict[str, Tensor]:
+        assert teacher is not None
+        c = self.config
+        weight = c.head_weight if self.stage > 0 else c.logit_weight * decay(state.epoch, state.epochs)
+        # the official code sums the axes' (1/B)·Σ_b Σ_k KL and divides by K once; every axis
+        # has the same K, so dividing each axis by K (as dwpose_logit does) is the same
+        logit = [dwpose_logit(s.logits, t.logits, c.beta) for _, s, t in paired_heads(student, teacher)]
+        terms = {"dwpose/logit": weight * sum(logit[1:], start=logit[0])}
+        if self.stage == 0:
+            fs, ft = student.features[self.feature], teacher.features[self.feature]
+            terms["dwpose/feature"] = decay(state.epoch, state.epochs) * dwpose_feature(
+                self.align(fs), ft, c.alpha_fea)
+        return terms
