@@ -13,6 +13,7 @@ TASKS: dict[str, str] = {
     "classification": "kdbench.adapters.classification.adapter:ClassificationAdapter",
     "detection": "kdbench.adapters.detection.adapter:DetectionAdapter",
     "pose": "kdbench.adapters.pose.adapter:PoseAdapter",
+    "translation": "kdbench.adapters.translation.adapter:TranslationAdapter",
 }
 
 
