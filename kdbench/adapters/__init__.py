@@ -14,6 +14,7 @@ TASKS: dict[str, str] = {
     "detection": "kdbench.adapters.detection.adapter:DetectionAdapter",
     "pose": "kdbench.adapters.pose.adapter:PoseAdapter",
     "translation": "kdbench.adapters.translation.adapter:TranslationAdapter",
+    "ood": "kdbench.adapters.ood.adapter:OODAdapter",
 }
 
 

@@ -1,0 +1,191 @@
+"""OOD detection: train a text classifier on the ID classes with any method, then score ID and
+OOD test sentences with every OOD score (kdbench.adapters.ood.scores)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.special import softmax
+from torch import Tensor, nn
+
+from kdbench.adapters.base import Adapter, Role
+from kdbench.adapters.classification.metrics import expected_calibration_error
+from kdbench.adapters.ood import data as D
+from kdbench.adapters.ood import scores as S
+from kdbench.adapters.ood.model import EncoderOutput, TextEncoder
+from kdbench.errors import KDBenchError, UsageError
+from kdbench.metrics import METRICS, OOD_DETECTION_METRICS
+from kdbench.outputs import Head, Outputs
+from kdbench.runner.protocol import Protocol
+
+DATASETS = ("langid", "clinc150")
+_MODEL_KEYS = ("arch", "seed", "train")  # card keys that are not model arguments
+_EVAL_BATCH = 256
+
+
+@dataclass
+class Batch:
+    tokens: Tensor  # (B, T) character ids, PAD-padded, on the device
+    labels: Tensor  # (B,)
+    ids: Tensor  # (B,) indices into the training set
+
+
+class OODAdapter(Adapter):
+    """ID text classification with a CE task loss; per-layer heads when `layers` is needed.
+
+    `evaluate` reports ID accuracy ("id_acc") and ECE on the ID test set, and for every OOD
+    score its AUROC, AUPR-In, AUPR-Out and FPR@95%TPR pooled over the OOD test sets and per
+    set (langid: "near", "far"). The primary metric is the card's `metrics.primary`.
+    """
+
+    task = "ood"
+    provides = frozenset({"layers", "features", "attentions", "ids", "teacher_pass",
+                          "sample_heads", "ce_heads"})
+    primary_metric = "auroc_msp"
+
+    def __init__(self, protocol: Protocol, data_root: Path | None, device: torch.device) -> None:
+        super().__init__(protocol, data_root, device)
+        self.data = self._load(protocol.card["data"])
+        self.max_chars = int(protocol.card["data"].get("max_chars", 64 if self._langid else 96))
+        primary = str(protocol.card["metrics"].get("primary", self.primary_metric))
+        if primary not in METRICS or not (primary == "id_acc" or primary.startswith(
+                tuple(f"{m}_" for m in OOD_DETECTION_METRICS))):
+            raise UsageError(f"protocol {protocol.name!r}: metrics.primary {primary!r} is not an OOD "
+                             "metric; valid: id_acc or {auroc,aupr_in,aupr_out,fpr95}_<score>[_<set>]")
+        self.primary_metric = primary  # type: ignore[misc]
+        self.teacher: nn.Module | None = None
+        self._teacher_logits: dict[str, np.ndarray] = {}
+
+    @property
+    def _langid(self) -> bool:
+        return self.protocol.card["data"].get("dataset") == "langid"
+
+    def _load(self, spec: dict[str, Any]) -> D.OODData:
+        name = spec.get("dataset")
+        if name == "langid":
+            try:
+                return D.load_langid(spec)
+            except (KeyError, ValueError) as e:
+                raise UsageError(f"protocol {self.protocol.name!r} data: {e}") from None
+        if name == "clinc150":
+            if self.data_root is None:
+                raise UsageError("CLINC150 needs --data-root (or KDBENCH_DATA_ROOT): the folder that "
+                                 f"holds {D.CLINC_DIR}/{D.CLINC_FILE} (download {D.CLINC_URL})")
+            try:
+                return D.load_clinc150(self.data_root, int(spec.get("max_chars", 96)))
+            except (FileNotFoundError, ValueError) as e:
+                raise KDBenchError(str(e)) from None
+        raise UsageError(f"unknown ood dataset {name!r}; valid: {', '.join(DATASETS)}")
+
+    @property
+    def train_size(self) -> int:
+        return len(self.data.train)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return -(-len(self.data.train) // batch_size)
+
+    def _batch(self, data: D.TextSet, idx: Tensor) -> Batch:
+        tokens = D.pad([data.tokens[i] for i in idx.tolist()])
+        return Batch(tokens.to(self.device), data.labels[idx].to(self.device), idx.to(self.device))
+
+    def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
+        for idx in D.index_batches(len(self.data.train), batch_size, generator):
+            yield self._batch(self.data.train, idx)
+
+    def build_model(self, role: Role, needs: frozenset[str]) -> nn.Module:
+        spec = dict(self.protocol.card[role])
+        kwargs = {k: v for k, v in spec.items() if k not in _MODEL_KEYS}
+        if spec.get("arch") != "char_transformer":
+            raise UsageError(f"protocol {self.protocol.name!r} {role}: unknown arch {spec.get('arch')!r}; "
+                             "valid: char_transformer")
+        try:
+            return TextEncoder(len(self.data.vocab), self.data.num_classes, max_chars=self.max_chars,
+                               aux_heads=role == "student" and "layers" in needs, **kwargs)
+        except (TypeError, ValueError) as e:
+            raise UsageError(f"protocol {self.protocol.name!r} {role}: {e}") from None
+
+    def forward(self, model: nn.Module, batch: Batch) -> Outputs:
+        out: EncoderOutput = model(batch.tokens)
+        heads = {"cls": Head(out.logits, batch.labels)}
+        layers = [{"cls": Head(aux, batch.labels)} for aux in out.aux_logits]
+        return Outputs(heads=heads, layers=[*layers, heads] if layers else [],
+                       features=dict(out.features), attentions=dict(out.attentions), ids=batch.ids)
+
+    def task_loss(self, outputs: Outputs) -> dict[str, Tensor]:
+        """CE on the final head ("cls") and on every per-layer head (deep supervision)."""
+        terms = {name: _ce(h) for name, h in outputs.heads.items()}
+        for i, layer in enumerate(outputs.layers[:-1]):
+            for name, h in layer.items():
+                terms[f"layer{i}/{name}"] = _ce(h)
+        return terms
+
+    def attach_teacher(self, teacher: nn.Module) -> None:
+        self.teacher = teacher
+        self._teacher_logits = {}
+
+    @torch.no_grad()
+    def _run(self, model: nn.Module, data: D.TextSet) -> Iterator[tuple[Tensor, EncoderOutput]]:
+        for idx in D.index_batches(len(data), _EVAL_BATCH, None):
+            yield idx, model(self._batch(data, idx).tokens)
+
+    def _predict(self, model: nn.Module, data: D.TextSet) -> tuple[np.ndarray, np.ndarray]:
+        """(N, K) float64 logits and (N, D) embeddings in eval mode."""
+        logits, feats = [], []
+        for _, out in self._run(model, data):
+            logits.append(out.logits.double().cpu())
+            feats.append(out.features["embedding"].double().cpu())
+        return torch.cat(logits).numpy(), torch.cat(feats).numpy()
+
+    def _teacher_logits_of(self, name: str, data: D.TextSet) -> np.ndarray:
+        assert self.teacher is not None
+        if name not in self._teacher_logits:  # the teacher is frozen: compute once
+            self._teacher_logits[name] = self._predict(self.teacher, data)[0]
+        return self._teacher_logits[name]
+
+    def evaluate(self, model: nn.Module, split: str = "test") -> dict[str, float]:
+        if split != "test":
+            raise UsageError(f"unknown split {split!r} for ood; valid: test")
+        was_training = model.training
+        model.eval()
+        _, train_feats = self._predict(model, self.data.train)
+        gaussian = S.Gaussian(train_feats, self.data.train.labels.numpy(), self.data.num_classes)
+        with_teacher = self.teacher is not None and model is not self.teacher
+        sets = {"id": self.data.test, **self.data.ood}
+        scores: dict[str, dict[str, np.ndarray]] = {}
+        id_logits = np.empty(0)
+        for name, data in sets.items():
+            logits, feats = self._predict(model, data)
+            scores[name] = {"msp": S.msp(logits), "maxlogit": S.max_logit(logits),
+                            "energy": S.energy(logits), "mahalanobis": gaussian.score(feats)}
+            if with_teacher:
+                scores[name]["discrepancy"] = S.discrepancy(logits, self._teacher_logits_of(name, data))
+            if name == "id":
+                id_logits = logits
+        model.train(was_training)
+        probs = softmax(id_logits, axis=1)
+        labels = self.data.test.labels.numpy()
+        metrics = {"id_acc": 100.0 * float((probs.argmax(axis=1) == labels).mean()),
+                   "ece": expected_calibration_error(probs, labels)}
+        ood = {k: v for k, v in scores.items() if k != "id"}
+        return metrics | S.score_metrics(scores["id"], ood)
+
+    def teacher_pass(self, model: nn.Module) -> Iterator[Outputs]:
+        model.eval()
+        for idx, out in self._run(model, self.data.train):
+            batch = self._batch(self.data.train, idx)
+            yield Outputs(heads={"cls": Head(out.logits, batch.labels)},
+                          features=dict(out.features), ids=batch.ids)
+
+    def example_input(self) -> Tensor:
+        return D.pad([self.data.test.tokens[0]]).to(self.device)
+
+
+def _ce(head: Head) -> Tensor:
+    assert head.target is not None, "ood heads carry their labels"
+    return F.cross_entropy(head.logits, head.target)

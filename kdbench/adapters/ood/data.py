@@ -1,0 +1,182 @@
+"""OOD detection data: generated language identification (smoke, small) and CLINC150 (medium).
+
+Language identification: each sample is a "sentence" of words drawn independently, with
+probability proportional to their frequency, from the `vocab_words` most frequent alphabetic
+words of one language in wordfreq's bundled "small" lists (no network). The in-distribution
+(ID) classes are the card's `id` languages; the out-of-distribution (OOD) test sets hold
+sentences of unseen languages, split into near-OOD (close relatives of an ID language) and
+far-OOD (unrelated languages). Everything is a deterministic function of the card's data seed.
+
+CLINC150 (Larson et al., "An Evaluation Dataset for Intent Classification and Out-of-Scope
+Prediction", EMNLP 2019): `<data-root>/clinc150/data_full.json`; ID = the 150 in-scope intents
+(train 15,000, test 4,500), OOD = `oos_test` (1,000). `oos_train` is not used for training
+(no outlier exposure), as in MLKD's setting.
+
+Text is encoded as characters: ids 0 = padding, 1 = unknown (a character absent from the ID
+training set), then the training set's characters in sorted order.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+PAD, UNK = 0, 1
+CLINC_DIR = "clinc150"
+CLINC_FILE = "data_full.json"
+CLINC_URL = "https://github.com/clinc/oos-eval (data/data_full.json)"
+CLINC_SIZES = {"train": 15_000, "test": 4_500, "oos_test": 1_000}
+
+
+@dataclass
+class TextSet:
+    """Encoded sentences of one split.
+
+    Attributes:
+        tokens: N int64 tensors (L_i,) of character ids, unpadded.
+        labels: (N,) class indices (−1 for OOD samples).
+        texts: the raw sentences (for inspection).
+    """
+
+    tokens: list[Tensor]
+    labels: Tensor
+    texts: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+@dataclass
+class OODData:
+    """ID train/test sets, OOD test sets by name, the class names and the character vocabulary."""
+
+    train: TextSet
+    test: TextSet
+    ood: dict[str, TextSet]
+    classes: list[str]
+    vocab: CharVocab
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+class CharVocab:
+    """Character ids from the ID training texts; unseen characters map to UNK."""
+
+    def __init__(self, texts: Sequence[str]) -> None:
+        chars = sorted({c for t in texts for c in t})
+        self.index = {c: i + 2 for i, c in enumerate(chars)}
+
+    def __len__(self) -> int:
+        return len(self.index) + 2
+
+    def encode(self, text: str, max_chars: int) -> Tensor:
+        ids = [self.index.get(c, UNK) for c in text[:max_chars]] or [UNK]
+        return torch.tensor(ids, dtype=torch.long)
+
+    def encode_all(self, texts: Sequence[str], labels: Sequence[int], max_chars: int) -> TextSet:
+        return TextSet([self.encode(t, max_chars) for t in texts],
+                       torch.tensor(list(labels), dtype=torch.long), list(texts))
+
+
+# ---------------------------------------------------------------- language identification
+
+def word_distribution(lang: str, vocab_words: int) -> tuple[list[str], np.ndarray]:
+    """The `vocab_words` most frequent alphabetic words of `lang` and their normalised frequencies."""
+    from wordfreq import available_languages, get_frequency_dict
+
+    if lang not in available_languages(wordlist="small"):
+        raise ValueError(f"wordfreq has no 'small' word list for {lang!r}; valid: "
+                         f"{', '.join(sorted(available_languages(wordlist='small')))}")
+    freqs = get_frequency_dict(lang, wordlist="small")  # most frequent first
+    words = [w for w in freqs if w.isalpha()][:vocab_words]
+    p = np.array([freqs[w] for w in words], dtype=np.float64)
+    return words, p / p.sum()
+
+
+def _rng(seed: int, lang: str, split: str) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(lang.encode()), zlib.crc32(split.encode())])
+
+
+def sentences(lang: str, n: int, words: tuple[int, int], vocab_words: int, seed: int,
+              split: str) -> list[str]:
+    """`n` sentences of `lang`, each of a uniform number of words in [words[0], words[1]]."""
+    vocab, p = word_distribution(lang, vocab_words)
+    rng = _rng(seed, lang, split)
+    lengths = rng.integers(words[0], words[1] + 1, size=n)
+    return [" ".join(vocab[i] for i in rng.choice(len(vocab), size=k, p=p)) for k in lengths]
+
+
+def load_langid(spec: dict[str, Any]) -> OODData:
+    """Generated language identification from the card's `data` section (see module doc)."""
+    ids, near, far = list(spec["id"]), list(spec.get("near", [])), list(spec.get("far", []))
+    overlap = (set(ids) & set(near + far)) | (set(near) & set(far))
+    if overlap:
+        raise ValueError(f"languages listed twice among id/near/far: {sorted(overlap)}")
+    words = tuple(int(w) for w in spec.get("words", (3, 8)))
+    vocab_words, seed = int(spec.get("vocab_words", 3000)), int(spec.get("seed", 0))
+    max_chars = int(spec.get("max_chars", 64))
+
+    def gen(langs: list[str], n: int, split: str) -> tuple[list[str], list[int]]:
+        texts, labels = [], []
+        for c, lang in enumerate(langs):
+            texts += sentences(lang, n, (words[0], words[1]), vocab_words, seed, split)
+            labels += [c] * n
+        return texts, labels
+
+    train_texts, train_labels = gen(ids, int(spec["train_per_lang"]), "train")
+    vocab = CharVocab(train_texts)
+    test = vocab.encode_all(*gen(ids, int(spec["test_per_lang"]), "test"), max_chars)
+    ood = {}
+    for name, langs in (("near", near), ("far", far)):
+        if langs:
+            texts, _ = gen(langs, int(spec["ood_per_lang"]), "ood")
+            ood[name] = vocab.encode_all(texts, [-1] * len(texts), max_chars)
+    return OODData(vocab.encode_all(train_texts, train_labels, max_chars), test, ood, ids, vocab)
+
+
+# ---------------------------------------------------------------- CLINC150
+
+def load_clinc150(root: Path, max_chars: int = 96) -> OODData:
+    """CLINC150's `data_full.json` under `root/clinc150/`; raises FileNotFoundError/ValueError
+    naming what is missing or malformed."""
+    path = root / CLINC_DIR / CLINC_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"CLINC150 not found: expected {path} (download {CLINC_URL})")
+    data = json.loads(path.read_text())
+    for split, size in CLINC_SIZES.items():
+        if len(data.get(split, [])) != size:
+            raise ValueError(f"{path}: split {split!r} has {len(data.get(split, []))} items, "
+                             f"expected {size} (is it data_full.json?)")
+    classes = sorted({intent for _, intent in data["train"]})
+    index = {c: i for i, c in enumerate(classes)}
+    vocab = CharVocab([t for t, _ in data["train"]])
+
+    def encode(items: list[list[str]], in_scope: bool) -> TextSet:
+        labels = [index[i] if in_scope else -1 for _, i in items]
+        return vocab.encode_all([t for t, _ in items], labels, max_chars)
+
+    return OODData(encode(data["train"], True), encode(data["test"], True),
+                   {"oos": encode(data["oos_test"], False)}, classes, vocab)
+
+
+# ---------------------------------------------------------------- batching
+
+def pad(tokens: Sequence[Tensor]) -> Tensor:
+    """(B, T) padded with PAD to the longest sequence of the batch."""
+    return torch.nn.utils.rnn.pad_sequence(list(tokens), batch_first=True, padding_value=PAD)
+
+
+def index_batches(n: int, batch_size: int, generator: torch.Generator | None) -> Iterator[Tensor]:
+    """(B,) index tensors covering range(n) once, shuffled when a generator is given."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    yield from order.split(batch_size)
