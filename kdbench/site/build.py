@@ -1,0 +1,242 @@
+"""`kdbench site build`: result records → a static leaderboard that works offline.
+
+Layout of the output (every page is `<path>/index.html`, linked with relative URLs so that the
+site also works opened from disk):
+
+    index.html  overview.csv  overview.json  runs.csv       the overview and every run as a row
+    methodology/                                           statistics, ties, missing data, tiers
+    task/<task>/<protocol>/  table.csv table.json           one page per task and protocol card
+    task/<task>/<tier>/                                     the tier's cards, where a card is named otherwise
+    method/<name>/  method.json                             one page per method
+    run/<task>.<protocol>.<method>.seed<N>/  record.json    one page per run
+    static/                                                 CSS and JS, no CDN
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, TextIO
+
+import jinja2
+import pandas as pd
+
+from kdbench.compare import BASELINE, render
+from kdbench.errors import UsageError
+from kdbench.metrics import METRICS
+from kdbench.runner.protocol import task_cards
+from kdbench.site import data, pages, plots
+from kdbench.site.data import Setting
+
+
+@dataclass
+class BuildSummary:
+    out: Path
+    records: int
+    settings: int
+    methods: int
+    pages: int
+    seconds: float
+
+
+def _env() -> jinja2.Environment:
+    loader = jinja2.FileSystemLoader(str(resources.files("kdbench.site").joinpath("templates")))
+    env = jinja2.Environment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(num=pages.num, pct=pages.pct, pval=pages.pval, intcomma=pages.intcomma,
+                       sortval=pages.sortval, slug=data.slug, jsontext=pages.jsontext)
+    return env
+
+
+class _Writer:
+    """Writes pages and downloads under `out`, counting pages."""
+
+    def __init__(self, out: Path, env: jinja2.Environment) -> None:
+        self.out, self.env, self.pages = out, env, 0
+        self._templates: dict[str, jinja2.Template] = {}
+
+    def page(self, rel: str, template: str, **ctx: Any) -> None:
+        depth = rel.count("/") + 1 if rel else 0
+        tpl = self._templates.get(template) or self._templates.setdefault(template, self.env.get_template(template))
+        self.text(f"{rel}/index.html" if rel else "index.html", tpl.render(root="../" * depth, here=rel, **ctx))
+        self.pages += 1
+
+    def text(self, rel: str, content: str) -> None:
+        path = self.out / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content, encoding="utf-8")
+
+    def link(self, rel: str, source: Path, text: str) -> None:
+        """`source` (whose content is `text`) at `rel`: a hard link where the file system allows."""
+        try:
+            os.link(source, self.out / rel)
+        except OSError:
+            self.text(rel, text)
+
+    def json(self, rel: str, obj: Any) -> None:
+        self.text(rel, json.dumps(obj, indent=1, ensure_ascii=False, allow_nan=False, default=str) + "\n")
+
+
+def build_site(results: Path, out: Path, alpha: float = 0.05, warn: TextIO | None = None,
+               jobs: int | None = None) -> BuildSummary:
+    """Render the leaderboard of every record under `results` into `out` (replaced if it exists).
+
+    Args:
+        results: the results folder (`<task>/<protocol>/<method>/seed<N>.json`).
+        out: the site folder; an existing folder is replaced only if it is a previous site.
+        alpha: significance level of the verdicts (as `kdbench compare --alpha`).
+        warn: where warnings go; stderr by default.
+        jobs: processes that render task and run pages (default: the CPUs this process may use,
+            at most 4; 1 renders in this process).
+
+    Returns:
+        Counts and the wall time.
+
+    Raises:
+        UsageError: unreadable or invalid records, a malformed submission file, or an `out` that
+            exists and is not a kdbench site.
+    """
+    if not 0 < alpha < 1:
+        raise UsageError(f"alpha must lie in (0, 1), got {alpha}")
+    start = time.perf_counter()
+    loaded = data.load(results, warn or sys.stderr)
+    sets = data.settings(loaded, alpha)
+    out = Path(out)
+    pages.prepare_out(out)
+    w = _Writer(out, _env())
+    shutil.copytree(str(resources.files("kdbench.site").joinpath("static")), out / "static")
+    (out / pages.MARKER).write_text("kdbench site\n")
+    site = pages.SiteContext.make(loaded, sets, alpha)
+    _overview(w, site)
+    _tier_pages(w, site)
+    for name in site.method_names:
+        _method_page(w, site, name)
+    _render_parallel(w, site, _workers(jobs))
+    w.page("methodology", "methodology.html.j2", site=site, title="Methodology")
+    return BuildSummary(out, len(loaded.records), len(sets), len(site.method_names), w.pages,
+                        time.perf_counter() - start)
+
+
+# ------------------------------------------------------------------------------------- pages
+
+
+def _overview(w: _Writer, site: pages.SiteContext) -> None:
+    rows, columns = pages.overview_rows(site)
+    w.page("", "index.html.j2", site=site, rows=rows, columns=columns, title="Overview")
+    flat = [{"method": r["name"], "family": r["family"], "teacher": r["teacher"], "provenance": r["provenance"],
+             "avg_rank": pages.plain(r["rank"]),
+             **{f"{c['key']}:{k}": pages.plain(cell[k]) for c, cell in zip(columns, r["cells"], strict=True)
+                for k in ("mean", "delta", "p_holm", "verdict", "gap_closed")}}
+            for r in rows]
+    w.json("overview.json", {"alpha": site.alpha, "baseline": BASELINE, "rank_settings": site.rank_settings,
+                             "settings": [{k: c[k] for k in ("key", "task", "protocol", "tier", "primary",
+                                                            "direction")} for c in columns],
+                             "rows": flat})
+    w.text("overview.csv", pd.DataFrame(flat).to_csv(index=False))
+    w.text("overview.md", pages.overview_markdown(rows, columns, site))
+    w.text("runs.csv", site.loaded.frame.to_csv(index=False))
+
+
+def _task_page(w: _Writer, site: pages.SiteContext, s: Setting) -> None:
+    rel = f"task/{data.slug(s.task)}/{data.slug(s.protocol)}"
+    salt = hashlib.sha256(s.key.encode()).hexdigest()[:8]
+    card = pages.card_info(s, task_cards(s.task))
+    w.page(rel, "task.html.j2", site=site, s=s, rows=pages.task_rows(site, s), card=card,
+           metrics=s.table.attrs["metrics"], metric_info=METRICS,
+           decs={m: pages.decimals(s.table[f"{m}_mean"]) for m in s.table.attrs["metrics"]},
+           dec=pages.decimals(s.table[f"{s.primary}_mean"]),
+           strip_svg=plots.strip_plot(s.table, s.runs, salt), bar_svg=plots.bar_chart(s.table, salt),
+           references=pages.references(card, s), title=f"{s.task} / {s.protocol}")
+    w.text(f"{rel}/table.csv", render(s.table, "csv"))
+    w.text(f"{rel}/table.json", render(s.table, "json"))
+
+
+def _tier_pages(w: _Writer, site: pages.SiteContext) -> None:
+    """`/task/<task>/<tier>/` for tiers whose cards are named otherwise (e.g. standard → cifar100)."""
+    by_tier: dict[str, list[Setting]] = {}
+    for s in site.sets:
+        if site.tier_rel(s):
+            by_tier.setdefault(site.tier_rel(s), []).append(s)
+    for rel, group in by_tier.items():
+        w.page(rel, "tier.html.j2", task=group[0].task, tier=group[0].tier, settings=group,
+               title=f"{group[0].task} / {group[0].tier}")
+
+
+def _method_page(w: _Writer, site: pages.SiteContext, name: str) -> None:
+    info, rows = pages.method_rows(site, name)
+    rel = f"method/{data.slug(name)}"
+    w.page(rel, "method.html.j2", site=site, name=name, info=info, rows=rows, title=name)
+    w.json(f"{rel}/method.json", {"name": name, **{k: v for k, v in info.items() if k != "known"},
+                                  "results": [{k: pages.plain(v) for k, v in r.items() if k != "runs"}
+                                              for r in rows]})
+
+
+# ------------------------------------------------------------------------- parallel rendering
+
+#: What forked workers render from: set in the parent just before the pool forks.
+_SHARED: dict[str, Any] = {}
+_RUN_CHUNK = 1000
+
+
+def _workers(jobs: int | None) -> int:
+    if jobs is not None:
+        return max(1, jobs)
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+def _job(job: tuple[str, int, int]) -> int:
+    """Render one task page or one chunk of run pages; the number of pages written."""
+    w, site = _SHARED["writer"], _SHARED["site"]
+    before = w.pages
+    kind, a, b = job
+    if kind == "task":
+        _task_page(w, site, site.sets[a])
+    else:
+        _run_pages(w, site, site.loaded.records[a:b])
+    return int(w.pages - before)
+
+
+def _render_parallel(w: _Writer, site: pages.SiteContext, workers: int) -> None:
+    """Task pages (matplotlib) and run pages, the bulk of a build, on `workers` forked processes.
+    Workers only write files; the parent counts pages."""
+    n = len(site.loaded.records)
+    jobs = [("task", i, 0) for i in range(len(site.sets))]
+    jobs += [("runs", a, min(a + _RUN_CHUNK, n)) for a in range(0, n, _RUN_CHUNK)]
+    _SHARED.update(writer=w, site=site)
+    try:
+        if workers == 1 or len(jobs) < 4:
+            for job in jobs:
+                _job(job)  # counts on `w` as it goes
+        else:
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+                w.pages += sum(pool.map(_job, jobs))  # workers count on their copies
+    finally:
+        _SHARED.clear()
+
+
+def _run_pages(w: _Writer, site: pages.SiteContext, records: list[dict[str, Any]]) -> None:
+    tpl = w.env.get_template("run.html.j2")
+    for record in records:
+        rid = data.run_id(record)
+        rel = f"run/{rid}"
+        text = site.loaded.texts[rid]
+        task, proto, method = record["task"], record["protocol"]["name"], record["method"]["name"]
+        html = tpl.render(root="../../", here=rel, site=site, r=record, rid=rid, pretty=text,
+                          command=pages.reproduce_command(record), file=site.loaded.files[rid],
+                          submission=site.submission(task, proto, method),
+                          setting_rel=f"task/{data.slug(task)}/{data.slug(proto)}",
+                          method_rel=f"method/{data.slug(method)}", title=f"run {rid}")
+        w.text(f"{rel}/index.html", html)
+        w.link(f"{rel}/record.json", site.loaded.root / site.loaded.files[rid], text)
+        w.pages += 1

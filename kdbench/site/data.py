@@ -1,0 +1,291 @@
+"""Records → the leaderboard's data: validated records, submission marks, one comparison table per
+(task, protocol) from `kdbench.compare`, and the overview matrix with average ranks (kdbench.stats).
+
+No statistics are computed here beyond what `kdbench.compare` and `kdbench.stats` compute; this
+module arranges their results for the pages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass, field
+from functools import cache, cached_property
+from pathlib import Path
+from typing import Any, TextIO
+
+import fastjsonschema
+import pandas as pd
+import yaml
+
+from kdbench.compare import BASELINE, TEACHER, compare_table, frame_from_records
+from kdbench.errors import UsageError
+from kdbench.records import schema, validation_errors
+from kdbench.runner.protocol import TIERS
+from kdbench.site.catalog import family, load_catalog
+from kdbench.stats import average_ranks
+
+#: The file that marks a method's records of one (task, protocol) as submitted, not reproduced here.
+SUBMISSION_FILE = "submission.yaml"
+SUBMISSION_KEYS = ("by", "contact", "url", "paper", "note")
+#: Tiers shown on the leaderboard (smoke runs prove the pipeline and are never ranked: DESIGN §4).
+LEADERBOARD_TIERS = tuple(t for t in TIERS if t != "smoke")
+_SAFE = re.compile(r"^[a-z0-9_-]+$")
+
+
+@cache
+def _fast_validator() -> Any:
+    # jsonschema (records.validation_errors) is the reference; it takes ~2 ms a record, too slow for
+    # 10,000. fastjsonschema compiles the same schema (formats off, as jsonschema's default), and the
+    # reference validator only runs to word the message of a record found invalid.
+    return fastjsonschema.compile(schema(), use_formats=False)
+
+
+def is_valid(record: Any) -> bool:
+    """The shipped record schema's verdict, fast."""
+    try:
+        _fast_validator()(record)
+    except fastjsonschema.JsonSchemaException:
+        return not validation_errors(record)
+    return True
+
+
+def slug(name: str) -> str:
+    """A name as one safe URL/file-name segment: itself when it is [a-z0-9_-]+, else a cleaned
+    form with a hash of the original (so different names never share a page)."""
+    if _SAFE.match(name):
+        return name
+    clean = re.sub(r"[^a-z0-9_-]+", "-", name.lower()).strip("-")[:40] or "x"
+    return f"{clean}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+def run_id(record: dict[str, Any]) -> str:
+    """The permalink id of one run: task.protocol.method.seedN, each part slugged."""
+    parts = (record["task"], record["protocol"]["name"], record["method"]["name"])
+    return ".".join(slug(p) for p in parts) + f".seed{int(record['seed'])}"
+
+
+@dataclass
+class Submission:
+    """What `submission.yaml` says about submitted records (all text, untrusted)."""
+
+    path: str
+    fields: dict[str, str]
+
+
+@dataclass
+class Loaded:
+    """Everything read from a results folder."""
+
+    frame: pd.DataFrame  # compare.frame_from_records: one row per ok record
+    records: list[dict[str, Any]]  # the records the tables use (one card version per table)
+    files: dict[str, str]  # run id → the record's path relative to the results folder
+    texts: dict[str, str]  # run id → the record's file text
+    submissions: dict[tuple[str, str, str], Submission]  # (task, protocol, method) → submission
+    set_aside: int = 0
+    skipped_smoke: int = 0
+    root: Path = Path()  # the results folder
+    warnings: list[str] = field(default_factory=list)
+
+
+def _read_submission(path: Path, results: Path) -> Submission:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a mapping with keys {', '.join(SUBMISSION_KEYS)}")
+    bad = [str(k) for k in data if k not in SUBMISSION_KEYS]
+    if bad:
+        raise UsageError(f"{path}: unknown key {bad[0]!r}; valid: {', '.join(SUBMISSION_KEYS)}")
+    return Submission(str(path.relative_to(results)), {k: str(v) for k, v in data.items() if v is not None})
+
+
+def load(results: Path, warn: TextIO | None = None) -> Loaded:
+    """Read and validate every record under `results` (smoke-tier records are left out).
+
+    Raises:
+        UsageError: `results` is not a folder, a file is not JSON or not a valid record, or a
+            submission file is malformed.
+    """
+    results = Path(results)
+    if not results.is_dir():
+        raise UsageError(f"no results folder at {results} (expected <task>/<protocol>/<method>/seed<N>.json)")
+    records: list[dict[str, Any]] = []
+    files: dict[str, str] = {}
+    texts: dict[str, str] = {}
+    smoke = 0
+    for file in sorted(results.rglob("seed*.json")):
+        try:
+            text = file.read_text(encoding="utf-8")
+            record = json.loads(text)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"{file}: not a readable JSON record: {e}") from None
+        if not is_valid(record):
+            raise UsageError(f"{file}: invalid record: {validation_errors(record)[0]} (check with `kdbench validate`)")
+        if record["tier"] == "smoke":
+            smoke += 1
+            continue
+        rid = run_id(record)
+        if rid in files:
+            raise UsageError(f"{file}: the same run (task, protocol, method, seed) as {files[rid]}")
+        files[rid] = str(file.relative_to(results))
+        texts[rid] = text
+        records.append(record)
+    frame = frame_from_records(records, warn or sys.stderr)
+    kept = set(zip(frame["task"], frame["protocol"], frame["protocol_sha"], strict=True))
+    kept |= {(f["task"], f["protocol"], f["protocol_sha"]) for f in frame.attrs["failed"]}
+    used = [r for r in records if (r["task"], r["protocol"]["name"], r["protocol"]["sha256"]) in kept]
+    ids = [run_id(r) for r in used]
+    files, texts = {i: files[i] for i in ids}, {i: texts[i] for i in ids}
+    by_folder = {}
+    for path in sorted(results.rglob(SUBMISSION_FILE)):
+        if len(path.relative_to(results).parts) != 4:
+            raise UsageError(f"{path}: a submission file belongs in <task>/<protocol>/<method>/{SUBMISSION_FILE}")
+        by_folder[str(path.parent.relative_to(results))] = _read_submission(path, results)
+    submissions = {}  # a record is submitted when its folder holds a submission file
+    for r in used:
+        folder = str(Path(files[run_id(r)]).parent)
+        if folder in by_folder:
+            submissions[(r["task"], r["protocol"]["name"], r["method"]["name"])] = by_folder[folder]
+    return Loaded(frame, used, files, texts, submissions, set_aside=sum(frame.attrs["set_aside"].values()),
+                  skipped_smoke=smoke, root=results)
+
+
+# --------------------------------------------------------------------------------- the model
+
+
+@dataclass
+class Setting:
+    """One (task, protocol): its comparison table and what the pages show beside it."""
+
+    task: str
+    protocol: str
+    tier: str
+    table: pd.DataFrame  # compare.compare_table
+    runs: pd.DataFrame  # the frame's rows of this setting
+
+    @cached_property
+    def by_method(self) -> dict[str, dict[str, Any]]:
+        """The table's row of each method, as a dict."""
+        return {str(r["method"]): r for r in self.table.to_dict(orient="records")}
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}/{self.protocol}"
+
+    @property
+    def primary(self) -> str:
+        return str(self.table.attrs["primary"])
+
+    @property
+    def direction(self) -> str:
+        return str(self.table.attrs["direction"])
+
+
+def tier_order(tier: str) -> int:
+    return TIERS.index(tier) if tier in TIERS else len(TIERS)
+
+
+def settings(loaded: Loaded, alpha: float = 0.05) -> list[Setting]:
+    """One Setting per (task, protocol) with records, in task order then tier order."""
+    frame = loaded.frame
+    groups = set(zip(frame["task"], frame["protocol"], frame["tier"], strict=True))
+    groups |= {(f["task"], f["protocol"], f["tier"]) for f in frame.attrs["failed"]}
+    parts = dict(iter(frame.groupby(["task", "protocol"], sort=False))) if len(frame) else {}
+    set_aside = frame.attrs["set_aside"]
+    out = []
+    for task, protocol, tier in sorted(groups, key=lambda g: (g[0], tier_order(g[2]), g[1])):
+        # compare_table on this setting's rows alone: the same table, without scanning every run per setting
+        runs = parts.get((task, protocol), frame.iloc[:0]).copy()
+        runs.attrs = {"failed": [f for f in frame.attrs["failed"] if (f["task"], f["protocol"]) == (task, protocol)],
+                      "set_aside": {k: v for k, v in set_aside.items() if k == f"{task}/{protocol}"}}
+        out.append(Setting(task, protocol, tier, compare_table(runs, task, protocol, alpha), runs))
+    return out
+
+
+def method_info(name: str, records: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The catalog entry of a method, or what its records say when the catalog does not know it."""
+    entry = load_catalog()["methods"].get(name)
+    if entry is not None:
+        return {**entry, "known": True}
+    teacher = next((r["method"]["teacher"] for r in records or [] if r["method"]["name"] == name), "none")
+    if name == TEACHER:
+        return {"paper": "", "teacher": "none", "needs": [], "requests": [], "family": "teacher",
+                "summary": "The protocol card's teacher model, trained once per card and teacher seed.",
+                "doc": "", "hparams": [], "source": "", "known": True}
+    return {"paper": "", "teacher": teacher, "needs": [], "requests": [], "family": family(name, teacher, set()),
+            "summary": "", "doc": "", "hparams": [], "source": "", "known": False}
+
+
+def serves(method: str, task: str) -> tuple[bool | None, str]:
+    """Whether a task's pipeline can serve a method, and why not (None: the catalog does not know)."""
+    cat = load_catalog()
+    m, t = cat["methods"].get(method), cat["tasks"].get(task)
+    if m is None or t is None:
+        return None, "not in the site's catalog"
+    missing = sorted(set(m["needs"]) - set(t["provides"]))
+    if not missing:
+        return True, ""
+    why = "; ".join(f"{n} ({cat['needs'].get(n, n)})" for n in missing)
+    return False, f"{task} does not provide what {method} needs: {why}"
+
+
+def complete_block(present: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """The methods and settings to rank: the largest block in which every method has a result on
+    every setting (average ranks need one).
+
+    Rule: start from every setting; repeatedly drop the one setting whose removal leaves the
+    block with the most results (methods × settings, counting only methods that have all the
+    remaining settings; on a tie, the setting with the fewest methods goes); every single setting
+    is a candidate too. Keep the largest block seen, the one with more settings on a tie, and
+    require at least two methods.
+
+    Args:
+        present: rows are methods, columns settings, True where the method has a result.
+
+    Returns:
+        (methods, settings) of the block, both in the frame's order; empty when no block exists.
+    """
+    def block(cols: list[str]) -> list[str]:
+        full = present[cols].all(axis=1) if cols else present.index.to_series().map(lambda _: False)
+        return [str(m) for m in present.index[full.to_numpy()]]
+
+    cols = [str(c) for c in present.columns]
+    coverage = {c: int(present[c].sum()) for c in cols}
+    candidates = []
+    while cols:
+        candidates.append(list(cols))
+        if len(cols) == 1:
+            break
+        drop = max(cols, key=lambda c: (len(block([x for x in cols if x != c])), -coverage[c]))
+        cols = [c for c in cols if c != drop]
+    candidates += [[c] for c in coverage]
+    best: tuple[list[str], list[str]] = ([], [])
+    for cand in candidates:
+        rows = block(cand)
+        if len(rows) >= 2 and len(rows) * len(cand) > len(best[0]) * len(best[1]):
+            best = (rows, cand)
+    return best
+
+
+def overview(sets: list[Setting]) -> tuple[pd.DataFrame, pd.Series, list[str]]:
+    """The methods × settings matrix of primary-metric means (leaderboard tiers only), the
+    average rank (kdbench.stats.average_ranks) of the methods of the largest complete block
+    (`complete_block`; the teacher is never ranked; others get NaN), and the block's settings."""
+    shown = [s for s in sets if s.tier in LEADERBOARD_TIERS]
+    means = pd.DataFrame({s.key: s.table.set_index("method")[f"{s.primary}_mean"] for s in shown})
+    ranks = pd.Series(math.nan, index=means.index, name="avg_rank", dtype=float)
+    candidates = means.drop(index=[TEACHER], errors="ignore")
+    methods, used = complete_block(candidates.notna())
+    if used:
+        block = average_ranks(candidates.loc[methods, used], {s.key: s.direction for s in shown})
+        ranks.loc[block.index] = block
+    return means, ranks, used
+
+
+def is_baseline_or_teacher(method: str) -> bool:
+    return method in (BASELINE, TEACHER)

@@ -1,0 +1,359 @@
+"""What each page shows: rows and cells arranged from the comparison tables, formatting, the
+command that reproduces a run. Pure functions of the loaded records and the catalog."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shlex
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from kdbench import __version__
+from kdbench.compare import BASELINE, TEACHER
+from kdbench.errors import UsageError
+from kdbench.metrics import METRICS
+from kdbench.site import data
+from kdbench.site.catalog import load_catalog
+from kdbench.site.data import Loaded, Setting, Submission
+
+#: A file in every built site; `site build` replaces an existing folder only when it has one.
+MARKER = ".kdbench-site"
+
+CITE = "\n".join([
+    "@misc{kdbench,",
+    "  title  = {kdbench: a benchmark suite and leaderboard for knowledge distillation},",
+    "  author = {{The kdbench authors}},",
+    "  year   = {2026},",
+    f"  note   = {{Version {__version__}}}",
+    "}",
+])
+
+
+# -------------------------------------------------------------------------------- formatting
+
+
+def plain(v: Any) -> Any:
+    """A JSON-ready scalar: NaN/NA → None, numpy scalars → Python."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return None
+    try:
+        if pd.isna(v):
+            return None
+    except (TypeError, ValueError):
+        pass
+    return v
+
+
+def _finite(v: Any) -> bool:
+    v = plain(v)
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def decimals(values: Any) -> int:
+    """Decimals that show about four significant digits of the values' typical magnitude."""
+    finite = [abs(float(v)) for v in values if _finite(v) and v != 0]
+    if not finite:
+        return 2
+    return int(min(6, max(1, 3 - math.floor(math.log10(float(np.median(finite)))))))
+
+
+def num(v: Any, d: int = 4, sign: bool = False) -> str:
+    if not _finite(v):
+        return "—"
+    return f"{float(v):+.{d}f}" if sign else f"{float(v):.{d}f}"
+
+
+def pct(v: Any) -> str:
+    return f"{round(100 * float(v)) + 0:.0f}%" if _finite(v) else "—"  # + 0: no "-0%"
+
+
+def pval(v: Any) -> str:
+    return "—" if not _finite(v) else "<0.001" if float(v) < 0.001 else f"{float(v):.3f}"
+
+
+def intcomma(v: Any) -> str:
+    return f"{int(v):,}" if _finite(v) else "—"
+
+
+def jsontext(v: Any) -> str:
+    """A value as compact JSON text, for display (the template escapes it)."""
+    return json.dumps(v, ensure_ascii=False, sort_keys=True)
+
+
+def sortval(v: Any) -> str:
+    """A cell's `data-value` for sorting: a number, or empty (sorted last)."""
+    return repr(float(v)) if _finite(v) else ""
+
+
+# ------------------------------------------------------------------------------------ context
+
+
+@dataclass
+class SiteContext:
+    """What every page may show: the loaded data, the settings, the catalog, the overview ranks."""
+
+    loaded: Loaded
+    sets: list[Setting]
+    alpha: float
+    means: pd.DataFrame
+    ranks: pd.Series
+    rank_settings: list[str]
+    method_names: list[str]
+    tasks: list[str]
+    runs_by_key: dict[tuple[str, str, str], list[dict[str, Any]]] = field(default_factory=dict)
+    hparams_by_key: dict[tuple[str, str, str], list[str]] = field(default_factory=dict)
+    cite: str = CITE
+    version: str = __version__
+
+    @classmethod
+    def make(cls, loaded: Loaded, sets: list[Setting], alpha: float) -> SiteContext:
+        means, ranks, used = data.overview(sets)
+        cat = load_catalog()
+        seen = {r["method"]["name"] for r in loaded.records}
+        names = sorted(set(cat["methods"]) | seen, key=lambda n: (n != BASELINE, n == TEACHER, n))
+        tasks = list(dict.fromkeys([*cat["tasks"], *sorted({r["task"] for r in loaded.records})]))
+        runs: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+        hparams: dict[tuple[str, str, str], set[str]] = {}
+        for r in loaded.records:
+            key = (r["task"], r["protocol"]["name"], r["method"]["name"])
+            runs.setdefault(key, []).append({"seed": int(r["seed"]), "id": data.run_id(r), "status": r["status"]})
+            hparams.setdefault(key, set()).add(json.dumps(r["method"]["hparams"], sort_keys=True, ensure_ascii=False))
+        for v in runs.values():
+            v.sort(key=lambda x: x["seed"])
+        return cls(loaded, sets, alpha, means, ranks, used, names, tasks, runs,
+                   {k: sorted(v) for k, v in hparams.items()})
+
+    def submission(self, task: str, protocol: str, method: str) -> Submission | None:
+        return self.loaded.submissions.get((task, protocol, method))
+
+    def provenance(self, task: str, protocol: str, method: str) -> str:
+        return "submitted" if self.submission(task, protocol, method) else "reproduced here"
+
+    def task_rel(self, s: Setting) -> str:
+        return f"task/{data.slug(s.task)}/{data.slug(s.protocol)}"
+
+    def tier_rel(self, s: Setting) -> str:
+        """The `/task/<task>/<tier>/` page listing a tier's cards, where the tier is not a card's name."""
+        if s.tier == s.protocol or any(o.task == s.task and o.protocol == s.tier for o in self.sets):
+            return ""
+        return f"task/{data.slug(s.task)}/{data.slug(s.tier)}"
+
+    @property
+    def leaderboard(self) -> list[Setting]:
+        return [s for s in self.sets if s.tier in data.LEADERBOARD_TIERS]
+
+    @property
+    def newest(self) -> str:
+        return max((r["created"] for r in self.loaded.records), default="—")
+
+    @property
+    def failed(self) -> int:
+        return len(self.loaded.frame.attrs["failed"])
+
+
+def _label(metric: str) -> str:
+    info = METRICS.get(metric)
+    return f"{info.label}" + (f" ({info.unit})" if info and info.unit else "") if info else metric
+
+
+def _row_of(s: Setting, method: str) -> dict[str, Any] | None:
+    return s.by_method.get(method)
+
+
+# ----------------------------------------------------------------------------------- overview
+
+
+def _cell(site: SiteContext, s: Setting, method: str, d: int) -> dict[str, Any]:
+    row = _row_of(s, method)
+    empty = {"mean": None, "delta": None, "p_holm": None, "verdict": None, "gap_closed": None, "gap": ""}
+    if row is None:
+        ok, why = data.serves(method, s.task)
+        if ok is False:
+            return {**empty, "text": "n/a", "cls": "na", "title": why, "sort": ""}
+        return {**empty, "text": "—", "cls": "missing", "title": "not run on this setting", "sort": ""}
+    mean = row[f"{s.primary}_mean"]
+    cell = {"mean": mean, "delta": row["delta"], "p_holm": row["p_holm"], "verdict": row["verdict"],
+            "gap_closed": row["gap_closed"], "gap": ""}
+    if row["n"] == 0:
+        return {**cell, "text": "failed", "cls": "failed", "title": "every run failed", "sort": ""}
+    if method in (BASELINE, TEACHER):
+        return {**cell, "text": num(mean, d), "cls": "abs", "sort": sortval(0.0 if method == BASELINE else None),
+                "title": f"{method} mean {s.primary} over {row['n']} seed(s)"}
+    if not _finite(row["delta"]):
+        return {**cell, "text": num(mean, d), "cls": "abs nodelta", "sort": "",
+                "title": f"mean {s.primary} over {row['n']} seed(s); no Δ: baseline has no run on the same seeds"}
+    verdict = row["verdict"]
+    text = num(row["delta"], d, sign=True)
+    title = (f"Δ {s.primary} vs baseline {text} (mean {num(mean, d)}, n {row['n']}); "
+             f"Holm p {pval(row['p_holm'])}: " + {"better": "significantly better", "worse": "significantly worse"}
+             .get(verdict, "not significant"))
+    cls = {"better": "better", "worse": "worse"}.get(verdict, "ns")
+    gap = f"gap {pct(row['gap_closed'])}" if _finite(row["gap_closed"]) else ""
+    return {**cell, "text": ("≈ " if cls == "ns" else "") + text, "cls": cls, "title": title,
+            "sort": sortval(row["delta"]), "gap": gap}
+
+
+def overview_rows(site: SiteContext) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rows (methods with a record on a leaderboard setting) and columns of the overview matrix."""
+    shown = site.leaderboard
+    columns: list[dict[str, Any]] = [
+        {"key": s.key, "task": s.task, "protocol": s.protocol, "tier": s.tier, "primary": s.primary,
+         "direction": s.direction, "label": _label(s.primary), "rel": site.task_rel(s),
+         "ranked": s.key in site.rank_settings, "d": decimals(s.table[f"{s.primary}_mean"])} for s in shown]
+    rows = []
+    present = {m for s in shown for m in s.table["method"]}
+    for name in site.method_names:
+        if name not in present:
+            continue
+        info = data.method_info(name, site.loaded.records)
+        submitted = any(site.submission(s.task, s.protocol, name) for s in shown)
+        rows.append({"name": name, "slug": data.slug(name), "family": info["family"], "teacher": info["teacher"],
+                     "provenance": "submitted" if submitted else "reproduced here",
+                     "rank": site.ranks.get(name, math.nan) if name != TEACHER else math.nan,
+                     "cells": [_cell(site, s, name, int(c["d"])) for s, c in zip(shown, columns, strict=True)]})
+    return rows, columns
+
+
+def overview_markdown(rows: list[dict[str, Any]], columns: list[dict[str, Any]], site: SiteContext) -> str:
+    """The overview matrix as a GitHub table (for the README): bold where significant."""
+    def esc(text: str) -> str:
+        return text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;")
+
+    head = ["method", *(f"{c['task']}/{c['protocol']} ({c['primary']})" for c in columns), "avg rank"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [f"**{c['text']}**" if c["cls"] in ("better", "worse") else c["text"] for c in r["cells"]]
+        lines.append("| " + " | ".join([esc(r["name"]), *map(esc, cells), num(r["rank"], 2)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# -------------------------------------------------------------------------------- task pages
+
+
+def task_rows(site: SiteContext, s: Setting) -> list[dict[str, Any]]:
+    """The task page's rows: compare_table's row of every method plus provenance, cost and runs."""
+    flops = s.runs.groupby("method")["flops"].mean() if len(s.runs) else pd.Series(dtype=float)
+    rows = []
+    for row in s.table.to_dict(orient="records"):
+        method = str(row["method"])
+        info = data.method_info(method, site.loaded.records)
+        sub = site.submission(s.task, s.protocol, method)
+        rows.append({**row, "slug": data.slug(method), "family": info["family"], "teacher": info["teacher"],
+                     "provenance": "submitted" if sub else "reproduced here", "submission": sub,
+                     "flops": flops.get(method, math.nan),
+                     "runs": site.runs_by_key.get((s.task, s.protocol, method), [])})
+    return rows
+
+
+def card_info(s: Setting, cards: dict[str, Path]) -> dict[str, Any]:
+    """The protocol card of a setting: its text, whether its sha256 is the records' one."""
+    path = cards.get(s.protocol)
+    sha = str(s.table.attrs["protocol_sha"])
+    if path is None:
+        return {"found": False, "sha": sha, "text": "", "matches": False, "card": {}, "name": s.protocol}
+    raw = path.read_bytes()
+    try:
+        card = yaml.safe_load(raw) or {}
+    except yaml.YAMLError:
+        card = {}
+    return {"found": True, "sha": sha, "text": raw.decode("utf-8", "replace"), "name": path.name,
+            "matches": hashlib.sha256(raw).hexdigest() == sha, "card": card if isinstance(card, dict) else {}}
+
+
+def references(card: dict[str, Any], s: Setting) -> dict[str, Any] | None:
+    """The card's published reference numbers beside ours (same metric, same name)."""
+    ref = card["card"].get("reference")
+    if not isinstance(ref, dict) or not ref:
+        return None
+    rows = []
+    for metric, values in ref.items():
+        if not isinstance(values, dict):
+            continue
+        for name, published in values.items():
+            ours = _row_of(s, str(name))
+            mean = ours.get(f"{metric}_mean") if ours else None
+            rows.append({"metric": str(metric), "name": str(name), "published": published,
+                         "ours": mean, "n": ours["n"] if ours else 0})
+    return {"source": str(ref.get("source", "")), "note": str(ref.get("note", "")).strip(), "rows": rows}
+
+
+# ------------------------------------------------------------------------------ method pages
+
+
+def method_rows(site: SiteContext, name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A method's catalog entry and one row per setting (or per task where it has none)."""
+    info = data.method_info(name, site.loaded.records)
+    rows: list[dict[str, Any]] = []
+    for task in site.tasks:
+        mine = [s for s in site.sets if s.task == task and _row_of(s, name) is not None]
+        for s in mine:
+            row = _row_of(s, name) or {}
+            d = decimals(s.table[f"{s.primary}_mean"])
+            rows.append({"task": task, "protocol": s.protocol, "tier": s.tier, "rel": site.task_rel(s),
+                         "primary": s.primary, "n": row["n"], "mean": row[f"{s.primary}_mean"],
+                         "std": row[f"{s.primary}_std"], "delta": row["delta"], "p_holm": row["p_holm"],
+                         "verdict": row["verdict"], "gap_closed": row["gap_closed"], "d": d,
+                         "hparams": site.hparams_by_key.get((s.task, s.protocol, name), []),
+                         "provenance": site.provenance(s.task, s.protocol, name),
+                         "status": "ok", "why": "", "runs": site.runs_by_key.get((s.task, s.protocol, name), [])})
+        if not mine:
+            ok, why = data.serves(name, task)
+            status = "n/a" if ok is False else "not run"
+            rows.append({"task": task, "protocol": "", "tier": "", "rel": "", "primary": "", "n": 0, "mean": None,
+                         "std": None, "delta": None, "p_holm": None, "verdict": "", "gap_closed": None, "d": 2,
+                         "hparams": [], "provenance": "", "status": status,
+                         "why": why if ok is False else "no records yet", "runs": []})
+    return info, rows
+
+
+# ------------------------------------------------------------------------------------ runs
+
+
+def _set_value(v: Any) -> str:
+    if isinstance(v, str):
+        try:
+            same = yaml.safe_load(v) == v
+        except yaml.YAMLError:
+            same = False
+        return v if same else json.dumps(v)
+    return json.dumps(v)
+
+
+def reproduce_command(record: dict[str, Any]) -> str:
+    """The command line that reproduces a run (a teacher record: `kdbench teacher`)."""
+    task, proto, method = record["task"], record["protocol"]["name"], record["method"]["name"]
+    if method == TEACHER:
+        args = ["kdbench", "teacher", "--task", task, "--protocol", proto, "--seed", str(record["seed"])]
+        skip = {"teacher.seed"}
+    else:
+        args = ["kdbench", "run", "--task", task, "--method", method, "--protocol", proto,
+                "--seed", str(record["seed"])]
+        skip = set()
+    for key, value in record["spec"].get("overrides", {}).items():
+        if key not in skip:
+            args += ["--set", f"{key}={_set_value(value)}"]
+    if record["tier"] in ("medium", "standard"):
+        args += ["--data-root", "DATA"]
+    return shlex.join(args)
+
+
+def prepare_out(out: Path) -> None:
+    """Empty `out` for a new build; refuse to delete a folder that is not a previous site."""
+    if out.exists():
+        if not out.is_dir():
+            raise UsageError(f"--out {out} exists and is not a folder")
+        if any(out.iterdir()) and not (out / MARKER).exists():
+            raise UsageError(f"--out {out} exists and is not a kdbench site (no {MARKER}); "
+                             "choose another folder or remove it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
