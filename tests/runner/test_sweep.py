@@ -18,6 +18,13 @@ from kdbench.runner.sweep import Item, make_plan, parse_seeds
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache of this test's own: the counts below include training the teachers, which a
+    teacher another test left in the session's cache would skip."""
+    monkeypatch.setenv("KDBENCH_CACHE", str(tmp_path / "cache"))
+
+
 def test_parse_seeds() -> None:
     assert parse_seeds("0-2") == [0, 1, 2]
     assert parse_seeds("0,3,5") == [0, 3, 5]
