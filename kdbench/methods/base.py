@@ -30,6 +30,8 @@ NEEDS: dict[str, str] = {
     "teacher_pass": "one teacher pass over the training set before training",
     "sample_heads": "one categorical prediction per sample, (B, K) logits",
     "ce_heads": "final heads trained with softmax cross-entropy on hard targets",
+    "label_heads": "final heads trained with (soft) cross-entropy towards their targets: class ids, or "
+                   "label distributions of the logits' shape (SimCC's Gaussians)",
     "head_stage": "a copy of the model with a fresh head on the frozen rest of it, trained in a later "
                   "stage (Method.later_stages; DWPose's second stage)",
     "sequence_targets": "the external teacher's decoded outputs replace the training targets (SeqKD)",

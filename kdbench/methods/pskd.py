@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdbench.losses import pskd_targets, soft_cross_entropy
+from kdbench.losses.pose import simcc_kl
 from kdbench.methods import register
 from kdbench.methods.base import Method, MethodContext, RunState, require_target
 from kdbench.outputs import Outputs
@@ -29,12 +30,18 @@ class PSKD(Method):
     the runner keeps the student as it was at the end of the previous epoch (`past_model`),
     runs it in eval mode on each batch and hands its outputs in as the teacher; during the
     first epoch there is none and the target is the one-hot, as the table's initial value.
+
+    Heads whose target is a label distribution (pose's SimCC Gaussians, (B, K, W)) put it in
+    place of the one-hot: ỹ = (1−α_t)·y + α_t·p_{t−1}, with p_{t−1} from the previous epoch's
+    model, trained with the loss those heads' labels are trained with, RTMPose's SimCC KL and its
+    reduction (`simcc_kl`: per-keypoint KL / W, weighted, summed over the batch, / K), to ỹ; it
+    differs from the soft CE −Σ ỹ log σ(z) only by H(ỹ), which has no gradient.
     """
 
     name = "pskd"
     paper = "Kim et al., Self-Knowledge Distillation with Progressive Refinement of Targets, ICCV 2021"
     teacher = "self"
-    needs = frozenset({"ce_heads"})
+    needs = frozenset({"label_heads"})
 
     @dataclass
     class Config:
@@ -65,16 +72,22 @@ class PSKD(Method):
         alpha = self.config.alpha_T * (state.epoch + 1) / state.epochs
         terms = {}
         for name, head in student.heads.items():
-            target = require_target(head, self.name)
+            labels = head.target is not None and head.target.shape == head.logits.shape
+            target = head.target if labels and head.target is not None else require_target(head, self.name)
             if self.table:
                 assert student.ids is not None
                 past = self._past(name, student.ids, target)
             elif teacher is not None:  # the previous epoch's model
                 past = F.softmax(teacher.heads[name].logits.float(), -1)
+            elif labels:  # first epoch, label distributions: the label
+                past = target.float()
             else:  # first epoch: the one-hot target
                 past = F.one_hot(target, head.logits.shape[-1]).float()
             soft = pskd_targets(target, past.to(head.logits.dtype), alpha)
-            terms[f"pskd/{name}"] = soft_cross_entropy(head.logits, soft, head.mask)
+            if labels:
+                terms[f"pskd/{name}"] = simcc_kl(head.logits, soft, head.weight)
+            else:
+                terms[f"pskd/{name}"] = soft_cross_entropy(head.logits, soft, head.mask)
         return terms
 
     def after_step(self, student: Outputs, losses: dict[str, Tensor], state: RunState) -> None:

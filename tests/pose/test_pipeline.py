@@ -74,7 +74,7 @@ def test_dwpose_runs_both_stages_and_resumes_in_stage_two(tmp_path: Path, monkey
         assert torch.equal(exported[f"backbone.{key}"], value), key
 
 
-@pytest.mark.parametrize(("method", "need"), [("pskd", "ce_heads"), ("gold", "layers"), ("uskd", "sample_heads")])
+@pytest.mark.parametrize(("method", "need"), [("ls", "ce_heads"), ("gold", "layers"), ("uskd", "sample_heads")])
 def test_pose_refuses_methods_it_cannot_serve(method: str, need: str) -> None:
     with pytest.raises(UsageError, match=f"cannot serve method '{method}': it needs {need}"):
         resolve(RunOptions(task="pose", method=method, protocol="smoke"))

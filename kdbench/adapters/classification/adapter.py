@@ -34,7 +34,7 @@ class ClassificationAdapter(Adapter):
     """Classification with a CE task loss; auxiliary per-stage heads when `layers` is needed."""
 
     task = "classification"
-    provides = frozenset({"layers", "features", "ids", "teacher_pass", "sample_heads", "ce_heads"})
+    provides = frozenset({"layers", "features", "ids", "teacher_pass", "sample_heads", "ce_heads", "label_heads"})
     primary_metric = "top1"
     teacher_inputs_fixed = True  # batches and augmentation derive from (seed, epoch) alone
 

@@ -46,7 +46,7 @@ class OODAdapter(Adapter):
 
     task = "ood"
     provides = frozenset({"layers", "features", "attentions", "ids", "teacher_pass",
-                          "sample_heads", "ce_heads"})
+                          "sample_heads", "ce_heads", "label_heads"})
     primary_metric = "auroc_msp"
 
     def __init__(self, protocol: Protocol, data_root: Path | None, device: torch.device) -> None:

@@ -54,15 +54,16 @@ class PoseAdapter(Adapter):
     Student and teacher crops are the same, so keypoints are aligned as they are.
 
     Served: methods on categorical heads (kd, dkd, nkd, taid, bdkd), feature methods (mlkd,
-    dwpose) and the head-only stage. Not served: methods that need one prediction per sample
-    (`sample_heads`: uskd, nd, dhkd) or heads trained with cross-entropy on hard labels
-    (`ce_heads`: ls, pskd, whose targets mix a one-hot label in) — SimCC heads are K
-    distributions per sample trained towards Gaussian soft labels — and per-layer heads
+    dwpose), the head-only stage, and pskd (`label_heads`: its target mixes the Gaussian label
+    distribution, in place of the one-hot, with the previous epoch's prediction). Not served:
+    methods that need one prediction per sample (`sample_heads`: uskd, nd, dhkd) or heads
+    trained with cross-entropy on hard labels (`ce_heads`: ls, which smooths a one-hot) — SimCC
+    heads are K distributions per sample trained towards Gaussian soft labels — and per-layer heads
     (`layers`: gold, lsskd), as the SimCC head has a single stage.
     """
 
     task = "pose"
-    provides = frozenset({"features", "ids", "head_stage"})
+    provides = frozenset({"features", "ids", "head_stage", "label_heads"})
     primary_metric = "ap"
 
     def __init__(self, protocol: Protocol, data_root: Path | None, device: torch.device) -> None:

@@ -46,7 +46,7 @@ class TranslationAdapter(Adapter):
     """Teacher-forced next-token heads (padding masked), decoder-layer heads, encoder q/k/v."""
 
     task = "translation"
-    provides = frozenset({"layers", "attentions", "ids", "ce_heads", "sequence_targets"})
+    provides = frozenset({"layers", "attentions", "ids", "ce_heads", "label_heads", "sequence_targets"})
     primary_metric = "bleu"
 
     def __init__(self, protocol: Protocol, data_root: Path | None, device: torch.device) -> None:
