@@ -95,15 +95,21 @@ def _load(path: Path, task: str) -> Protocol:
     return Protocol(card.get("name", path.stem), task, card["tier"], digest, card, path)
 
 
+#: Optional card keys a `--set` may add where the card leaves them out (their default is off).
+OPTIONAL_KEYS = ("train.amp", "train.teacher_cache_topk")
+
+
 def apply_overrides(protocol: Protocol, sets: dict[str, Any]) -> Protocol:
-    """Override existing card keys (dotted); an unknown key names the valid ones."""
+    """Override existing card keys (dotted) or set an optional one; an unknown key names the valid ones."""
     card = copy.deepcopy(protocol.card)
     for dotted, value in sets.items():
         node = card
         parts = dotted.split(".")
         for i, part in enumerate(parts):
+            if dotted in OPTIONAL_KEYS and isinstance(node, dict) and part not in node:
+                node[part] = {} if i < len(parts) - 1 else value
             if not isinstance(node, dict) or part not in node:
-                valid = [*sorted(_leaves(card)), "method.<hyperparameter>"]
+                valid = [*sorted(set(_leaves(card)) | set(OPTIONAL_KEYS)), "method.<hyperparameter>"]
                 raise UsageError(f"unknown --set key {dotted!r}; valid: {', '.join(valid)}")
             if i == len(parts) - 1:
                 node[part] = value

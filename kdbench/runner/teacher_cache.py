@@ -45,6 +45,8 @@ def why_online(adapter: Any, method_cls: Any) -> str | None:
         return "KDBENCH_TEACHER_CACHE=0"
     if not getattr(adapter, "teacher_inputs_fixed", False):
         return f"task {adapter.task!r} has not declared its teacher inputs independent of the method"
+    if "sequence_targets" in method_cls.needs:
+        return f"method {method_cls.name!r} replaces the training targets the teacher reads"
     beyond = set(method_cls.needs) & _BEYOND_HEADS
     if beyond:
         return f"method {method_cls.name!r} reads the teacher's {', '.join(sorted(beyond))}"
@@ -95,16 +97,24 @@ class TeacherCache:
             heads[name] = replace(head, logits=logits)
         return Outputs(heads=heads, ids=student.ids)
 
-    def add(self, teacher: Outputs) -> None:
-        """Remember this step's teacher logits (written when the epoch ends)."""
-        offsets, shapes = {}, {}
+    def add(self, teacher: Outputs) -> Outputs:
+        """Remember this step's teacher logits (written when the epoch ends).
+
+        Returns the teacher Outputs exactly as a later run will read them back (float32; for
+        top-k, the expansion), so the run that writes the cache trains on the same teacher as
+        every run that reads it.
+        """
+        offsets, shapes, heads = {}, {}, {}
         for name, head in teacher.heads.items():
             flat = head.logits.detach().float().reshape(-1, head.logits.shape[-1]).cpu()
             if self.topk is None:
                 parts = {f"{name}.logits": flat.numpy()}
+                seen = flat
             else:
                 values, index = torch.log_softmax(flat, -1).topk(min(self.topk, flat.shape[-1]), -1)
                 parts = {f"{name}.values": values.numpy(), f"{name}.index": index.int().numpy()}
+                seen = expand_topk(values, index.int().long(), flat.shape[-1])
+            heads[name] = replace(head, logits=seen.reshape(head.logits.shape).to(head.logits.device))
             key = next(iter(parts))
             offsets[name] = sum(len(a) for a in self._pending.get(key, []))
             shapes[name] = list(head.logits.shape)
@@ -112,6 +122,7 @@ class TeacherCache:
                 self._pending.setdefault(k, []).append(v)
         self._offsets.append(offsets)
         self._shapes.append(shapes)
+        return Outputs(heads=heads, ids=teacher.ids)
 
     def finish_epoch(self) -> None:
         """Publish the epoch atomically (a concurrent writer of the same epoch simply loses)."""

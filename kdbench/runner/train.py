@@ -230,7 +230,7 @@ def _teacher_outputs(job: Job, batch: Any, student: Any, step: int) -> Any:
         with torch.no_grad():
             raw = job.adapter.forward(job.teacher, batch)  # type: ignore[arg-type]
         if cache is not None:
-            cache.add(raw)
+            raw = cache.add(raw)  # as later runs will read it back
     return job.adapter.align(student, raw)
 
 

@@ -65,3 +65,30 @@ def test_methods_reading_teacher_features_run_online() -> None:
     reason = why_online(adapter, get_method("mlkd"))
     assert reason is not None and "features" in reason
     assert "not declared" in (why_online(get_adapter("detection"), get_method("kd")) or "")
+    assert why_online(get_adapter("translation"), get_method("kd")) is None
+    assert "replaces the training targets" in (why_online(get_adapter("translation"), get_method("seqkd")) or "")
+
+
+def test_translation_token_logits_cached_exactly_and_as_topk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """(B, T, V) token logits with per-step shapes: the exact cache reproduces the online run;
+    top-k is stored smaller, recorded as such, and trains a different student."""
+    monkeypatch.setenv("KDBENCH_CACHE", str(tmp_path / "cache"))
+
+    def kd(results: str, **sets: object) -> dict:
+        record, _ = run(RunOptions(task="translation", method="kd", protocol="smoke", seed=0, device="cpu",
+                                   results=tmp_path / results, sets={"train.epochs": 1, **sets}))
+        return record
+
+    monkeypatch.setenv("KDBENCH_TEACHER_CACHE", "0")
+    online = kd("online")
+    monkeypatch.delenv("KDBENCH_TEACHER_CACHE")
+    kd("write")
+    cached = kd("read")
+    assert cached["spec"]["teacher_outputs"] == {"mode": "cached", "topk": None}
+    assert cached["student"]["checkpoint_sha256"] == online["student"]["checkpoint_sha256"]
+    topk = kd("topk", **{"train.teacher_cache_topk": 4})
+    assert topk["spec"]["teacher_outputs"] == {"mode": "cached", "topk": 4}
+    assert topk["student"]["checkpoint_sha256"] != online["student"]["checkpoint_sha256"]
+    sizes = sorted(sum(f.stat().st_size for f in d.rglob("*.npy"))
+                   for d in (cache_dir() / "teacher-outputs" / "translation").iterdir())
+    assert len(sizes) == 2 and sizes[0] * 5 < sizes[1]  # top-4 of an 8x-larger vocabulary

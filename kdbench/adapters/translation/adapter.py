@@ -47,6 +47,7 @@ class TranslationAdapter(Adapter):
 
     task = "translation"
     provides = frozenset({"layers", "attentions", "ids", "ce_heads", "label_heads", "sequence_targets"})
+    teacher_inputs_fixed = True  # batches derive from (seed, epoch) alone; SeqKD's targets go online
     primary_metric = "bleu"
 
     def __init__(self, protocol: Protocol, data_root: Path | None, device: torch.device) -> None:
