@@ -1,6 +1,6 @@
 """Teacher-output cache: top-k vs full token logits on the translation small tier, and BLEU of both.
 
-    python benchmarks/perf/teacher_cache_memory.py [--topk 8] [--epochs 2] [--method kd]
+    python benchmarks/perf/teacher_cache_memory.py [--topk 8] [--epochs 8] [--method kd] [--set KEY=VALUE ...]
 
 Runs `--method` on the translation small card twice from a fresh teacher-output cache: once
 storing the teacher's full (B, T, V) float32 logits, once only each position's top-k
@@ -41,8 +41,10 @@ def run(method: str, sets: list[str], results: Path, env: dict[str, str]) -> tup
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--topk", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--method", default="kd")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="more overrides for both runs, e.g. method.temperature=1")
     args = parser.parse_args()
     protocol = load_protocol("translation", "small")
     teacher = teacher_path(protocol, "translation", int(protocol.card["teacher"].get("seed", 0)))
@@ -56,12 +58,13 @@ def main() -> None:
             (cache / "teachers" / "translation").mkdir(parents=True)
             shutil.copy(teacher, cache / "teachers" / "translation" / teacher.name)
             env = {**os.environ, "KDBENCH_CACHE": str(cache)}
-            record, seconds = run(args.method, [f"train.epochs={args.epochs}", *extra], Path(tmp) / label, env)
+            sets = [f"train.epochs={args.epochs}", *args.sets, *extra]
+            record, seconds = run(args.method, sets, Path(tmp) / label, env)
             assert record["spec"]["teacher_outputs"]["mode"] == "cached", record["spec"]["teacher_outputs"]
             nbytes = sum(f.stat().st_size for f in (cache / "teacher-outputs").rglob("*.npy"))
             rows.append((label, nbytes / args.epochs, record["metrics"]["values"], seconds))
     full = rows[0][1]
-    print(f"translation/small, {args.method}, {args.epochs} epochs, vocabulary {vocab}")
+    print(f"translation/small, {args.method} {' '.join(args.sets)}, {args.epochs} epochs, vocabulary {vocab}")
     print(f"  {'cache':8s} {'MiB/epoch':>10s} {'ratio':>7s} {'BLEU':>7s} {'chrF':>7s} {'wall s':>7s}")
     for label, per_epoch, values, seconds in rows:
         print(f"  {label:8s} {per_epoch / 2**20:10.2f} {per_epoch / full:7.3f} {values['bleu']:7.2f} "
