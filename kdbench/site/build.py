@@ -14,7 +14,7 @@ site also works opened from disk):
 
 from __future__ import annotations
 
-import hashlib
+import gc
 import json
 import multiprocessing
 import os
@@ -75,13 +75,6 @@ class _Writer:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(content, encoding="utf-8")
 
-    def link(self, rel: str, source: Path, text: str) -> None:
-        """`source` (whose content is `text`) at `rel`: a hard link where the file system allows."""
-        try:
-            os.link(source, self.out / rel)
-        except OSError:
-            self.text(rel, text)
-
     def json(self, rel: str, obj: Any) -> None:
         self.text(rel, json.dumps(obj, indent=1, ensure_ascii=False, allow_nan=False, default=str) + "\n")
 
@@ -107,23 +100,72 @@ def build_site(results: Path, out: Path, alpha: float = 0.05, warn: TextIO | Non
     """
     if not 0 < alpha < 1:
         raise UsageError(f"alpha must lie in (0, 1), got {alpha}")
+    # The build allocates millions of small, acyclic containers (parsed records, table cells,
+    # template output) and keeps them to the end: the cyclic collector would rescan them again and
+    # again (a third of a 10,000-record build), and would find nothing to free.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _build(results, out, alpha, warn, jobs)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _build(results: Path, out: Path, alpha: float, warn: TextIO | None, jobs: int | None) -> BuildSummary:
     start = time.perf_counter()
-    loaded = data.load(results, warn or sys.stderr)
-    sets = data.settings(loaded, alpha)
+    workers = _workers(jobs)
+    loaded = data.load(results, warn or sys.stderr, workers)
     out = Path(out)
-    pages.prepare_out(out)
-    w = _Writer(out, _env())
-    shutil.copytree(str(resources.files("kdbench.site").joinpath("static")), out / "static")
-    (out / pages.MARKER).write_text("kdbench site\n")
-    site = pages.SiteContext.make(loaded, sets, alpha)
-    _overview(w, site)
-    _tier_pages(w, site)
-    for name in site.method_names:
-        _method_page(w, site, name)
-    _render_parallel(w, site, _workers(jobs))
-    w.page("methodology", "methodology.html.j2", site=site, title="Methodology")
+    pages.check_out(out)
+    # Built beside `out` and swapped in at the end: a failed build leaves the previous site whole.
+    tmp = out.parent / f".{out.name}.building-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        w = _Writer(tmp, _env())
+        shutil.copytree(str(resources.files("kdbench.site").joinpath("static")), tmp / "static")
+        (tmp / pages.MARKER).write_text("kdbench site\n")
+        (tmp / "run").mkdir()
+        sets, site = _render(w, loaded, alpha, workers)
+        pages.replace_site(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return BuildSummary(out, len(loaded.records), len(sets), len(site.method_names), w.pages,
                         time.perf_counter() - start)
+
+
+def _render(w: _Writer, loaded: data.Loaded, alpha: float,
+            workers: int) -> tuple[list[Setting], pages.SiteContext]:
+    """Every page. Run pages, the bulk of a large build, need only the records: forked workers
+    render them while this process computes the comparison tables and the other pages."""
+    n = len(loaded.records)
+    chunks = [(a, min(a + _RUN_CHUNK, n)) for a in range(0, n, _RUN_CHUNK)]
+    pool = None
+    if workers > 1 and len(chunks) > 1 and "fork" in multiprocessing.get_all_start_methods():
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+    _SHARED.update(writer=w, loaded=loaded)
+    try:
+        futures = [pool.submit(_run_chunk, a, b) for a, b in chunks] if pool else []  # forks here
+        sets = data.settings(loaded, alpha)
+        site = pages.SiteContext.make(loaded, sets, alpha)
+        _overview(w, site)
+        _tier_pages(w, site)
+        for name in site.method_names:
+            _method_page(w, site, name)
+        for s in site.sets:
+            _task_page(w, site, s)
+        w.page("methodology", "methodology.html.j2", site=site, title="Methodology")
+        if pool:
+            w.pages += sum(f.result() for f in futures)  # workers count on their copies
+        else:
+            for a, b in chunks:
+                _run_pages(w, loaded, loaded.records[a:b])
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
+        _SHARED.clear()
+    return sets, site
 
 
 # ------------------------------------------------------------------------------------- pages
@@ -148,13 +190,12 @@ def _overview(w: _Writer, site: pages.SiteContext) -> None:
 
 def _task_page(w: _Writer, site: pages.SiteContext, s: Setting) -> None:
     rel = f"task/{data.slug(s.task)}/{data.slug(s.protocol)}"
-    salt = hashlib.sha256(s.key.encode()).hexdigest()[:8]
     card = pages.card_info(s, task_cards(s.task))
     w.page(rel, "task.html.j2", site=site, s=s, rows=pages.task_rows(site, s), card=card,
            metrics=s.table.attrs["metrics"], metric_info=METRICS,
            decs={m: pages.decimals(s.table[f"{m}_mean"]) for m in s.table.attrs["metrics"]},
            dec=pages.decimals(s.table[f"{s.primary}_mean"]),
-           strip_svg=plots.strip_plot(s.table, s.runs, salt), bar_svg=plots.bar_chart(s.table, salt),
+           strip_svg=plots.strip_plot(s.table, s.runs), bar_svg=plots.bar_chart(s.table),
            references=pages.references(card, s), title=f"{s.task} / {s.protocol}")
     w.text(f"{rel}/table.csv", render(s.table, "csv"))
     w.text(f"{rel}/table.json", render(s.table, "json"))
@@ -180,7 +221,7 @@ def _method_page(w: _Writer, site: pages.SiteContext, name: str) -> None:
                                               for r in rows]})
 
 
-# ------------------------------------------------------------------------- parallel rendering
+# ------------------------------------------------------------------------------ run pages
 
 #: What forked workers render from: set in the parent just before the pool forks.
 _SHARED: dict[str, Any] = {}
@@ -195,48 +236,35 @@ def _workers(jobs: int | None) -> int:
     return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
-def _job(job: tuple[str, int, int]) -> int:
-    """Render one task page or one chunk of run pages; the number of pages written."""
-    w, site = _SHARED["writer"], _SHARED["site"]
+def _run_chunk(a: int, b: int) -> int:
+    """Render run pages a..b in a worker; the number of pages written."""
+    w, loaded = _SHARED["writer"], _SHARED["loaded"]
     before = w.pages
-    kind, a, b = job
-    if kind == "task":
-        _task_page(w, site, site.sets[a])
-    else:
-        _run_pages(w, site, site.loaded.records[a:b])
+    _run_pages(w, loaded, loaded.records[a:b])
     return int(w.pages - before)
 
 
-def _render_parallel(w: _Writer, site: pages.SiteContext, workers: int) -> None:
-    """Task pages (matplotlib) and run pages, the bulk of a build, on `workers` forked processes.
-    Workers only write files; the parent counts pages."""
-    n = len(site.loaded.records)
-    jobs = [("task", i, 0) for i in range(len(site.sets))]
-    jobs += [("runs", a, min(a + _RUN_CHUNK, n)) for a in range(0, n, _RUN_CHUNK)]
-    _SHARED.update(writer=w, site=site)
-    try:
-        if workers == 1 or len(jobs) < 4:
-            for job in jobs:
-                _job(job)  # counts on `w` as it goes
-        else:
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-                w.pages += sum(pool.map(_job, jobs))  # workers count on their copies
-    finally:
-        _SHARED.clear()
-
-
-def _run_pages(w: _Writer, site: pages.SiteContext, records: list[dict[str, Any]]) -> None:
+def _run_pages(w: _Writer, loaded: data.Loaded, records: list[dict[str, Any]]) -> None:
+    """One page per run at `run/<id>/` (plain os calls: at 10,000 pages pathlib's overhead shows)."""
     tpl = w.env.get_template("run.html.j2")
+    footer = pages.Footer()
+    runs = os.path.join(w.out, "run")
     for record in records:
         rid = data.run_id(record)
-        rel = f"run/{rid}"
-        text = site.loaded.texts[rid]
         task, proto, method = record["task"], record["protocol"]["name"], record["method"]["name"]
-        html = tpl.render(root="../../", here=rel, site=site, r=record, rid=rid, pretty=text,
-                          command=pages.reproduce_command(record), file=site.loaded.files[rid],
-                          submission=site.submission(task, proto, method),
+        html = tpl.render(root="../../", here=f"run/{rid}", site=footer, r=record, rid=rid, pretty=loaded.texts[rid],
+                          command=pages.reproduce_command(record), file=loaded.files[rid],
+                          submission=loaded.submissions.get((task, proto, method)),
                           setting_rel=f"task/{data.slug(task)}/{data.slug(proto)}",
                           method_rel=f"method/{data.slug(method)}", title=f"run {rid}")
-        w.text(f"{rel}/index.html", html)
-        w.link(f"{rel}/record.json", site.loaded.root / site.loaded.files[rid], text)
+        folder = os.path.join(runs, rid)
+        os.mkdir(folder)
+        with open(os.path.join(folder, "index.html"), "w", encoding="utf-8") as f:
+            f.write(html)
+        source = os.path.join(loaded.root, loaded.files[rid])
+        try:  # the record itself, as a hard link where the file system allows
+            os.link(source, os.path.join(folder, "record.json"))
+        except OSError:
+            with open(os.path.join(folder, "record.json"), "w", encoding="utf-8") as f:
+                f.write(loaded.texts[rid])
         w.pages += 1

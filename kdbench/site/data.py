@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import multiprocessing
 import re
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache, cached_property
 from pathlib import Path
@@ -34,6 +36,8 @@ SUBMISSION_KEYS = ("by", "contact", "url", "paper", "note")
 #: Tiers shown on the leaderboard (smoke runs prove the pipeline and are never ranked: DESIGN §4).
 LEADERBOARD_TIERS = tuple(t for t in TIERS if t != "smoke")
 _SAFE = re.compile(r"^[a-z0-9_-]+$")
+#: Below this many record files, reading them in this process is faster than forking readers.
+PARALLEL_READ_MIN = 2000
 
 
 @cache
@@ -104,8 +108,49 @@ def _read_submission(path: Path, results: Path) -> Submission:
     return Submission(str(path.relative_to(results)), {k: str(v) for k, v in data.items() if v is not None})
 
 
-def load(results: Path, warn: TextIO | None = None) -> Loaded:
+def _read(file: str) -> tuple[str, dict[str, Any]]:
+    """One record file's text and its parsed, schema-valid record."""
+    try:
+        with open(file, encoding="utf-8") as f:
+            text = f.read()
+        record = json.loads(text)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{file}: not a readable JSON record: {e}") from None
+    if not is_valid(record):
+        raise UsageError(f"{file}: invalid record: {validation_errors(record)[0]} (check with `kdbench validate`)")
+    return text, record
+
+
+def _read_chunk(files: list[str]) -> list[tuple[str, dict[str, Any]]] | str:
+    """`_read` over files in a worker process: the texts and records, or the first error's message."""
+    try:
+        return [_read(f) for f in files]
+    except UsageError as e:
+        return str(e)
+
+
+def _read_all(files: list[str], workers: int) -> list[tuple[str, dict[str, Any]]]:
+    """Every file read and validated, in order; on `workers` forked processes when there are many."""
+    if workers <= 1 or len(files) < PARALLEL_READ_MIN or "fork" not in multiprocessing.get_all_start_methods():
+        return [_read(f) for f in files]
+    size = -(-len(files) // (4 * workers))
+    chunks = [files[a:a + size] for a in range(0, len(files), size)]
+    out: list[tuple[str, dict[str, Any]]] = []
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        for part in pool.map(_read_chunk, chunks):
+            if isinstance(part, str):  # the first error in file order, as a serial read reports it
+                raise UsageError(part)
+            out += part
+    return out
+
+
+def load(results: Path, warn: TextIO | None = None, workers: int = 1) -> Loaded:
     """Read and validate every record under `results` (smoke-tier records are left out).
+
+    Args:
+        results: the results folder.
+        warn: where warnings go; stderr by default.
+        workers: processes that read and validate the files (1: this process).
 
     Raises:
         UsageError: `results` is not a folder, a file is not JSON or not a valid record, or a
@@ -118,14 +163,8 @@ def load(results: Path, warn: TextIO | None = None) -> Loaded:
     files: dict[str, str] = {}
     texts: dict[str, str] = {}
     smoke = 0
-    for file in sorted(results.rglob("seed*.json")):
-        try:
-            text = file.read_text(encoding="utf-8")
-            record = json.loads(text)
-        except (OSError, ValueError) as e:
-            raise UsageError(f"{file}: not a readable JSON record: {e}") from None
-        if not is_valid(record):
-            raise UsageError(f"{file}: invalid record: {validation_errors(record)[0]} (check with `kdbench validate`)")
+    paths = sorted(results.rglob("seed*.json"))
+    for file, (text, record) in zip(paths, _read_all([str(p) for p in paths], workers), strict=True):
         if record["tier"] == "smoke":
             smoke += 1
             continue

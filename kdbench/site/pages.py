@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shlex
 import shutil
 from dataclasses import dataclass, field
@@ -96,6 +97,13 @@ def sortval(v: Any) -> str:
 
 
 # ------------------------------------------------------------------------------------ context
+
+
+@dataclass(frozen=True)
+class Footer:
+    """What the base template's footer reads from `site` on pages rendered without a SiteContext."""
+
+    version: str = __version__
 
 
 @dataclass
@@ -347,13 +355,21 @@ def reproduce_command(record: dict[str, Any]) -> str:
     return shlex.join(args)
 
 
-def prepare_out(out: Path) -> None:
-    """Empty `out` for a new build; refuse to delete a folder that is not a previous site."""
+def check_out(out: Path) -> None:
+    """Refuse an `out` that is not a folder, or a non-empty folder that is not a previous site."""
     if out.exists():
         if not out.is_dir():
             raise UsageError(f"--out {out} exists and is not a folder")
         if any(out.iterdir()) and not (out / MARKER).exists():
             raise UsageError(f"--out {out} exists and is not a kdbench site (no {MARKER}); "
                              "choose another folder or remove it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+
+
+def replace_site(new: Path, out: Path) -> None:
+    """Put the finished site `new` at `out` by renames; the previous site (checked by `check_out`)
+    is removed only once the new one is in place."""
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        out.rename(old)
+    new.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
