@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
-import shutil
-import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+
+from kdbench.adapters.generated import materialise, read_done
 
 COCO_URL = "https://cocodataset.org/#download"
 COCO2017_FILES = "train2017.zip, val2017.zip and annotations_trainval2017.zip"
@@ -115,12 +114,6 @@ def _shapes_params(n_train: int, n_val: int, size: int, max_objects: int, seed: 
     }
 
 
-def _read_done(root: Path) -> dict[str, Any] | None:
-    try:
-        params = json.loads((root / "DONE").read_text())
-    except (OSError, ValueError):
-        return None
-    return params if isinstance(params, dict) else None
 
 
 def _draw_scene(
@@ -225,26 +218,16 @@ def make_shapes_dataset(
     """
     root = Path(root)
     params = _shapes_params(n_train, n_val, size, max_objects, seed)
-    if _read_done(root) == params:
+    if read_done(root) == params:
         return root
     if max_objects < 1 or size < 16 or min(n_train, n_val) < 0:
         raise ValueError(f"need n ≥ 0, max_objects ≥ 1, size ≥ 16; got {n_train}, {n_val}, {max_objects}, {size}")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    try:
-        _write_shapes_split(tmp, "train", n_train, size, max_objects, seed)
-        _write_shapes_split(tmp, "val", n_val, size, max_objects, seed)
-        (tmp / "DONE").write_text(json.dumps(params, indent=1))
-        if _read_done(root) != params:  # another process may have finished it meanwhile
-            if root.exists():
-                shutil.rmtree(root)
-            os.rename(tmp, root)
-    except OSError:
-        if _read_done(root) != params:  # lost a race to a concurrent writer of the same set: fine
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
+
+    def write(folder: Path) -> None:
+        _write_shapes_split(folder, "train", n_train, size, max_objects, seed)
+        _write_shapes_split(folder, "val", n_val, size, max_objects, seed)
+
+    return materialise(root, params, write)
 
 
 # --- COCO-format loading ---------------------------------------------------------------------
@@ -397,7 +380,7 @@ def load_shapes(root: Path, split: str, size: int | None = None) -> DetectionSet
     if split not in SHAPES_SPLITS:
         raise ValueError(f"unknown shapes split {split!r}; valid: {', '.join(SHAPES_SPLITS)}")
     root = Path(root)
-    done = _read_done(root)
+    done = read_done(root)
     side = size or (int(done["size"]) if done else 64)
     return load_coco_detection(root / "annotations" / f"instances_{split}.json", root / split, side, preload=True)
 

@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from kdbench.adapters.generated import materialise, read_done
 from kdbench.adapters.pose.skeleton import COCO_KEYPOINTS, COCO_LIMBS
 
 VERSION = 1  # bump when generation changes: a root made by another version is regenerated
@@ -211,31 +209,15 @@ def make_figures_dataset(root: Path, n_train: int, n_val: int, size: int = 96, s
     """
     root = Path(root)
     params = {"version": VERSION, "n_train": n_train, "n_val": n_val, "size": size, "seed": seed}
-    if _read_done(root) == params:
+    if read_done(root) == params:
         return root
     if size < 32 or min(n_train, n_val) < 1:
         raise ValueError(f"need size ≥ 32 and at least one image per split; got {size}, {n_train}, {n_val}")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    try:
-        _write_split(tmp, "train", n_train, size, seed)
-        _write_split(tmp, "val", n_val, size, seed)
-        (tmp / "DONE").write_text(json.dumps(params))
-        if _read_done(root) != params:
-            if root.exists():
-                shutil.rmtree(root)
-            os.rename(tmp, root)
-    except OSError:
-        if _read_done(root) != params:  # lost a race to a concurrent writer of the same set: fine
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
+
+    def write(folder: Path) -> None:
+        _write_split(folder, "train", n_train, size, seed)
+        _write_split(folder, "val", n_val, size, seed)
+
+    return materialise(root, params, write)
 
 
-def _read_done(root: Path) -> dict[str, Any] | None:
-    try:
-        params = json.loads((root / "DONE").read_text())
-    except (OSError, ValueError):
-        return None
-    return params if isinstance(params, dict) else None
