@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--results", type=Path, default=Path("results"))
     build.add_argument("--out", type=Path, default=Path("site"))
     build.add_argument("--alpha", type=float, default=0.05, help="significance level of the verdicts")
-    build.add_argument("--jobs", type=int, default=None, help="rendering processes (default: CPUs, at most 4)")
+    build.add_argument("--jobs", type=int, default=None, help="processes reading records (default: CPUs, at most 4)")
     serve = site_sub.add_parser("serve", help="serve a built site on localhost for a local look")
     serve.add_argument("--out", type=Path, default=Path("site"), help="the built site folder")
     serve.add_argument("--port", type=int, default=8000)

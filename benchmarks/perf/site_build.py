@@ -90,6 +90,7 @@ def main() -> int:
             path = record_path(results, r["task"], r["protocol"]["name"], r["method"]["name"], r["seed"])
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(r))
+        os.sync()  # the records' writeback is the setup's cost, not the build's
         out = args.keep or work / "site"
         cpu0 = _cpu()
         start = time.perf_counter()

@@ -21,7 +21,6 @@ import os
 import shutil
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -88,8 +87,8 @@ def build_site(results: Path, out: Path, alpha: float = 0.05, warn: TextIO | Non
         out: the site folder; an existing folder is replaced only if it is a previous site.
         alpha: significance level of the verdicts (as `kdbench compare --alpha`).
         warn: where warnings go; stderr by default.
-        jobs: processes that render task and run pages (default: the CPUs this process may use,
-            at most 4; 1 renders in this process).
+        jobs: processes that read the records and draw their run pages (default: the CPUs this
+            process may use, at most 4; 1 does everything in this process).
 
     Returns:
         Counts and the wall time.
@@ -114,8 +113,6 @@ def build_site(results: Path, out: Path, alpha: float = 0.05, warn: TextIO | Non
 
 def _build(results: Path, out: Path, alpha: float, warn: TextIO | None, jobs: int | None) -> BuildSummary:
     start = time.perf_counter()
-    workers = _workers(jobs)
-    loaded = data.load(results, warn or sys.stderr, workers)
     out = Path(out)
     pages.check_out(out)
     # Built beside `out` and swapped in at the end: a failed build leaves the previous site whole.
@@ -126,27 +123,13 @@ def _build(results: Path, out: Path, alpha: float, warn: TextIO | None, jobs: in
         shutil.copytree(str(resources.files("kdbench.site").joinpath("static")), tmp / "static")
         (tmp / pages.MARKER).write_text("kdbench site\n")
         (tmp / "run").mkdir()
-        sets, site = _render(w, loaded, alpha, workers)
-        pages.replace_site(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return BuildSummary(out, len(loaded.records), len(sets), len(site.method_names), w.pages,
-                        time.perf_counter() - start)
-
-
-def _render(w: _Writer, loaded: data.Loaded, alpha: float,
-            workers: int) -> tuple[list[Setting], pages.SiteContext]:
-    """Every page. Run pages, the bulk of a large build, need only the records: forked workers
-    render them while this process computes the comparison tables and the other pages."""
-    n = len(loaded.records)
-    chunks = [(a, min(a + _RUN_CHUNK, n)) for a in range(0, n, _RUN_CHUNK)]
-    pool = None
-    if workers > 1 and len(chunks) > 1 and "fork" in multiprocessing.get_all_start_methods():
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
-    _SHARED.update(writer=w, loaded=loaded)
-    try:
-        futures = [pool.submit(_run_chunk, a, b) for a, b in chunks] if pool else []  # forks here
+        # Run pages, the bulk of a large build, are drawn by the processes that read the records,
+        # while each record is at hand (no second pass over 10,000 records in other processes).
+        workers = _workers(jobs)
+        loaded = data.load(results, warn or sys.stderr, workers, hook=_RunPages(w, results))
+        for rid in loaded.set_aside_ids:
+            shutil.rmtree(tmp / "run" / rid)
+        w.pages += len(loaded.records)
         sets = data.settings(loaded, alpha)
         site = pages.SiteContext.make(loaded, sets, alpha)
         _overview(w, site)
@@ -156,16 +139,12 @@ def _render(w: _Writer, loaded: data.Loaded, alpha: float,
         for s in site.sets:
             _task_page(w, site, s)
         w.page("methodology", "methodology.html.j2", site=site, title="Methodology")
-        if pool:
-            w.pages += sum(f.result() for f in futures)  # workers count on their copies
-        else:
-            for a, b in chunks:
-                _run_pages(w, loaded, loaded.records[a:b])
-    finally:
-        if pool:
-            pool.shutdown(cancel_futures=True)
-        _SHARED.clear()
-    return sets, site
+        pages.replace_site(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return BuildSummary(out, len(loaded.records), len(sets), len(site.method_names), w.pages,
+                        time.perf_counter() - start)
 
 
 # ------------------------------------------------------------------------------------- pages
@@ -223,10 +202,6 @@ def _method_page(w: _Writer, site: pages.SiteContext, name: str) -> None:
 
 # ------------------------------------------------------------------------------ run pages
 
-#: What forked workers render from: set in the parent just before the pool forks.
-_SHARED: dict[str, Any] = {}
-_RUN_CHUNK = 1000
-
 
 def _workers(jobs: int | None) -> int:
     if jobs is not None:
@@ -236,35 +211,32 @@ def _workers(jobs: int | None) -> int:
     return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
-def _run_chunk(a: int, b: int) -> int:
-    """Render run pages a..b in a worker; the number of pages written."""
-    w, loaded = _SHARED["writer"], _SHARED["loaded"]
-    before = w.pages
-    _run_pages(w, loaded, loaded.records[a:b])
-    return int(w.pages - before)
+class _RunPages:
+    """`data.load`'s hook: one page per run at `run/<id>/`, with the record file beside it (plain
+    os calls: at 10,000 pages pathlib's overhead shows)."""
 
+    def __init__(self, w: _Writer, results: Path) -> None:
+        self.tpl = w.env.get_template("run.html.j2")
+        self.runs = os.path.join(w.out, "run")
+        self.results = str(results)
+        self.footer = pages.Footer()
 
-def _run_pages(w: _Writer, loaded: data.Loaded, records: list[dict[str, Any]]) -> None:
-    """One page per run at `run/<id>/` (plain os calls: at 10,000 pages pathlib's overhead shows)."""
-    tpl = w.env.get_template("run.html.j2")
-    footer = pages.Footer()
-    runs = os.path.join(w.out, "run")
-    for record in records:
+    def __call__(self, record: dict[str, Any], text: str, rel: str, submission: data.Submission | None) -> None:
         rid = data.run_id(record)
+        folder = os.path.join(self.runs, rid)
+        try:
+            os.mkdir(folder)
+        except FileExistsError:  # two files hold the same run: `data.load` says which, and the build stops
+            return
         task, proto, method = record["task"], record["protocol"]["name"], record["method"]["name"]
-        html = tpl.render(root="../../", here=f"run/{rid}", site=footer, r=record, rid=rid, pretty=loaded.texts[rid],
-                          command=pages.reproduce_command(record), file=loaded.files[rid],
-                          submission=loaded.submissions.get((task, proto, method)),
-                          setting_rel=f"task/{data.slug(task)}/{data.slug(proto)}",
-                          method_rel=f"method/{data.slug(method)}", title=f"run {rid}")
-        folder = os.path.join(runs, rid)
-        os.mkdir(folder)
+        html = self.tpl.render(root="../../", here=f"run/{rid}", site=self.footer, r=record, rid=rid, pretty=text,
+                               command=pages.reproduce_command(record), file=rel, submission=submission,
+                               setting_rel=f"task/{data.slug(task)}/{data.slug(proto)}",
+                               method_rel=f"method/{data.slug(method)}", title=f"run {rid}")
         with open(os.path.join(folder, "index.html"), "w", encoding="utf-8") as f:
             f.write(html)
-        source = os.path.join(loaded.root, loaded.files[rid])
         try:  # the record itself, as a hard link where the file system allows
-            os.link(source, os.path.join(folder, "record.json"))
+            os.link(os.path.join(self.results, rel), os.path.join(folder, "record.json"))
         except OSError:
             with open(os.path.join(folder, "record.json"), "w", encoding="utf-8") as f:
-                f.write(loaded.texts[rid])
-        w.pages += 1
+                f.write(text)

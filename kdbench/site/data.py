@@ -11,8 +11,10 @@ import hashlib
 import json
 import math
 import multiprocessing
+import os
 import re
 import sys
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache, cached_property
@@ -85,14 +87,14 @@ class Loaded:
     """Everything read from a results folder."""
 
     frame: pd.DataFrame  # compare.frame_from_records: one row per ok record
-    records: list[dict[str, Any]]  # the records the tables use (one card version per table)
+    records: list[dict[str, Any]]  # the records the tables use (one card version per table), without history
     files: dict[str, str]  # run id → the record's path relative to the results folder
-    texts: dict[str, str]  # run id → the record's file text
     submissions: dict[tuple[str, str, str], Submission]  # (task, protocol, method) → submission
     set_aside: int = 0
     skipped_smoke: int = 0
     root: Path = Path()  # the results folder
     warnings: list[str] = field(default_factory=list)
+    set_aside_ids: list[str] = field(default_factory=list)  # run ids read but not used (other card versions)
 
 
 def _read_submission(path: Path, results: Path) -> Submission:
@@ -121,77 +123,102 @@ def _read(file: str) -> tuple[str, dict[str, Any]]:
     return text, record
 
 
+#: Called for every non-smoke record as it is read (in the reading process): the record, its file
+#: text, its path relative to the results folder and its folder's submission, if any.
+RecordHook = Callable[[dict[str, Any], str, str, "Submission | None"], None]
+
+#: What forked readers read with: set in the parent just before the pool forks.
+_READER: dict[str, Any] = {}
+
+
 def _read_chunk(files: list[str]) -> list[tuple[str, dict[str, Any]]] | str:
-    """`_read` over files in a worker process: the texts and records, or the first error's message."""
+    """Read, validate and hand to the hook each file; (relative path, record without its history)
+    per file, or the first error's message. Runs in a worker, or in the parent with one process."""
+    root, hook, by_folder = _READER["root"], _READER["hook"], _READER["submissions"]
+    out = []
     try:
-        return [_read(f) for f in files]
+        for file in files:
+            text, record = _read(file)
+            rel = os.path.relpath(file, root)
+            if hook is not None and record["tier"] != "smoke":
+                hook(record, text, rel, by_folder.get(os.path.dirname(rel)))
+            # The history is the bulk of a record and only the run page (drawn above) shows it.
+            out.append((rel, {k: v for k, v in record.items() if k != "history"}))
     except UsageError as e:
         return str(e)
-
-
-def _read_all(files: list[str], workers: int) -> list[tuple[str, dict[str, Any]]]:
-    """Every file read and validated, in order; on `workers` forked processes when there are many."""
-    if workers <= 1 or len(files) < PARALLEL_READ_MIN or "fork" not in multiprocessing.get_all_start_methods():
-        return [_read(f) for f in files]
-    size = -(-len(files) // (4 * workers))
-    chunks = [files[a:a + size] for a in range(0, len(files), size)]
-    out: list[tuple[str, dict[str, Any]]] = []
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        for part in pool.map(_read_chunk, chunks):
-            if isinstance(part, str):  # the first error in file order, as a serial read reports it
-                raise UsageError(part)
-            out += part
     return out
 
 
-def load(results: Path, warn: TextIO | None = None, workers: int = 1) -> Loaded:
+def _read_all(files: list[str], workers: int) -> list[tuple[str, dict[str, Any]]]:
+    """Every file read, in order; on `workers` forked processes when there are many."""
+    if workers <= 1 or len(files) < PARALLEL_READ_MIN or "fork" not in multiprocessing.get_all_start_methods():
+        parts = [_read_chunk(files)]
+    else:
+        size = -(-len(files) // (4 * workers))
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            parts = list(pool.map(_read_chunk, [files[a:a + size] for a in range(0, len(files), size)]))
+    out: list[tuple[str, dict[str, Any]]] = []
+    for part in parts:
+        if isinstance(part, str):  # the first error in file order, as a serial read reports it
+            raise UsageError(part)
+        out += part
+    return out
+
+
+def load(results: Path, warn: TextIO | None = None, workers: int = 1, hook: RecordHook | None = None) -> Loaded:
     """Read and validate every record under `results` (smoke-tier records are left out).
 
     Args:
         results: the results folder.
         warn: where warnings go; stderr by default.
         workers: processes that read and validate the files (1: this process).
+        hook: called for every non-smoke record as it is read, in the reading process (the site
+            draws run pages there, while the record is at hand); records later set aside (another
+            card version) are passed too and listed in `Loaded.set_aside_ids`.
 
     Raises:
-        UsageError: `results` is not a folder, a file is not JSON or not a valid record, or a
-            submission file is malformed.
+        UsageError: `results` is not a folder, a file is not JSON or not a valid record, two files
+            hold the same run, or a submission file is malformed.
     """
     results = Path(results)
     if not results.is_dir():
         raise UsageError(f"no results folder at {results} (expected <task>/<protocol>/<method>/seed<N>.json)")
-    records: list[dict[str, Any]] = []
-    files: dict[str, str] = {}
-    texts: dict[str, str] = {}
-    smoke = 0
-    paths = sorted(results.rglob("seed*.json"))
-    for file, (text, record) in zip(paths, _read_all([str(p) for p in paths], workers), strict=True):
-        if record["tier"] == "smoke":
-            smoke += 1
-            continue
-        rid = run_id(record)
-        if rid in files:
-            raise UsageError(f"{file}: the same run (task, protocol, method, seed) as {files[rid]}")
-        files[rid] = str(file.relative_to(results))
-        texts[rid] = text
-        records.append(record)
-    frame = frame_from_records(records, warn or sys.stderr)
-    kept = set(zip(frame["task"], frame["protocol"], frame["protocol_sha"], strict=True))
-    kept |= {(f["task"], f["protocol"], f["protocol_sha"]) for f in frame.attrs["failed"]}
-    used = [r for r in records if (r["task"], r["protocol"]["name"], r["protocol"]["sha256"]) in kept]
-    ids = [run_id(r) for r in used]
-    files, texts = {i: files[i] for i in ids}, {i: texts[i] for i in ids}
     by_folder = {}
     for path in sorted(results.rglob(SUBMISSION_FILE)):
         if len(path.relative_to(results).parts) != 4:
             raise UsageError(f"{path}: a submission file belongs in <task>/<protocol>/<method>/{SUBMISSION_FILE}")
         by_folder[str(path.parent.relative_to(results))] = _read_submission(path, results)
+    records: list[dict[str, Any]] = []
+    files: dict[str, str] = {}
+    smoke = 0
+    paths = sorted(str(p) for p in results.rglob("seed*.json"))
+    _READER.update(root=str(results), hook=hook, submissions=by_folder)
+    try:
+        read = _read_all(paths, workers)
+    finally:
+        _READER.clear()
+    for rel, record in read:
+        if record["tier"] == "smoke":
+            smoke += 1
+            continue
+        rid = run_id(record)
+        if rid in files:
+            raise UsageError(f"{results / rel}: the same run (task, protocol, method, seed) as {files[rid]}")
+        files[rid] = rel
+        records.append(record)
+    frame = frame_from_records(records, warn or sys.stderr)
+    kept = set(zip(frame["task"], frame["protocol"], frame["protocol_sha"], strict=True))
+    kept |= {(f["task"], f["protocol"], f["protocol_sha"]) for f in frame.attrs["failed"]}
+    used = [r for r in records if (r["task"], r["protocol"]["name"], r["protocol"]["sha256"]) in kept]
+    ids = {run_id(r) for r in used}
     submissions = {}  # a record is submitted when its folder holds a submission file
     for r in used:
-        folder = str(Path(files[run_id(r)]).parent)
+        folder = os.path.dirname(files[run_id(r)])
         if folder in by_folder:
             submissions[(r["task"], r["protocol"]["name"], r["method"]["name"])] = by_folder[folder]
-    return Loaded(frame, used, files, texts, submissions, set_aside=sum(frame.attrs["set_aside"].values()),
-                  skipped_smoke=smoke, root=results)
+    return Loaded(frame, used, {i: f for i, f in files.items() if i in ids}, submissions,
+                  set_aside=sum(frame.attrs["set_aside"].values()), skipped_smoke=smoke, root=results,
+                  set_aside_ids=sorted(set(files) - ids))
 
 
 # --------------------------------------------------------------------------------- the model

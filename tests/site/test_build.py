@@ -18,7 +18,7 @@ from kdbench.compare import compare_table, load_frame
 from kdbench.errors import UsageError
 from kdbench.records import read_record, validation_errors, write_record
 from kdbench.runner.protocol import parse_sets
-from kdbench.site import build, data, pages
+from kdbench.site import data, pages
 from kdbench.site.build import build_site
 from kdbench.site.catalog import load_catalog
 
@@ -187,7 +187,7 @@ def test_smoke_records_are_not_on_the_leaderboard(tmp_path: Path) -> None:
 def test_parallel_build_is_identical(site_results: Path, built_site: Path, tmp_path: Path,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Rendering on forked workers writes the same bytes as rendering in one process."""
-    monkeypatch.setattr(build, "_RUN_CHUNK", 7)  # 60 runs: 9 chunks, plus the task pages
+    monkeypatch.setattr(data, "PARALLEL_READ_MIN", 1)  # read (and draw run pages) in 2 workers
     done = build_site(site_results, tmp_path / "site", jobs=2)
     files = sorted(p.relative_to(built_site) for p in built_site.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(tmp_path / "site") for p in (tmp_path / "site").rglob("*") if p.is_file())
