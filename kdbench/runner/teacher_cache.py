@@ -113,7 +113,7 @@ class TeacherCache:
             else:
                 values, index = torch.log_softmax(flat, -1).topk(min(self.topk, flat.shape[-1]), -1)
                 parts = {f"{name}.values": values.numpy(), f"{name}.index": index.int().numpy()}
-                seen = expand_topk(values, index.int().long(), flat.shape[-1])
+                seen = expand_topk(values, index, flat.shape[-1])
             heads[name] = replace(head, logits=seen.reshape(head.logits.shape).to(head.logits.device))
             key = next(iter(parts))
             offsets[name] = sum(len(a) for a in self._pending.get(key, []))
