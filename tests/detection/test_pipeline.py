@@ -83,7 +83,7 @@ def test_standard_card_reads_coco_format_files(tmp_path: Path) -> None:
     root = os.environ.get("KDBENCH_DATA_ROOT")
     if not root:
         pytest.skip("COCO keypoints fixture (coco-fixtures/) needs KDBENCH_DATA_ROOT")
-    fixtures = Path(root) / "coco-fixtures"
+    fixtures = Path(root).resolve() / "coco-fixtures"  # links in tmp_path need an absolute target
     data = tmp_path / "coco"
     (data / "annotations").mkdir(parents=True)
     for split in ("train", "val"):

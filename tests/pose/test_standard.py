@@ -14,7 +14,7 @@ from kdbench.cli import main
 
 def _layout(tmp_path: Path, source: str, pattern: str) -> Path:
     root = os.environ.get("KDBENCH_DATA_ROOT")
-    fixtures = Path(root or "") / "coco-fixtures"
+    fixtures = Path(root or "").resolve() / "coco-fixtures"  # links in tmp_path need an absolute target
     if not root or not (fixtures / source).is_file():
         pytest.skip("KDBENCH_DATA_ROOT unset or without coco-fixtures/ (mmpose's COCO test files)")
     (tmp_path / "annotations").mkdir(parents=True)
