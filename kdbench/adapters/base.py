@@ -24,11 +24,20 @@ class Adapter(ABC):
         task: the task's name on the command line.
         provides: which method needs (kdbench.methods.base.NEEDS) this adapter can supply.
         primary_metric: the metric tables rank by (its direction is in kdbench.metrics).
+        evaluation_version: bumped whenever data preparation, splits or metric code change what a
+            number means; tables never mix versions.
+
+    Every adapter holds three disjoint splits fixed by its card: "train" (fitted), "val"
+    (everything a benchmark chooses: schedules, stage fractions, hyperparameters) and "test"
+    (the reported numbers, scored once at the end).
     """
 
     task: ClassVar[str]
     provides: ClassVar[frozenset[str]]
     primary_metric: ClassVar[str]
+    evaluation_version: ClassVar[int]
+    """Bumped whenever data preparation, splits or metric code change what a number means; tables
+    never mix versions."""
 
     def __init__(self, protocol: Protocol, data_root: Path | None, device: torch.device) -> None:
         self.protocol = protocol
@@ -66,7 +75,9 @@ class Adapter(ABC):
         """The task's supervised loss terms; a final head's hard-label term carries its name."""
 
     @abstractmethod
-    def evaluate(self, model: nn.Module, split: str = "test") -> dict[str, float]: ...
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+        """The task's metrics of `model` on `split`: "val" or "test" (some adapters also "train");
+        any other split is a UsageError naming the valid ones (`kdbench.adapters.splits`)."""
 
     def attach_teacher(self, teacher: nn.Module) -> None:  # noqa: B027
         """Told the frozen external teacher once it is built (before the student), for adapters
