@@ -13,40 +13,43 @@ from kdbench.adapters.classification import data
 
 
 @pytest.fixture(scope="module")
-def digits() -> tuple[data.ArrayDataset, data.ArrayDataset]:
-    return data.load_digits_split(test_fraction=0.25, split_seed=0)
+def digits() -> tuple[data.ArrayDataset, data.ArrayDataset, data.ArrayDataset]:
+    return data.load_digits_split(val_fraction=0.15, test_fraction=0.25, split_seed=0)
 
 
 def test_digits_split_sizes_and_types(digits: tuple[data.ArrayDataset, ...]) -> None:
-    train, test = digits
-    assert len(train) + len(test) == 1797
-    assert len(test) == 450  # ceil(0.25 · 1797), scikit-learn's rounding
+    train, val, test = digits
+    assert len(train) + len(val) + len(test) == 1797
+    assert len(test) == 450 and len(val) == 270  # ceil(0.25 · 1797), ceil(0.15 · 1797)
     assert train.images.shape == (len(train), 1, 8, 8) and train.images.dtype == torch.float32
     assert train.labels.dtype == torch.int64 and test.labels.dtype == torch.int64
     assert train.num_classes == 10 and train.class_names == [str(c) for c in range(10)]
 
 
 def test_digits_split_is_stratified(digits: tuple[data.ArrayDataset, ...]) -> None:
-    train, test = digits
+    train, val, test = digits
     share_train = np.bincount(train.labels.numpy(), minlength=10) / len(train)
+    share_val = np.bincount(val.labels.numpy(), minlength=10) / len(val)
     share_test = np.bincount(test.labels.numpy(), minlength=10) / len(test)
     assert np.abs(share_train - share_test).max() < 0.01
+    assert np.abs(share_train - share_val).max() < 0.01
 
 
 def test_digits_normalised_with_train_stats(digits: tuple[data.ArrayDataset, ...]) -> None:
-    train, test = digits
+    train, _, test = digits
     assert abs(train.images.mean().item()) < 1e-4
     assert abs(train.images.std(unbiased=False).item() - 1) < 1e-4
     assert abs(test.images.mean().item()) < 0.1  # same stats applied, not the test set's own
 
 
 def test_digits_limits_are_deterministic_and_balanced() -> None:
-    train, test = data.load_digits_split(limit_train=50, limit_test=20)
-    again, _ = data.load_digits_split(limit_train=50, limit_test=20)
-    assert len(train) == 50 and len(test) == 20
+    train, val, test = data.load_digits_split(limit_train=50, limit_val=30, limit_test=20)
+    again, _, _ = data.load_digits_split(limit_train=50, limit_val=30, limit_test=20)
+    assert len(train) == 50 and len(val) == 30 and len(test) == 20
     torch.testing.assert_close(train.images, again.images)
     assert np.bincount(train.labels.numpy(), minlength=10).tolist() == [5] * 10
-    other_seed, _ = data.load_digits_split(split_seed=1, limit_train=50)
+    assert np.bincount(val.labels.numpy(), minlength=10).tolist() == [3] * 10
+    other_seed, _, _ = data.load_digits_split(split_seed=1, limit_train=50)
     assert not torch.equal(train.images, other_seed.images)
 
 
@@ -61,15 +64,19 @@ def test_cifar100_fixture_round_trip(tmp_path: Path) -> None:
             b"coarse_label_names",
         }
 
-    train, test = data.load_cifar100(tmp_path)
-    assert train.images.shape == (12, 3, 32, 32) and test.images.shape == (6, 3, 32, 32)
+    train, val, test = data.load_cifar100(tmp_path, val_size=4)
+    assert train.images.shape == (8, 3, 32, 32) and val.images.shape == (4, 3, 32, 32)
+    assert test.images.shape == (6, 3, 32, 32)
     assert train.num_classes == 100 and len(train.class_names) == 100
-    assert train.labels.tolist() == raw[b"fine_labels"]
-    # pixel 0 of image 0: red channel of row 0, column 0, normalised with the CIFAR-100 stats
-    red = raw[b"data"][0, 0] / 255.0
+    assert train.source_ids is not None and val.source_ids is not None
+    assert sorted([*train.source_ids, *val.source_ids]) == list(range(12))
+    assert train.labels.tolist() == [raw[b"fine_labels"][i] for i in train.source_ids]
+    # pixel 0 of training-file image i: red channel of row 0, column 0, normalised with the CIFAR-100 stats
+    i = int(train.source_ids[0])
+    red = raw[b"data"][i, 0] / 255.0
     expected = (red - data.CIFAR100_MEAN[0]) / data.CIFAR100_STD[0]
     assert train.images[0, 0, 0, 0].item() == pytest.approx(expected, abs=1e-5)
-    blue_last = (raw[b"data"][0, -1] / 255.0 - data.CIFAR100_MEAN[2]) / data.CIFAR100_STD[2]
+    blue_last = (raw[b"data"][i, -1] / 255.0 - data.CIFAR100_MEAN[2]) / data.CIFAR100_STD[2]
     assert train.images[0, 2, 31, 31].item() == pytest.approx(blue_last, abs=1e-5)
 
 

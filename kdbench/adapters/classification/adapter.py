@@ -15,6 +15,7 @@ from kdbench.adapters.base import Adapter, Role
 from kdbench.adapters.classification import data as D
 from kdbench.adapters.classification.metrics import classification_metrics
 from kdbench.adapters.classification.models import build_model
+from kdbench.adapters.splits import check_split
 from kdbench.errors import KDBenchError, UsageError
 from kdbench.outputs import Head, Outputs
 from kdbench.runner.protocol import Protocol
@@ -36,28 +37,34 @@ class ClassificationAdapter(Adapter):
     task = "classification"
     provides = frozenset({"layers", "features", "ids", "teacher_pass", "sample_heads", "ce_heads", "label_heads"})
     primary_metric = "top1"
+    evaluation_version = 2  # 2: train/val/test (val held out of the training data), test scored once
     teacher_inputs_fixed = True  # batches and augmentation derive from (seed, epoch) alone
 
     def __init__(self, protocol: Protocol, data_root: Path | None, device: torch.device) -> None:
         super().__init__(protocol, data_root, device)
-        self.train_set, self.test_set = self._load(protocol.card["data"])
+        self.train_set, self.val_set, self.test_set = self._load(protocol.card["data"])
         self.augmentation = str(protocol.card.get("augmentation", "none"))
         if self.augmentation not in D.AUGMENT_KINDS:
             raise UsageError(f"unknown augmentation {self.augmentation!r}; "
                              f"valid: {', '.join(D.AUGMENT_KINDS)}")
 
-    def _load(self, spec: dict[str, Any]) -> tuple[D.ArrayDataset, D.ArrayDataset]:
+    def _load(self, spec: dict[str, Any]) -> tuple[D.ArrayDataset, D.ArrayDataset, D.ArrayDataset]:
         name = spec.get("dataset")
         if name == "digits":
-            return D.load_digits_split(
-                float(spec.get("test_fraction", 0.25)), int(spec.get("split_seed", 0)),
-                spec.get("limit_train"), spec.get("limit_test"))
+            try:
+                return D.load_digits_split(
+                    float(spec.get("val_fraction", 0.15)), float(spec.get("test_fraction", 0.25)),
+                    int(spec.get("split_seed", 0)), spec.get("limit_train"), spec.get("limit_val"),
+                    spec.get("limit_test"))
+            except ValueError as e:
+                raise UsageError(f"protocol {self.protocol.name!r} data: {e}") from None
         if name == "cifar100":
             if self.data_root is None:
                 raise UsageError("CIFAR-100 needs --data-root (or KDBENCH_DATA_ROOT): the folder "
                                  f"that holds {D.CIFAR100_DIR}/ (download {D.CIFAR100_URL})")
             try:
-                return D.load_cifar100(self.data_root)
+                return D.load_cifar100(self.data_root, int(spec.get("val_size", 5000)),
+                                       int(spec.get("split_seed", 0)))
             except (FileNotFoundError, ValueError) as e:
                 raise KDBenchError(str(e)) from None
         raise UsageError(f"unknown classification dataset {name!r}; valid: {', '.join(DATASETS)}")
@@ -111,10 +118,9 @@ class ClassificationAdapter(Adapter):
             part = slice(start, start + 500)
             yield part, model(images[part].to(self.device))
 
-    def evaluate(self, model: nn.Module, split: str = "test") -> dict[str, float]:
-        data = {"test": self.test_set, "train": self.train_set}.get(split)
-        if data is None:
-            raise UsageError(f"unknown split {split!r}; valid: test, train")
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+        sets = {"train": self.train_set, "val": self.val_set, "test": self.test_set}
+        data = sets[check_split(split, tuple(sets), self.task)]
         was_training = model.training
         model.eval()
         logits = torch.cat([out.logits.float().cpu() for _, out in self._logits(model, data.images)])

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kdbench.adapters.splits import stratified_holdout
+
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 CIFAR100_DIR = "cifar-100-python"
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
@@ -33,12 +35,16 @@ class ArrayDataset:
         labels: (N,) int64 class indices in [0, num_classes).
         num_classes: K.
         class_names: K names, index-aligned with the labels.
+        source_ids: (N,) each image's index in the file or dataset it was read from (with the
+            split's name, it identifies the image: disjoint splits have disjoint ids); None
+            where unknown.
     """
 
     images: Tensor
     labels: Tensor
     num_classes: int
     class_names: list[str]
+    source_ids: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.images.dim() != 4 or self.labels.shape != (self.images.shape[0],):
@@ -48,6 +54,8 @@ class ArrayDataset:
             )
         if len(self.class_names) != self.num_classes:
             raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
+        if self.source_ids is not None and self.source_ids.shape != (len(self.labels),):
+            raise ValueError(f"{self.source_ids.shape} source ids for {len(self.labels)} images")
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -67,45 +75,63 @@ def _interleave_classes(labels: np.ndarray) -> np.ndarray:
 
 
 def load_digits_split(
+    val_fraction: float = 0.15,
     test_fraction: float = 0.25,
     split_seed: int = 0,
     limit_train: int | None = None,
+    limit_val: int | None = None,
     limit_test: int | None = None,
-) -> tuple[ArrayDataset, ArrayDataset]:
-    """scikit-learn's 8×8 handwritten digits (1,797 images, 10 classes), split stratified.
+) -> tuple[ArrayDataset, ArrayDataset, ArrayDataset]:
+    """scikit-learn's 8×8 handwritten digits (1,797 images, 10 classes), split stratified in three.
 
-    Pixels are scaled to [0, 1] (÷16), then normalised with the returned training set's mean
-    and std (one channel). Both sets are ordered round-robin over classes, so `limit_*` keeps a
-    deterministic, nearly stratified prefix (for the smoke tier).
+    The test set is split off first (`test_fraction` of all images, rounded up as scikit-learn
+    does), then the validation set from the rest (⌈`val_fraction` · 1,797⌉ images), both by
+    stratified `train_test_split` with `random_state=split_seed`. Pixels are scaled to [0, 1]
+    (÷16), then normalised with the training set's mean and std (one channel). Every set is
+    ordered round-robin over classes, so `limit_*` keeps a deterministic, nearly stratified
+    prefix (for the smoke tier).
 
     Args:
-        test_fraction: fraction of the data held out for testing.
-        split_seed: `random_state` of the stratified `train_test_split`.
+        val_fraction: fraction of all images held out for validation, in (0, 1).
+        test_fraction: fraction of all images held out for testing, in (0, 1).
+        split_seed: `random_state` of both stratified splits.
         limit_train: keep at most this many training images.
+        limit_val: keep at most this many validation images.
         limit_test: keep at most this many test images.
 
     Returns:
-        (train, test) datasets with images (N, 1, 8, 8).
+        (train, val, test) datasets with images (N, 1, 8, 8).
+
+    Raises:
+        ValueError: the fractions leave no training images.
     """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
+    if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(f"need 0 < val_fraction, 0 < test_fraction, val_fraction + test_fraction < 1; "
+                         f"got {val_fraction}, {test_fraction}")
     digits = load_digits()
     x = (digits.data.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)  # (1797, 1, 8, 8)
     y = digits.target.astype(np.int64)
-    idx_train, idx_test = train_test_split(
+    idx_rest, idx_test = train_test_split(
         np.arange(len(y)), test_size=test_fraction, stratify=y, random_state=split_seed
     )
+    n_val = int(np.ceil(val_fraction * len(y)))
+    idx_train, idx_val = train_test_split(
+        idx_rest, test_size=n_val, stratify=y[idx_rest], random_state=split_seed
+    )
     idx_train = idx_train[_interleave_classes(y[idx_train])][:limit_train]
+    idx_val = idx_val[_interleave_classes(y[idx_val])][:limit_val]
     idx_test = idx_test[_interleave_classes(y[idx_test])][:limit_test]
     mean, std = float(x[idx_train].mean()), float(x[idx_train].std())
     names = [str(c) for c in range(10)]
 
     def make(idx: np.ndarray) -> ArrayDataset:
         images = torch.from_numpy((x[idx] - mean) / std)
-        return ArrayDataset(images, torch.from_numpy(y[idx]), 10, names)
+        return ArrayDataset(images, torch.from_numpy(y[idx]), 10, names, idx.astype(np.int64))
 
-    return make(idx_train), make(idx_test)
+    return make(idx_train), make(idx_val), make(idx_test)
 
 
 def _missing_message(path: Path, root: Path) -> str:
@@ -152,21 +178,29 @@ def _normalise_cifar(data: np.ndarray) -> Tensor:
     return (torch.from_numpy(data).float().div_(255.0) - mean) / std
 
 
-def load_cifar100(root: Path) -> tuple[ArrayDataset, ArrayDataset]:
+def load_cifar100(
+    root: Path, val_size: int = 5000, split_seed: int = 0
+) -> tuple[ArrayDataset, ArrayDataset, ArrayDataset]:
     """CIFAR-100 (Krizhevsky, 2009) from the official python pickles, fine labels.
 
     Reads `root/cifar-100-python/{train,test,meta}` and normalises with the usual CIFAR-100
-    mean and std. Images of the full set take about 0.6 GB (train) as float32.
+    mean and std. Validation = `val_size` images of the official training file, held out
+    nearly stratified by class with a generator seeded by `split_seed` (50 per class for 5,000);
+    training = the rest; test = the official test file. Images of the full set take about
+    0.6 GB (train) as float32.
 
     Args:
         root: the data root (--data-root) that holds `cifar-100-python/`.
+        val_size: training-file images held out for validation, 0 < val_size < its size.
+        split_seed: seed of the held-out draw.
 
     Returns:
-        (train, test) datasets with images (N, 3, 32, 32).
+        (train, val, test) datasets with images (N, 3, 32, 32); `source_ids` are row indices
+        into the training file (train, val) or the test file (test).
 
     Raises:
         FileNotFoundError: a file is missing (the message says which and where to get it).
-        ValueError: a file is malformed (the message names it).
+        ValueError: a file is malformed (the message names it) or `val_size` does not fit.
     """
     root = Path(root)
     folder = root / CIFAR100_DIR
@@ -177,13 +211,20 @@ def load_cifar100(root: Path) -> tuple[ArrayDataset, ArrayDataset]:
     if b"fine_label_names" not in meta:
         raise ValueError(f"{folder / 'meta'}: missing key b'fine_label_names'")
     names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[b"fine_label_names"]]
-    sets = []
-    for split in ("train", "test"):
-        data, labels = _read_split(folder / split, root, len(names))
-        sets.append(
-            ArrayDataset(_normalise_cifar(data), torch.from_numpy(labels), len(names), names)
-        )
-    return sets[0], sets[1]
+    data, labels = _read_split(folder / "train", root, len(names))
+    if not 0 < val_size < len(labels):
+        raise ValueError(f"CIFAR-100 val_size {val_size} must be in [1, {len(labels) - 1}] "
+                         f"(the training file holds {len(labels)} images)")
+    idx_val = stratified_holdout(labels, val_size, split_seed)
+    idx_train = np.setdiff1d(np.arange(len(labels)), idx_val)
+    test_data, test_labels = _read_split(folder / "test", root, len(names))
+
+    def make(images: np.ndarray, y: np.ndarray, idx: np.ndarray) -> ArrayDataset:
+        return ArrayDataset(_normalise_cifar(np.ascontiguousarray(images[idx])), torch.from_numpy(y[idx]),
+                            len(names), names, idx.astype(np.int64))
+
+    return (make(data, labels, idx_train), make(data, labels, idx_val),
+            make(test_data, test_labels, np.arange(len(test_labels))))
 
 
 def write_cifar100_fixture(
