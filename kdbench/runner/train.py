@@ -94,7 +94,7 @@ def fit(job: Job) -> FitResult:
                                  "lr": optimizer.param_groups[0]["lr"], "seconds": seconds}
         main = job.world is None or job.world.is_main
         if main and _should_eval(cfg, epoch, epochs):
-            entry["metrics"] = job.adapter.evaluate(ema.model if ema else job.student)
+            entry["metrics"] = job.adapter.evaluate(ema.model if ema else job.student, "val")
         result.history.append(entry)
         bar.set_postfix(loss=f"{entry['loss']:.3f}", **{
             k: f"{v:.2f}" for k, v in entry.get("metrics", {}).items()
