@@ -25,7 +25,7 @@ from kdbench.adapters.detection.evaluate import coco_detection_metrics, to_coco_
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_shapes_dataset(tmp_path_factory.mktemp("shapes") / "shapes", 12, 6)
+    return make_shapes_dataset(tmp_path_factory.mktemp("shapes") / "shapes", 12, 6, 6)
 
 
 def _coco_fixture() -> Path:
@@ -53,7 +53,7 @@ def test_shapes_layout_and_coco_format(shapes: Path) -> None:
     from pycocotools.coco import COCO
 
     assert sorted(p.name for p in (shapes / "train").iterdir())[:2] == ["000001.png", "000002.png"]
-    for split, n in (("train", 12), ("val", 6)):
+    for split, n in (("train", 12), ("val", 6), ("test", 6)):
         coco = COCO(str(shapes / "annotations" / f"instances_{split}.json"))
         assert len(coco.getImgIds()) == n and len(list((shapes / split).glob("*.png"))) == n
         assert [c["name"] for c in coco.loadCats([1, 2, 3])] == list(SHAPES)
@@ -65,7 +65,7 @@ def test_shapes_layout_and_coco_format(shapes: Path) -> None:
 
 
 def test_shapes_boxes_tightly_cover_the_drawn_pixels(tmp_path: Path) -> None:
-    root = make_shapes_dataset(tmp_path / "single", 60, 0, max_objects=1, seed=3)
+    root = make_shapes_dataset(tmp_path / "single", 60, 0, 0, max_objects=1, seed=3)
     coco = json.loads((root / "annotations" / "instances_train.json").read_text())
     assert {a["category_id"] for a in coco["annotations"]} == {1, 2, 3}  # every shape is checked
     for ann in coco["annotations"]:
@@ -76,21 +76,22 @@ def test_shapes_boxes_tightly_cover_the_drawn_pixels(tmp_path: Path) -> None:
 
 
 def test_shapes_are_reproducible_and_cached(shapes: Path, tmp_path: Path) -> None:
-    again = make_shapes_dataset(tmp_path / "again", 12, 6)
-    for rel in ("annotations/instances_train.json", "annotations/instances_val.json"):
+    again = make_shapes_dataset(tmp_path / "again", 12, 6, 6)
+    for split in ("train", "val", "test"):
+        rel = f"annotations/instances_{split}.json"
         assert (again / rel).read_text() == (shapes / rel).read_text()
     for name in ("000001.png", "000012.png"):
         pixels = np.asarray(Image.open(again / "train" / name))
         assert np.array_equal(pixels, np.asarray(Image.open(shapes / "train" / name)))
     stamp = (again / "train" / "000001.png").stat().st_mtime_ns
-    make_shapes_dataset(again, 12, 6)  # same parameters: nothing is rewritten
+    make_shapes_dataset(again, 12, 6, 6)  # same parameters: nothing is rewritten
     assert (again / "train" / "000001.png").stat().st_mtime_ns == stamp
-    make_shapes_dataset(again, 5, 2, seed=1)  # other parameters: regenerated in place
+    make_shapes_dataset(again, 5, 2, 2, seed=1)  # other parameters: regenerated in place
     assert len(list((again / "train").glob("*.png"))) == 5
     assert json.loads((again / "DONE").read_text())["seed"] == 1
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left
     # image i depends on (seed, split, i) only: the first images of a smaller set are the same
-    small = make_shapes_dataset(tmp_path / "small", 4, 0)
+    small = make_shapes_dataset(tmp_path / "small", 4, 0, 0)
     assert (small / "train" / "000004.png").read_bytes() == (shapes / "train" / "000004.png").read_bytes()
 
 

@@ -91,7 +91,8 @@ def test_standard_card_reads_coco_format_files(tmp_path: Path) -> None:
         (data / f"{split}2017").symlink_to(fixtures, target_is_directory=True)
     argv = ["run", "--task", "detection", "--method", "gold", "--protocol", "standard", "--device", "cpu",
             "--data-root", str(data), "--results", str(tmp_path / "res"), "--set", "data.size=128",
-            "--set", "student.queries=10", "--set", "train.epochs=1", "--set", "train.batch_size=2"]
+            "--set", "student.queries=10", "--set", "train.epochs=1", "--set", "train.batch_size=2",
+            "--set", "data.val_images=1"]
     assert main(argv) == 0
     record = json.loads((tmp_path / "res" / "detection" / "coco2017" / "gold" / "seed0.json").read_text())
     assert record["student"]["arch"].startswith("fdr-detr/hgnetv2_b0") and record["tier"] == "standard"

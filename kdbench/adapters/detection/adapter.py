@@ -20,6 +20,7 @@ from kdbench.adapters.detection.losses import DetectionLoss
 from kdbench.adapters.detection.matcher import hungarian_match_sets, union_matches
 from kdbench.adapters.detection.model import FDRDetector
 from kdbench.adapters.detection.targets import Batch, DetectionOutputs, Pairs, matched_iou, query_labels, query_mask
+from kdbench.adapters.splits import check_split
 from kdbench.errors import KDBenchError, UsageError
 from kdbench.outputs import Head
 from kdbench.runner.checkpoint import cache_dir, sha256_json
@@ -42,37 +43,41 @@ class DetectionAdapter(Adapter):
     task = "detection"
     provides = frozenset({"layers", "features", "ids"})
     primary_metric = "ap"
+    evaluation_version = 2  # 2: train/val/test (shapes: n_test scenes; COCO: val held out of train2017)
 
     def __init__(self, protocol: Protocol, data_root: Path | None, device: torch.device) -> None:
         super().__init__(protocol, data_root, device)
         card = protocol.card
         self.size = int(card["data"].get("size", 64))
-        self.train_set, self.val_set = self._load(card["data"])
+        self.train_set, self.val_set, self.test_set = self._load(card["data"])
         self.num_classes = len(self.train_set.category_ids)
         self.flip = float(card.get("augmentation", {}).get("hflip", 0.0))
         self.matcher = dict(card.get("matcher", {}))
         self.loss = DetectionLoss(**card.get("loss", {}))
         self.union = False
 
-    def _load(self, spec: dict[str, Any]) -> tuple[D.DetectionSet, D.DetectionSet]:
+    def _load(self, spec: dict[str, Any]) -> tuple[D.DetectionSet, D.DetectionSet, D.DetectionSet]:
         name = spec.get("dataset")
         try:
             if name == "shapes":
-                params = {k: spec[k] for k in ("n_train", "n_val", "size", "max_objects", "seed")}
-                root = cache_dir() / "data" / f"shapes-{sha256_json(params)[:16]}"
-                D.make_shapes_dataset(root, **params)
-                ann = root / "annotations"
-                return (D.load_coco_detection(ann / "instances_train.json", root / "train", self.size),
-                        D.load_coco_detection(ann / "instances_val.json", root / "val", self.size))
+                params = {k: spec[k] for k in ("n_train", "n_val", "n_test", "size", "max_objects", "seed")}
+                key = sha256_json({**params, "version": D.SHAPES_VERSION})[:16]
+                root = D.make_shapes_dataset(cache_dir() / "data" / f"shapes-{key}", **params)
+                return tuple(D.load_shapes(root, s, self.size) for s in ("train", "val", "test"))  # type: ignore[return-value]
             if name == "coco2017":
                 if self.data_root is None:
                     raise UsageError("COCO 2017 needs --data-root (or KDBENCH_DATA_ROOT): the folder with "
                                      "annotations/instances_{train,val}2017.json, train2017/ and val2017/")
-                limit = spec.get("limit_train"), spec.get("limit_val")
-                return (D.load_coco2017(self.data_root, "train", self.size, limit[0]),
-                        D.load_coco2017(self.data_root, "val", self.size, limit[1]))
+                limits = spec.get("limit_train"), spec.get("limit_val"), spec.get("limit_test")
+                return D.load_coco2017_splits(self.data_root, self.size, int(spec["val_images"]),
+                                              int(spec.get("split_seed", 0)), cache_dir() / "data" / "coco-gt",
+                                              limits)
+        except KeyError as e:
+            raise UsageError(f"protocol {self.protocol.name!r} data: missing key {e}") from None
         except FileNotFoundError as e:
             raise KDBenchError(str(e)) from None
+        except ValueError as e:
+            raise UsageError(f"protocol {self.protocol.name!r} data: {e}") from None
         raise UsageError(f"unknown detection dataset {name!r}; valid: {', '.join(DATASETS)}")
 
     def configure(self, needs: frozenset[str]) -> None:
@@ -193,10 +198,9 @@ class DetectionAdapter(Adapter):
                          outputs.union_pairs if self.union else None)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, split: str = "test") -> dict[str, float]:
-        data = {"test": self.val_set, "val": self.val_set, "train": self.train_set}.get(split)
-        if data is None:
-            raise UsageError(f"unknown split {split!r}; valid: test, val, train")
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+        sets = {"train": self.train_set, "val": self.val_set, "test": self.test_set}
+        data = sets[check_split(split, tuple(sets), self.task)]
         was_training = model.training
         model.eval()
         detections: list[dict[str, Any]] = []

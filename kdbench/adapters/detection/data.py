@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import warnings
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +24,14 @@ from PIL import Image
 from torch import Tensor
 
 from kdbench.adapters.generated import materialise, read_done
+from kdbench.adapters.splits import coco_subset_file, held_out
 
 COCO_URL = "https://cocodataset.org/#download"
 COCO2017_FILES = "train2017.zip, val2017.zip and annotations_trainval2017.zip"
 
 SHAPES: tuple[str, ...] = ("rectangle", "circle", "triangle")  # COCO category ids 1, 2, 3
-SHAPES_SPLITS: dict[str, int] = {"train": 0, "val": 1}  # split → seed component
-SHAPES_VERSION = 1  # bump when generation changes: a root made by another version is regenerated
+SHAPES_SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}  # split → seed component
+SHAPES_VERSION = 2  # bump when generation changes: a root made by another version is regenerated
 
 PRELOAD_BYTES = 1 << 30  # load_coco_detection keeps images in memory when they fit in this
 READ_THREADS = 8
@@ -102,17 +104,17 @@ class DetectionSet:
 # --- synthetic shapes ------------------------------------------------------------------------
 
 
-def _shapes_params(n_train: int, n_val: int, size: int, max_objects: int, seed: int) -> dict[str, Any]:
+def _shapes_params(n_train: int, n_val: int, n_test: int, size: int, max_objects: int, seed: int) -> dict[str, Any]:
     return {
         "version": SHAPES_VERSION,
         "skimage": importlib.metadata.version("scikit-image"),  # random_shapes' draws may change between its versions
         "n_train": n_train,
         "n_val": n_val,
+        "n_test": n_test,
         "size": size,
         "max_objects": max_objects,
         "seed": seed,
     }
-
 
 
 
@@ -192,7 +194,7 @@ def _write_shapes_split(folder: Path, split: str, n: int, size: int, max_objects
 
 
 def make_shapes_dataset(
-    root: Path, n_train: int, n_val: int, size: int = 64, max_objects: int = 4, seed: int = 0
+    root: Path, n_train: int, n_val: int, n_test: int, size: int = 64, max_objects: int = 4, seed: int = 0
 ) -> Path:
     """Generate (once) synthetic scenes of rectangles, circles and triangles in COCO format.
 
@@ -201,14 +203,17 @@ def make_shapes_dataset(
     rectangle, circle, triangle; boxes tightly cover the drawn pixels; `area` is the box's.
     Triangles are about 15% rarer than the others (scenes where one would poke above the top
     edge are drawn again), and 1..`max_objects` shapes are equally likely per image.
-    Image i of a split depends only on (seed, split, i). Written to a temporary folder and
+    Image i of a split depends only on (seed, split, i): the three splits are different scenes
+    (drawn from different seeds). Written to a temporary folder and
     renamed into place; `root/DONE` records the parameters, and a root made with the same
     parameters is reused as is, one made with others is replaced.
 
     Args:
-        root: output folder: `annotations/instances_{train,val}.json`, `train/`, `val/`, `DONE`.
+        root: output folder: `annotations/instances_{train,val,test}.json`, `train/`, `val/`,
+            `test/`, `DONE`.
         n_train: training images.
         n_val: validation images.
+        n_test: test images.
         size: image side S in pixels.
         max_objects: most shapes in one image (at least 1).
         seed: seed of the whole set.
@@ -217,15 +222,17 @@ def make_shapes_dataset(
         `root`.
     """
     root = Path(root)
-    params = _shapes_params(n_train, n_val, size, max_objects, seed)
+    params = _shapes_params(n_train, n_val, n_test, size, max_objects, seed)
     if read_done(root) == params:
         return root
-    if max_objects < 1 or size < 16 or min(n_train, n_val) < 0:
-        raise ValueError(f"need n ≥ 0, max_objects ≥ 1, size ≥ 16; got {n_train}, {n_val}, {max_objects}, {size}")
+    if max_objects < 1 or size < 16 or min(n_train, n_val, n_test) < 0:
+        raise ValueError(f"need n ≥ 0, max_objects ≥ 1, size ≥ 16; got {n_train}, {n_val}, {n_test}, "
+                         f"{max_objects}, {size}")
+    counts = {"train": n_train, "val": n_val, "test": n_test}
 
     def write(folder: Path) -> None:
-        _write_shapes_split(folder, "train", n_train, size, max_objects, seed)
-        _write_shapes_split(folder, "val", n_val, size, max_objects, seed)
+        for split, n in counts.items():
+            _write_shapes_split(folder, split, n, size, max_objects, seed)
 
     return materialise(root, params, write)
 
@@ -288,6 +295,8 @@ def load_coco_detection(
     limit: int | None = None,
     keep_empty: bool = True,
     preload: bool | None = None,
+    image_ids: Collection[int] | None = None,
+    coco: dict[str, Any] | None = None,
 ) -> DetectionSet:
     """Read a COCO-format instances json and its images, resized to S×S.
 
@@ -303,6 +312,8 @@ def load_coco_detection(
         keep_empty: keep images without (non-crowd) boxes.
         preload: hold all images in memory (True) or read them on demand (False); None holds
             them when they take at most PRELOAD_BYTES.
+        image_ids: keep only these images (default: all).
+        coco: the json already parsed (else it is read from `ann_file`).
 
     Returns:
         The set, with `ann_file` for evaluation.
@@ -312,13 +323,11 @@ def load_coco_detection(
         ValueError: the json is not COCO instances format.
     """
     ann_file, image_dir = Path(ann_file), Path(image_dir)
-    if not ann_file.is_file():
-        raise _missing(ann_file, "COCO annotations")
+    if coco is None:
+        coco = read_coco(ann_file)
     if not image_dir.is_dir():
         raise _missing(image_dir, "COCO image folder")
-    coco = json.loads(ann_file.read_text())
-    if not isinstance(coco, dict) or not all(k in coco for k in ("images", "annotations", "categories")):
-        raise ValueError(f"{ann_file}: not a COCO instances json (needs images, annotations, categories)")
+    wanted = None if image_ids is None else {int(i) for i in image_ids}
     categories = sorted(coco["categories"], key=lambda c: c["id"])
     label_of = {c["id"]: k for k, c in enumerate(categories)}
     by_image: dict[int, list[dict[str, Any]]] = {im["id"]: [] for im in coco["images"]}
@@ -328,6 +337,8 @@ def load_coco_detection(
         by_image[ann["image_id"]].append(ann)
     infos, boxes, labels = [], [], []
     for im in coco["images"]:
+        if wanted is not None and int(im["id"]) not in wanted:
+            continue
         b, lab = _image_targets(by_image[im["id"]], im["width"], im["height"], label_of)
         if keep_empty or len(lab):
             infos.append(im)
@@ -353,6 +364,55 @@ def load_coco_detection(
         images=_read_images(files, size) if preload else None,
         files=None if preload else files,
     )
+
+
+def read_coco(ann_file: Path) -> dict[str, Any]:
+    """A COCO instances json, checked for its three lists.
+
+    Raises:
+        FileNotFoundError: it is missing (one line, naming it and the source).
+        ValueError: it is not COCO instances format.
+    """
+    ann_file = Path(ann_file)
+    if not ann_file.is_file():
+        raise _missing(ann_file, "COCO annotations")
+    coco = json.loads(ann_file.read_text())
+    if not isinstance(coco, dict) or not all(k in coco for k in ("images", "annotations", "categories")):
+        raise ValueError(f"{ann_file}: not a COCO instances json (needs images, annotations, categories)")
+    return coco
+
+
+def load_coco2017_splits(
+    root: Path,
+    size: int,
+    val_images: int,
+    split_seed: int,
+    gt_dir: Path,
+    limits: tuple[int | None, int | None, int | None] = (None, None, None),
+) -> tuple[DetectionSet, DetectionSet, DetectionSet]:
+    """COCO 2017 detection as train / val / test: val = `val_images` train2017 images held out
+    (drawn with `split_seed` from all its image ids), train = the other train2017 images,
+    test = val2017 (the split the literature reports).
+
+    The val split's ground truth is a json of its images alone, written once into `gt_dir`.
+
+    Args:
+        root: the data root (--data-root).
+        size: S (640 for D-FINE).
+        val_images: train2017 images held out for validation.
+        split_seed: seed of the held-out draw.
+        gt_dir: where the val ground truth is written.
+        limits: keep only the first this many images of train, val, test (None: all).
+    """
+    root = Path(root)
+    ann_file = root / "annotations" / "instances_train2017.json"
+    coco = read_coco(ann_file)
+    val_ids = held_out([im["id"] for im in coco["images"]], val_images, split_seed, "train2017 images")
+    train_ids = {int(im["id"]) for im in coco["images"]} - set(val_ids)
+    val_file = coco_subset_file(coco, ann_file, val_ids, gt_dir)
+    train = load_coco_detection(ann_file, root / "train2017", size, limits[0], image_ids=train_ids, coco=coco)
+    val = load_coco_detection(val_file, root / "train2017", size, limits[1])
+    return train, val, load_coco2017(root, "val", size, limits[2])
 
 
 def load_coco2017(
