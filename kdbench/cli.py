@@ -25,10 +25,29 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="train and evaluate one method on one task; write a record")
     _run_args(run)
-    run.add_argument("--method", required=True)
+    run.add_argument("--method", required=True, help="a method name (kdbench list methods)")
     teacher = sub.add_parser("teacher", help="train (or load from the cache) a card's teacher "
                              "and write its record")
     _run_args(teacher)
+
+    rep = sub.add_parser("reproduce", help="re-run a record from its embedded spec into a scratch folder and "
+                         "print each metric's difference to the record")
+    rep.add_argument("record", type=Path, help="a record file (results/<task>/<key>/<method>/seed<N>.json)")
+    rep.add_argument("--scratch", type=Path, default=None, help="where the re-run goes (default: a new temp dir)")
+    rep.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    _data_root_arg(rep)
+    rep.add_argument("--teacher", type=Path, default=None,
+                     help="the teacher checkpoint, for records of a given teacher")
+
+    proto = sub.add_parser("protocol", help="protocol tools: check that a card can measure distillation")
+    proto_sub = proto.add_subparsers(dest="protocol_command", required=True, parser_class=_Parser)
+    check = proto_sub.add_parser("check", help="baseline at 1× and 2× epochs, teacher at 1× and 1.5×, baseline "
+                                 "over the card's seeds, all on val: convergence, gap, headroom, power")
+    check.add_argument("--task", required=True, help="a task (kdbench list tasks)")
+    check.add_argument("--protocol", default="small", help="a tier, card name or card path (default: small)")
+    check.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    _data_root_arg(check)
+    _results_arg(check)
 
     sweep = sub.add_parser("sweep", help="tasks × methods × seeds × protocols on a local pool, Ray or Slurm")
     _sweep_args(sweep)
@@ -42,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--task", default=None, help="one task's table (default: every task with records)")
     cmp.add_argument("--protocol", default=None,
                      help="a card name or tier (default: small with --task, every protocol without)")
-    cmp.add_argument("--results", type=Path, default=Path("results"))
+    _results_arg(cmp)
     cmp.add_argument("--format", dest="fmt", default="terminal", help="terminal, csv, json or markdown")
     cmp.add_argument("--alpha", type=float, default=0.05, help="significance level of the verdict")
 
@@ -60,19 +79,33 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", required=True)
-    p.add_argument("--protocol", default="small",
-                   help="a tier (smoke, small, medium, standard), a card name, or a card path")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+def _data_root_arg(p: argparse.ArgumentParser) -> None:
     env_root = os.environ.get("KDBENCH_DATA_ROOT")
-    p.add_argument("--data-root", type=Path, default=Path(env_root) if env_root else None)
-    p.add_argument("--results", type=Path, default=Path("results"))
+    p.add_argument("--data-root", type=Path, default=Path(env_root) if env_root else None,
+                   help="where real datasets are read from (default: $KDBENCH_DATA_ROOT)")
+
+
+def _results_arg(p: argparse.ArgumentParser) -> None:
+    from kdbench.records import default_results
+
+    p.add_argument("--results", type=Path, default=default_results(),
+                   help="the results folder (default: $KDBENCH_RESULTS, else ./kdbench-results; the "
+                        "leaderboard's is results/, written only when named)")
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", required=True, help="a task (kdbench list tasks)")
+    p.add_argument("--protocol", default="small",
+                   help="a tier (smoke, small, medium, standard), a card name, or a card path (default: small)")
+    p.add_argument("--seed", type=int, default=0, help="the run's seed (default: 0)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    _data_root_arg(p)
+    _results_arg(p)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing record of the same key")
     p.add_argument("--teacher", type=Path, default=None, help="a teacher checkpoint to use")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a card field (train.epochs=5) or a hyperparameter "
-                        "(method.temperature=2)")
+                   help="override a card field (train.epochs=5) or a hyperparameter (method.temperature=2); "
+                        "the run is then an ablation, stored under <card>+<hash>")
 
 
 def _sweep_args(p: argparse.ArgumentParser) -> None:
@@ -85,11 +118,10 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1, help="runs at a time (local pool size, Ray CPUs)")
     p.add_argument("--threads", type=int, default=None, help="threads per run (default: CPUs / workers)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    env_root = os.environ.get("KDBENCH_DATA_ROOT")
-    p.add_argument("--data-root", type=Path, default=Path(env_root) if env_root else None)
-    p.add_argument("--results", type=Path, default=Path("results"))
+    _data_root_arg(p)
+    _results_arg(p)
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="an override applied to every run (as in kdbench run)")
+                   help="an override applied to every run (as in kdbench run: an ablation)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     p.add_argument("--logs", type=Path, default=None, help="where per-run logs go (default: a temp dir)")
     p.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local one)")
@@ -120,7 +152,7 @@ def _options(args: argparse.Namespace, method: str) -> Any:
 
     return RunOptions(task=args.task, method=method, protocol=args.protocol, seed=args.seed,
                       device=args.device, data_root=args.data_root, results=args.results,
-                      teacher=args.teacher, sets=parse_sets(args.sets))
+                      teacher=args.teacher, sets=parse_sets(args.sets), overwrite=args.overwrite)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -186,6 +218,23 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"  {o.status}: {o.item.label}: {o.message.splitlines()[0] if o.message else ''}")
     print(f"{len(outcomes) - len(failed)} ok, {len(failed)} failed, {len(plan.skipped)} skipped")
     return 1 if failed else 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from kdbench.runner.reproduce import reproduce
+
+    report = reproduce(args.record, args.scratch, device=args.device, data_root=args.data_root,
+                       teacher=args.teacher)
+    print(report.text)
+    return 0 if report.status == "ok" else 1
+
+
+def cmd_protocol(args: argparse.Namespace) -> int:
+    from kdbench.runner.protocol_check import protocol_check
+
+    report = protocol_check(args.task, args.protocol, args.results, device=args.device, data_root=args.data_root)
+    print(report.text)
+    return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -259,7 +308,8 @@ def cmd_site(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "teacher": cmd_teacher, "list": cmd_list, "validate": cmd_validate,
+COMMANDS = {"run": cmd_run, "reproduce": cmd_reproduce, "protocol": cmd_protocol, "sweep": cmd_sweep,
+            "teacher": cmd_teacher, "list": cmd_list, "validate": cmd_validate,
             "compare": cmd_compare, "site": cmd_site}
 
 if __name__ == "__main__":

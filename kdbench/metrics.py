@@ -62,6 +62,19 @@ def metric(name: str) -> Metric:
         raise KeyError(f"unknown metric {name!r}; registered: {', '.join(sorted(METRICS))}") from None
 
 
+def ceiling(name: str) -> float | None:
+    """The best value a metric can take (its headroom is measured to it): 100 % or 0 % for
+    percentages, 1 for COCO AP/AR, 100 for BLEU and chrF, 0 for a loss; None if unbounded."""
+    m = metric(name)
+    if m.unit == "%" or name in ("bleu", "chrf"):
+        return 100.0 if m.direction == "higher" else 0.0
+    if name.startswith(("ap", "ar")):
+        return 1.0
+    if m.direction == "lower":
+        return 0.0
+    return None
+
+
 def better(name: str, a: float, b: float) -> bool:
     """True when value `a` is strictly better than `b` for metric `name`."""
     return a > b if metric(name).direction == "higher" else a < b

@@ -13,7 +13,13 @@ from typing import Any
 
 import jsonschema
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+
+def default_results() -> Path:
+    """Where a user's runs go unless `--results` says otherwise: `$KDBENCH_RESULTS`, else
+    `./kdbench-results`. The leaderboard's `results/` is only ever written when named."""
+    return Path(os.environ.get("KDBENCH_RESULTS") or "kdbench-results")
 
 
 @cache
@@ -23,7 +29,8 @@ def schema() -> dict[str, Any]:
 
 
 def record_path(results: Path, task: str, protocol: str, method: str, seed: int) -> Path:
-    """`results/<task>/<protocol>/<method>/seed<N>.json`."""
+    """`results/<task>/<protocol key>/<method>/seed<N>.json` (the key: the card's name, or
+    `<name>+<sha8>` for an ablation; kdbench.runner.protocol.Protocol.key)."""
     return Path(results) / task / protocol / method / f"seed{seed}.json"
 
 
@@ -67,7 +74,7 @@ def read_record(path: Path) -> dict[str, Any]:
 def validate_paths(paths: list[Path]) -> Iterator[tuple[Path, list[str]]]:
     """(file, errors) for every .json record under the given files and directories."""
     for root in paths:
-        files = sorted(Path(root).rglob("*.json")) if Path(root).is_dir() else [Path(root)]
+        files = sorted(Path(root).rglob("seed*.json")) if Path(root).is_dir() else [Path(root)]
         for file in files:
             try:
                 record = read_record(file)

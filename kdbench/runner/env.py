@@ -27,10 +27,33 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+#: CPU feature flags that select different floating-point kernels (and so different last bits).
+ISA_FLAGS = ("sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+             "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "avx_vnni", "asimd", "sve", "sve2")
+
+
+def cpu_info() -> dict[str, Any]:
+    """The CPU model and its ISA flags that matter for numerics (Linux /proc/cpuinfo)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "Model") and model in (platform.processor(), platform.machine()):
+                model = value.strip()
+            elif key in ("flags", "Features"):
+                flags |= set(value.split())
+    except OSError:
+        pass
+    return {"model": model or "unknown", "flags": [f for f in ISA_FLAGS if f in flags]}
+
+
 def environment() -> dict[str, Any]:
+    """Software and CPU provenance: a CPU run is bit-identical only on the same CPU model,
+    ISA flags and thread count (the kernels torch picks differ), else it varies like a seed."""
     return {"kdbench": kdbench.__version__, "git_commit": git_commit(),
             "torch": torch.__version__, "python": platform.python_version(),
-            "platform": platform.platform()}
+            "platform": platform.platform(), "cpu": cpu_info(), "threads": torch.get_num_threads()}
 
 
 def hardware(device: torch.device) -> str:

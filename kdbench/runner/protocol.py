@@ -1,22 +1,37 @@
-"""Protocol cards (DESIGN §4): YAML files `benchmarks/<task>/<name>.yaml` that fix everything a
-fair comparison needs. They ship inside the wheel (`kdbench/benchmarks`, a link to the
-repository's `benchmarks/` in a clone)."""
+"""Protocol cards: YAML files `benchmarks/<task>/<name>.yaml` that fix everything a fair
+comparison needs. They ship inside the wheel (`kdbench/benchmarks`, a link to the repository's
+`benchmarks/` in a clone) and are parsed into typed sections on load (kdbench.cards), so a
+misspelt key or an out-of-range value is one line before any work starts.
+
+A card's identity is the sha256 of its *effective* content (after `--set` overrides, with the
+prose fields left out), not of its file: a comment or a description edit changes nothing. A
+run on exactly a shipped card is stored under the card's name; anything else (a `--set`, an
+edited or foreign card file) is an ablation stored under `<name>+<first 8 hex of its sha>`, so
+it never enters the shipped card's table.
+"""
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import json
+import re
 from dataclasses import dataclass, field
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from kdbench.cards.sections import TIERS, Card
+from kdbench.cards.tasks import CARDS
+from kdbench.cards.typed import leaves, parse, to_plain
 from kdbench.errors import UsageError, unknown
 
-TIERS = ("smoke", "small", "medium", "standard")
-REQUIRED = ("task", "tier", "data", "student", "train", "metrics")
+#: Card fields that describe rather than determine a run: left out of the card's sha256.
+PROSE = ("description", "reference", "default", "seeds", "tuning")
+NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
 def cards_dir() -> Path:
@@ -24,14 +39,15 @@ def cards_dir() -> Path:
 
 
 def task_cards(task: str) -> dict[str, Path]:
-    """Card name → path for one task."""
+    """Card name → path for one task's shipped cards."""
     folder = cards_dir() / task
     return {p.stem: p for p in sorted(folder.glob("*.yaml"))} if folder.is_dir() else {}
 
 
 @dataclass
 class Protocol:
-    """A loaded card: its name, tier, content hash, and the (possibly overridden) fields."""
+    """A loaded card: its name, tier, effective content (plain, defaults filled, unset optional
+    fields left out), its typed form, and the sha256 that identifies it."""
 
     name: str
     task: str
@@ -39,7 +55,19 @@ class Protocol:
     sha256: str
     card: dict[str, Any]
     path: Path
+    typed: Card
+    shipped_sha256: str | None = None  # the shipped card of this name, if there is one
     overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_shipped(self) -> bool:
+        """Exactly a shipped card: its records belong in that card's table."""
+        return self.shipped_sha256 == self.sha256
+
+    @property
+    def key(self) -> str:
+        """Where its records live: `<name>` for a shipped card, `<name>+<sha8>` otherwise."""
+        return self.name if self.is_shipped else f"{self.name}+{self.sha256[:8]}"
 
     def get(self, dotted: str, default: Any = None) -> Any:
         node: Any = self.card
@@ -55,6 +83,8 @@ class Protocol:
 
 def load_protocol(task: str, choice: str) -> Protocol:
     """Resolve `--protocol`: a tier (the task's default card of it), a card name, or a path."""
+    if task not in CARDS:
+        raise unknown("task", task, CARDS)
     cards = task_cards(task)
     if choice in cards:
         return _load(cards[choice], task)
@@ -63,18 +93,22 @@ def load_protocol(task: str, choice: str) -> Protocol:
         defaults = [p for p in matching if _read(p).get("default")]
         if len(matching) == 1 or len(defaults) == 1:
             return _load((defaults or matching)[0], task)
-        raise UsageError(f"task {task!r} has no default {choice!r} card; cards: "
-                         f"{', '.join(sorted(cards)) or '(none)'}")
+        raise UsageError(f"task {task!r} has no {choice!r} card; cards: {', '.join(sorted(cards)) or '(none)'}")
     path = Path(choice)
-    if path.suffix in (".yaml", ".yml") and path.is_file():
+    if path.suffix in (".yaml", ".yml") or "/" in choice or path.exists():
+        if not path.is_file():
+            raise UsageError(f"--protocol {choice}: no such card file")
         return _load(path, task)
-    raise unknown(f"protocol for task {task!r}", choice, [*cards, *(t for t in TIERS
-                  if any(_read(p).get("tier") == t for p in cards.values()))])
+    tiers = sorted({str(_read(p).get("tier")) for p in cards.values()} & set(TIERS), key=TIERS.index)
+    names = [n for n in cards if n not in tiers]
+    raise UsageError(f"unknown protocol {choice!r} for task {task!r}; valid: tiers {', '.join(tiers)}; "
+                     f"cards {', '.join(names)}; or a card file path (.yaml)")
 
 
-def _read(path: Path) -> dict[str, Any]:
+@cache
+def _read_cached(path: str, mtime: float) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(Path(path).read_text())
     except yaml.YAMLError as e:
         raise UsageError(f"malformed protocol card {path}: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
@@ -82,50 +116,91 @@ def _read(path: Path) -> dict[str, Any]:
     return data
 
 
+def _read(path: Path) -> dict[str, Any]:
+    return copy.deepcopy(_read_cached(str(path), path.stat().st_mtime))
+
+
+def _typed(raw: dict[str, Any], task: str, where: str) -> tuple[Card, dict[str, Any], str]:
+    """(typed card, its plain effective form, its sha256); a UsageError starts with `where`."""
+    if raw.get("task") != task:
+        raise UsageError(f"{where}is for task {raw.get('task')!r}, not {task!r}")
+    try:
+        typed = parse(CARDS[task], raw, "")
+    except UsageError as e:
+        raise UsageError(f"{where}{e}") from None
+    if not NAME.match(typed.name):
+        raise UsageError(f"{where}name {typed.name!r} must be lower-case letters, digits, "
+                         "'-' or '_' (it names a results folder)")
+    _check_methods(typed, where)
+    plain = _drop_none(to_plain(typed))
+    return typed, plain, card_sha256(plain)
+
+
+def _check_methods(typed: Card, where: str) -> None:
+    from kdbench.methods import get_method
+    from kdbench.methods.base import make_config
+
+    for name, hparams in typed.methods.items():
+        try:
+            make_config(get_method(name).Config, hparams)
+        except UsageError as e:
+            raise UsageError(f"{where}methods.{name}: {e}") from None
+
+
+def _drop_none(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _drop_none(v) for k, v in node.items() if v is not None}
+    if isinstance(node, list):
+        return [_drop_none(v) for v in node]
+    return node
+
+
+def card_sha256(plain: dict[str, Any]) -> str:
+    """The identity of an effective card: canonical JSON of every field that determines a run."""
+    kept = {k: v for k, v in plain.items() if k not in PROSE}
+    text = json.dumps(kept, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def _load(path: Path, task: str) -> Protocol:
-    card = _read(path)
-    missing = [k for k in REQUIRED if k not in card]
-    if missing:
-        raise UsageError(f"malformed protocol card {path}: missing {', '.join(missing)}")
-    if card["task"] != task:
-        raise UsageError(f"protocol card {path} is for task {card['task']!r}, not {task!r}")
-    if card["tier"] not in TIERS:
-        raise UsageError(f"protocol card {path}: tier {card['tier']!r}; valid: {', '.join(TIERS)}")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return Protocol(card.get("name", path.stem), task, card["tier"], digest, card, path)
+    raw = _read(path)
+    typed, plain, sha = _typed(raw, task, f"protocol card {path}: ")
+    shipped = task_cards(task).get(typed.name)
+    if shipped is not None and shipped.resolve() == path.resolve():
+        shipped_sha: str | None = sha
+    elif shipped is not None:
+        shipped_sha = _typed(_read(shipped), task, f"protocol card {shipped}: ")[2]
+    else:
+        shipped_sha = None
+    return Protocol(typed.name, task, typed.tier, sha, plain, path, typed, shipped_sha)
 
 
-#: Optional card keys a `--set` may add where the card leaves them out (their default is off).
-OPTIONAL_KEYS = ("train.amp", "train.teacher_cache_topk")
-
-
-def apply_overrides(protocol: Protocol, sets: dict[str, Any]) -> Protocol:
-    """Override existing card keys (dotted) or set an optional one; an unknown key names the valid ones."""
-    card = copy.deepcopy(protocol.card)
+def apply_overrides(protocol: Protocol, sets: dict[str, Any], method: str | None = None) -> Protocol:
+    """The card with `--set` overrides: card keys (`train.epochs`) and, for `method`, its
+    hyperparameters (`method.temperature`, stored as `methods.<method>.temperature`). The
+    result is validated as a whole; an unknown key names the valid ones."""
+    if not sets:
+        return protocol
+    raw = copy.deepcopy(protocol.card)
+    valid = [k for k in leaves(CARDS[protocol.task]) if k.split(".")[0] not in (*PROSE, "name", "task", "tier")]
     for dotted, value in sets.items():
-        node = card
         parts = dotted.split(".")
-        for i, part in enumerate(parts):
-            if dotted in OPTIONAL_KEYS and isinstance(node, dict) and part not in node:
-                node[part] = {} if i < len(parts) - 1 else value
-            if not isinstance(node, dict) or part not in node:
-                valid = [*sorted(set(_leaves(card)) | set(OPTIONAL_KEYS)), "method.<hyperparameter>"]
-                raise UsageError(f"unknown --set key {dotted!r}; valid: {', '.join(valid)}")
-            if i == len(parts) - 1:
-                node[part] = value
-            node = node[part]
-    return Protocol(protocol.name, protocol.task, protocol.tier, protocol.sha256, card,
-                    protocol.path, {**protocol.overrides, **sets})
-
-
-def _leaves(node: dict[str, Any], prefix: str = "") -> list[str]:
-    out = []
-    for key, value in node.items():
-        if key in ("methods", "reference", "description", "name", "task", "tier"):
+        if parts[0] == "method":
+            if method is None or len(parts) != 2:
+                raise UsageError(f"--set {dotted}: method hyperparameters are method.<name>, e.g. method.temperature")
+            raw.setdefault("methods", {}).setdefault(method, {})[parts[1]] = value
             continue
-        path = f"{prefix}{key}"
-        out += _leaves(value, f"{path}.") if isinstance(value, dict) else [path]
-    return out
+        if dotted not in valid:
+            raise UsageError(f"unknown --set key {dotted!r}; valid: {', '.join(valid)}, method.<hyperparameter>")
+        node = raw
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+    typed, plain, sha = _typed(raw, protocol.task, "--set ")
+    return Protocol(protocol.name, protocol.task, typed.tier, sha, plain, protocol.path, typed,
+                    protocol.shipped_sha256, {**protocol.overrides, **sets})
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
@@ -133,7 +208,10 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
     out = {}
     for item in items:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise UsageError(f"--set expects key=value, got {item!r}")
-        out[key.strip()] = yaml.safe_load(raw) if raw else ""
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            out[key.strip()] = raw
     return out

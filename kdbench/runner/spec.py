@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ from kdbench.adapters import Adapter, get_adapter
 from kdbench.errors import UsageError
 from kdbench.methods import get_method
 from kdbench.methods.base import NEEDS, Method, make_config
+from kdbench.metrics import METRICS
+from kdbench.records import default_results, record_path
 from kdbench.runner.protocol import Protocol, apply_overrides, load_protocol
 
 
@@ -24,9 +27,10 @@ class RunOptions:
     seed: int = 0
     device: str = "auto"
     data_root: Path | None = None
-    results: Path = Path("results")
+    results: Path = field(default_factory=default_results)
     teacher: Path | None = None
     sets: dict[str, Any] = field(default_factory=dict)
+    overwrite: bool = False  # replace an existing record of the same key (else refuse)
 
 
 @dataclass
@@ -36,8 +40,9 @@ class RunSpec:
     options: RunOptions
     adapter_cls: type[Adapter]
     method_cls: type[Method]
-    protocol: Protocol
+    protocol: Protocol  # the effective card: the method's `--set`s are in its `methods` section
     config: Any  # the method's Config dataclass instance
+    teacher_seed_override: int | None = None  # `kdbench teacher --seed N`: another seed of the card's teacher
 
     @property
     def hparams(self) -> dict[str, Any]:
@@ -45,18 +50,31 @@ class RunSpec:
 
     @property
     def teacher_seed(self) -> int:
-        return int(self.protocol.get("teacher.seed", 0) or 0)
+        if self.teacher_seed_override is not None:
+            return self.teacher_seed_override
+        return int(self.protocol.typed.teacher.seed)  # type: ignore[attr-defined]
+
+    @property
+    def primary_metric(self) -> str:
+        """The card's primary metric: the one place that defines it."""
+        return self.protocol.typed.metrics.primary
+
+    @property
+    def record_path(self) -> Path:
+        return record_path(self.options.results, self.protocol.task, self.protocol.key, self.options.method,
+                           self.options.seed)
 
 
 def resolve(options: RunOptions) -> RunSpec:
-    """Check every name and override; raise UsageError with the valid choices on bad input."""
+    """Check every name, value and override; raise UsageError with the valid choices on bad input."""
     adapter_cls = get_adapter(options.task)
     method_cls = get_method(options.method)
-    method_sets = {k[len("method."):]: v for k, v in options.sets.items() if k.startswith("method.")}
-    card_sets = {k: v for k, v in options.sets.items() if not k.startswith("method.")}
-    protocol = apply_overrides(load_protocol(options.task, options.protocol), card_sets)
-    hparams = {**protocol.method_hparams(options.method), **method_sets}
-    config = make_config(method_cls.Config, hparams)
+    protocol = apply_overrides(load_protocol(options.task, options.protocol), options.sets, options.method)
+    config = make_config(method_cls.Config, protocol.method_hparams(options.method))
+    primary = protocol.typed.metrics.primary
+    if primary not in METRICS:
+        raise UsageError(f"protocol {protocol.name!r}: metrics.primary {primary!r} is not a registered "
+                         f"metric; valid: {', '.join(sorted(METRICS))}")
     missing = method_cls.needs - adapter_cls.provides
     if missing:
         what = "; ".join(f"{n} ({NEEDS.get(n, n)})" for n in sorted(missing))
@@ -75,3 +93,10 @@ def resolve(options: RunOptions) -> RunSpec:
             f"protocol {protocol.name!r} uses a given teacher: pass --teacher PATH (a "
             f"{protocol.get('teacher.arch')} checkpoint trained on {protocol.get('data.dataset')})")
     return RunSpec(options, adapter_cls, method_cls, protocol, config)
+
+
+def refuse_existing(path: Path, overwrite: bool) -> None:
+    """A record is evidence: an existing one is replaced only when asked (`--overwrite`)."""
+    if path.exists() and not overwrite and os.environ.get("RANK", "0") == "0":
+        raise UsageError(f"a record already exists at {path}; pass --overwrite to replace it, "
+                         "or --results DIR to write elsewhere")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from kdbench.errors import UsageError, unknown
-from kdbench.records import read_record, record_path
+from kdbench.records import read_record
 
 
 @dataclass(frozen=True)
@@ -151,8 +151,8 @@ def _protocol_names(task: str, protocols: str, task_cards: Callable[[str], dict[
 
 
 def _done(spec: Any, results: Path) -> bool:
-    """An `ok` record of the same card content, overrides and hyperparameters exists."""
-    path = record_path(results, spec.protocol.task, spec.protocol.name, spec.options.method, spec.options.seed)
+    """An `ok` record of the same effective card, hyperparameters and evaluation version exists."""
+    path = spec.record_path
     if not path.is_file():
         return False
     try:
@@ -161,7 +161,7 @@ def _done(spec: Any, results: Path) -> bool:
         return False
     return bool(record.get("status") == "ok"
                 and record["protocol"]["sha256"] == spec.protocol.sha256
-                and record["spec"].get("overrides", {}) == dict(spec.options.sets)
+                and record.get("evaluation", {}).get("version") == spec.adapter_cls.evaluation_version
                 and record["method"].get("hparams") == spec.hparams)
 
 

@@ -37,16 +37,23 @@ def load_state_dict(path: Path) -> dict[str, Any]:
     return payload
 
 
-def teacher_key(protocol: Protocol, task: str, seed: int) -> str:
-    card = protocol.card
-    return checkpoint.sha256_json({
-        "task": task, "protocol": protocol.sha256, "data": card.get("data"),
-        "teacher": card.get("teacher"), "seed": seed})
+#: Card sections that cannot change the teacher kdbench trains (the student's, the methods').
+NOT_TEACHER = ("student", "methods", "description", "reference", "default", "seeds", "tuning", "name", "tier")
+
+
+def teacher_key(protocol: Protocol, task: str, seed: int, evaluation_version: int = 0) -> str:
+    """What a cached teacher is the teacher of: every effective card field that trains or scores it
+    (data, teacher, train with its overrides, ...), the teacher seed and the evaluation version."""
+    card = {k: v for k, v in protocol.card.items() if k not in NOT_TEACHER}
+    return checkpoint.sha256_json({"task": task, "card": card, "seed": seed, "evaluation": evaluation_version})
 
 
 def teacher_path(protocol: Protocol, task: str, seed: int) -> Path:
     """Where the cached teacher of (card, task, teacher seed) lives."""
-    return checkpoint.cache_dir() / "teachers" / task / f"{teacher_key(protocol, task, seed)}.pt"
+    from kdbench.adapters import get_adapter
+
+    version = get_adapter(task).evaluation_version
+    return checkpoint.cache_dir() / "teachers" / task / f"{teacher_key(protocol, task, seed, version)}.pt"
 
 
 def get_teacher(adapter: Adapter, seed: int, given: Path | None) -> Teacher:
@@ -58,7 +65,7 @@ def get_teacher(adapter: Adapter, seed: int, given: Path | None) -> Teacher:
     if given is not None:
         model.load_state_dict(load_state_dict(given))
         info |= {"checkpoint_sha256": checkpoint.sha256_file(given), "source": "given"}
-        info["metrics"] = adapter.evaluate(model)
+        info["metrics"] = {"val": adapter.evaluate(model, "val"), "test": adapter.evaluate(model, "test")}
     else:
         path = teacher_path(adapter.protocol, adapter.task, seed)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,7 +85,7 @@ def get_teacher(adapter: Adapter, seed: int, given: Path | None) -> Teacher:
 
 def _train(adapter: Adapter, model: nn.Module, seed: int, path: Path) -> dict[str, Any]:
     card = adapter.protocol.card
-    train = {**card["train"], **(card["teacher"].get("train") or {})}
+    train = {**card["train"], **(card["teacher"].get("train") or {})}  # the card leaves unset keys out
     print(f"training the {adapter.arch_name('teacher')} teacher once (seed {seed}); "
           f"cached at {path}", file=sys.stderr)
     torch.manual_seed(seed)
@@ -89,7 +96,7 @@ def _train(adapter: Adapter, model: nn.Module, seed: int, path: Path) -> dict[st
     job = Job(adapter, model, method, None, train, seed, path.with_suffix(".partial.pt"),
               label="teacher")
     result = fit(job)
-    metrics = adapter.evaluate(model)
+    metrics = {"val": adapter.evaluate(model, "val"), "test": adapter.evaluate(model, "test")}
     checkpoint.save(path, {"arch": adapter.arch_name("teacher"), "state_dict": model.state_dict(),
                            "metrics": metrics, "history": result.history,
                            "train_seconds": result.train_seconds})

@@ -45,6 +45,7 @@ class Job:
     world: World | None = None  # set for the student of a `torchrun` run (kdbench.runner.distributed)
     teacher_cache: TeacherCache | None = None  # the teacher's logits read back, not recomputed
     precision: str | None = None  # "bf16": forward and losses under autocast (cards that allow it, on GPU)
+    primary: str = ""  # the card's primary metric (shown on the progress bar)
 
 
 @dataclass
@@ -98,7 +99,7 @@ def fit(job: Job) -> FitResult:
         result.history.append(entry)
         bar.set_postfix(loss=f"{entry['loss']:.3f}", **{
             k: f"{v:.2f}" for k, v in entry.get("metrics", {}).items()
-            if k == job.adapter.primary_metric and v is not None})
+            if k == job.primary and v is not None})
         if job.checkpoint is not None and main:
             checkpoint.save(job.checkpoint, {
                 "epoch": epoch + 1, "stage": job.method.stage, "student": job.student.state_dict(),

@@ -35,7 +35,7 @@ def execute(item: Item, results: str, data_root: str | None, device: str = "auto
     options = RunOptions(task=item.task, method=item.method or "kd", protocol=item.protocol,
                          seed=item.seed, device=device,
                          data_root=Path(data_root) if data_root else None,
-                         results=Path(results), sets=dict(item.sets))
+                         results=Path(results), sets=dict(item.sets), overwrite=True)  # the plan chose it
     try:
         if item.method is None:
             from kdbench.runner.run import train_teacher

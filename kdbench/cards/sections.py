@@ -1,0 +1,89 @@
+"""The typed protocol card: one dataclass per section, validated on load (kdbench.cards.typed).
+
+The sections every task shares are here (train, optimizer, schedule, EMA, teacher training,
+metrics); each task's card type adds its data, model and loss sections (kdbench.cards.tasks).
+Optional model fields default to None and are then left out of the card as the adapters see
+it, so a model's own constructor defaults apply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from kdbench.cards.typed import bounded
+
+TIERS = ("smoke", "small", "medium", "standard")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Optimizer:
+    name: Literal["sgd", "adam", "adamw"]
+    lr: float = bounded(gt=0)
+    weight_decay: float = bounded(0.0, ge=0)
+    momentum: float | None = bounded(None, ge=0, lt=1)  # sgd (default 0.9)
+    nesterov: bool | None = None  # sgd (default false)
+    betas: list[float] | None = None  # adam, adamw (default [0.9, 0.999])
+
+
+@dataclass(frozen=True, kw_only=True)
+class Schedule:
+    """Per-step learning-rate factor (kdbench.runner.optim.lr_factor)."""
+
+    name: Literal["cosine", "multistep", "constant"] = "cosine"
+    warmup_epochs: float = bounded(0.0, ge=0)
+    min_factor: float | None = bounded(None, ge=0, le=1)  # cosine's floor (default 0)
+    milestones: list[int] | None = None  # multistep: epochs where the rate is multiplied by gamma
+    gamma: float | None = bounded(None, gt=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EMA:
+    decay: float = bounded(gt=0, lt=1)
+    warmup_steps: int = bounded(2000, ge=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Train:
+    epochs: int = bounded(ge=1)
+    batch_size: int = bounded(ge=1)
+    optimizer: Optimizer
+    schedule: Schedule = field(default_factory=Schedule)
+    grad_clip: float | None = bounded(None, gt=0)
+    ema: EMA | None = None
+    eval_every: int = bounded(0, ge=0)  # epochs between val evaluations logged in the history (0: none)
+    threads: int = bounded(1, ge=1)  # CPU intra-op threads: a CPU run is bit-identical only at the same count
+    amp: Literal["bf16"] | None = None  # bf16 autocast on CUDA (ignored on CPU)
+    teacher_cache_topk: int | None = bounded(None, ge=1)  # store the teacher's top-k log-probs only
+
+
+@dataclass(frozen=True, kw_only=True)
+class TeacherTrain:
+    """What differs from `train` when kdbench trains the card's teacher."""
+
+    epochs: int | None = bounded(None, ge=1)
+    batch_size: int | None = bounded(None, ge=1)
+    optimizer: Optimizer | None = None
+    schedule: Schedule | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Metrics:
+    primary: str  # the one metric tables rank by; its direction is in kdbench.metrics
+
+
+@dataclass(frozen=True, kw_only=True)
+class Card:
+    """The fields every task's card has; `kdbench.cards.tasks` adds the task's own."""
+
+    name: str
+    task: str
+    tier: Literal["smoke", "small", "medium", "standard"]
+    default: bool = False  # the card `--protocol <tier>` picks where a task has several of a tier
+    description: str = ""
+    train: Train
+    metrics: Metrics
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # the seeds a table of this card runs
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)  # tuned overrides (kdbench tune)
+    tuning: str | None = None  # the committed `kdbench tune` file the overrides come from
+    reference: Any = None  # published numbers quoted for context; never compared automatically

@@ -1,0 +1,209 @@
+"""Each task's card type: the shared sections (kdbench.cards.sections) plus its data, models,
+augmentation and loss settings. The model sections list exactly the keys the task's model
+constructors take; a value left out keeps the constructor's default."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from kdbench.cards.sections import Card, TeacherTrain
+from kdbench.cards.typed import bounded
+
+
+@dataclass(frozen=True, kw_only=True)
+class TeacherOf:
+    """Mixed into each task's teacher section: its seed and how kdbench trains it."""
+
+    seed: int = bounded(0, ge=0)
+    train: TeacherTrain | Literal[False] = field(default_factory=TeacherTrain)  # false: given by --teacher
+
+
+@dataclass(frozen=True, kw_only=True)
+class Flip:
+    hflip: float = bounded(0.0, ge=0, le=1)
+
+
+# ----------------------------------------------------------------------------- classification
+
+@dataclass(frozen=True, kw_only=True)
+class ClassificationModel:
+    arch: str
+    widths: list[int] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClassificationTeacher(ClassificationModel, TeacherOf):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClassificationCard(Card):
+    data: dict[str, Any]
+    augmentation: Literal["none", "shift", "crop_flip"] = "none"
+    student: ClassificationModel
+    teacher: ClassificationTeacher
+
+
+# ---------------------------------------------------------------------------------- detection
+
+@dataclass(frozen=True, kw_only=True)
+class DetectionModel:
+    arch: Literal["fdr-detr"]
+    backbone: str | None = None
+    widths: list[int] | None = None
+    strides: list[int] | None = None
+    dim: int | None = bounded(None, ge=1)
+    heads: int | None = bounded(None, ge=1)
+    ffn: int | None = bounded(None, ge=1)
+    layers: int | None = bounded(None, ge=1)
+    queries: int | None = bounded(None, ge=1)
+    reg_max: int | None = bounded(None, ge=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DetectionTeacher(DetectionModel, TeacherOf):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class Matcher:
+    cost_class: float = bounded(2.0, ge=0)
+    cost_bbox: float = bounded(5.0, ge=0)
+    cost_giou: float = bounded(2.0, ge=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DetectionLossWeights:
+    vfl: float = bounded(1.0, ge=0)
+    l1: float = bounded(5.0, ge=0)
+    giou: float = bounded(2.0, ge=0)
+    fgl: float = bounded(0.15, ge=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DetectionEval:
+    top_k: int = bounded(100, ge=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DetectionCard(Card):
+    data: dict[str, Any]
+    augmentation: Flip = field(default_factory=Flip)
+    student: DetectionModel
+    teacher: DetectionTeacher
+    matcher: Matcher = field(default_factory=Matcher)
+    loss: DetectionLossWeights = field(default_factory=DetectionLossWeights)
+    eval: DetectionEval = field(default_factory=DetectionEval)
+
+
+# --------------------------------------------------------------------------------------- pose
+
+@dataclass(frozen=True, kw_only=True)
+class PoseModel:
+    arch: Literal["simcc"]
+    backbone: str | None = None
+    widths: list[int] | None = None
+    hidden: int | None = bounded(None, ge=1)
+    kernel: int | None = bounded(None, ge=1)
+    out_indices: list[int] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PoseTeacher(PoseModel, TeacherOf):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimCC:
+    split_ratio: float = bounded(2.0, gt=0)
+    sigma: list[float] = field(default_factory=lambda: [1.225, 1.415])
+
+
+@dataclass(frozen=True, kw_only=True)
+class PoseLoss:
+    beta: float = bounded(10.0, gt=0)
+    label_beta: float = bounded(10.0, gt=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PoseCard(Card):
+    data: dict[str, Any]
+    augmentation: Flip = field(default_factory=Flip)
+    student: PoseModel
+    teacher: PoseTeacher
+    simcc: SimCC = field(default_factory=SimCC)
+    loss: PoseLoss = field(default_factory=PoseLoss)
+
+
+# ---------------------------------------------------------------------------------------- ood
+
+@dataclass(frozen=True, kw_only=True)
+class OODModel:
+    arch: Literal["char_transformer"]
+    dim: int | None = bounded(None, ge=1)
+    depth: int | None = bounded(None, ge=1)
+    heads: int | None = bounded(None, ge=1)
+    patch: int | None = bounded(None, ge=1)
+    mlp_ratio: float | None = bounded(None, gt=0)
+    dropout: float | None = bounded(None, ge=0, lt=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OODTeacher(OODModel, TeacherOf):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class OODCard(Card):
+    data: dict[str, Any]
+    student: OODModel
+    teacher: OODTeacher
+
+
+# -------------------------------------------------------------------------------- translation
+
+@dataclass(frozen=True, kw_only=True)
+class TranslationModel:
+    arch: Literal["transformer"]
+    dim: int | None = bounded(None, ge=1)
+    heads: int | None = bounded(None, ge=1)
+    ffn: int | None = bounded(None, ge=1)
+    encoder_layers: int | None = bounded(None, ge=1)
+    decoder_layers: int | None = bounded(None, ge=1)
+    dropout: float | None = bounded(None, ge=0, lt=1)
+    norm: Literal["post", "pre"] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TranslationTeacher(TranslationModel, TeacherOf):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskLoss:
+    label_smoothing: float = bounded(0.0, ge=0, lt=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Decode:
+    beam: int = bounded(5, ge=1)
+    lenpen: float = 1.0
+    max_len_a: float = bounded(1.5, ge=0)
+    max_len_b: int = bounded(10, ge=0)
+    batch_size: int | None = bounded(None, ge=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TranslationCard(Card):
+    data: dict[str, Any]
+    student: TranslationModel
+    teacher: TranslationTeacher
+    task_loss: TaskLoss = field(default_factory=TaskLoss)
+    decode: Decode = field(default_factory=Decode)
+
+
+CARDS: dict[str, type[Card]] = {
+    "classification": ClassificationCard, "detection": DetectionCard, "pose": PoseCard,
+    "ood": OODCard, "translation": TranslationCard,
+}

@@ -1,0 +1,171 @@
+"""`kdbench protocol check`: can a card measure distillation at all?
+
+It runs (or reuses the records of) the baseline at the card's epochs on every seed of the card
+and at 2× the epochs on its first seed, and the teacher at its epochs and at 1.5× them, all
+scored on **val**, and reports:
+
+- convergence: the baseline's change from 1× to 2× epochs, as a fraction of the teacher–
+  baseline gap (a card whose baseline still climbs measures training speed, not distillation);
+  the same for the teacher at 1.5×;
+- the gap over the baseline's seed SD, and the headroom from the teacher to the metric's ceiling;
+- power: the minimal detectable difference (two-sided paired t-test, 80 % power, α / m with m
+  the methods the task serves besides the baseline: Holm's most stringent level) at the card's
+  seeds, over the gap, and the seeds that would bring it to a quarter of the gap. The paired
+  SD is estimated as √2 × the baseline's seed SD, i.e. a method uncorrelated with the baseline
+  on a seed; methods that share the seed's data order correlate and do better than this;
+- the measured cost per run.
+
+The 2× and 1.5× runs are ablations (stored under `<card>+<sha8>`), never the card's records.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kdbench.errors import UsageError
+from kdbench.metrics import ceiling, metric
+from kdbench.records import atomic_write_bytes, read_record
+from kdbench.stats import minimal_detectable_difference, seeds_needed, summarize
+
+POWER = 0.8
+ALPHA = 0.05
+
+
+@dataclass
+class CheckReport:
+    text: str
+    data: dict[str, Any]
+    path: Path
+
+
+def _reuse_or_run(options: Any) -> dict[str, Any]:
+    """The ok record of exactly this run if one exists, else a fresh run's record."""
+    from kdbench.runner.run import run, train_teacher
+    from kdbench.runner.spec import resolve
+    from kdbench.runner.sweep import _done
+
+    teacher = options.method == "teacher"
+    if teacher:
+        options.method = "kd"
+    spec = resolve(options)
+    if teacher:
+        from kdbench.records import record_path
+
+        path = record_path(options.results, spec.protocol.task, spec.protocol.key, "teacher", options.seed)
+        if path.is_file():
+            record = read_record(path)
+            if record.get("protocol", {}).get("sha256") == spec.protocol.sha256:
+                return record
+        options.overwrite = True
+        return train_teacher(options)[0]
+    if _done(spec, options.results):
+        return read_record(spec.record_path)
+    options.overwrite = True
+    return run(options)[0]
+
+
+def _val(record: dict[str, Any], primary: str) -> float:
+    value = (record["metrics"].get("val") or {}).get(primary)
+    if record["status"] != "ok" or value is None:
+        raise UsageError(f"{record['task']}/{record['protocol']['key']}/{record['method']['name']} seed "
+                         f"{record['seed']}: no val {primary} ({record['status']}: {record.get('error')})")
+    return float(value)
+
+
+def protocol_check(task: str, protocol: str, results: Path, *, device: str = "auto",
+                   data_root: Path | None = None, alpha: float = ALPHA) -> CheckReport:
+    from kdbench.adapters import get_adapter
+    from kdbench.methods import registry
+    from kdbench.runner.protocol import load_protocol
+    from kdbench.runner.spec import RunOptions
+
+    card = load_protocol(task, protocol)
+    if card.get("teacher.train") is False:
+        raise UsageError(f"protocol {card.name!r} uses a given teacher (teacher.train: false); protocol check "
+                         "trains the teacher and needs a card that does")
+    primary, typed = card.typed.metrics.primary, card.typed
+    sign = 1.0 if metric(primary).direction == "higher" else -1.0
+    epochs = typed.train.epochs
+    teacher_epochs = (typed.teacher.train.epochs or epochs) if typed.teacher.train else epochs  # type: ignore[attr-defined]
+    seeds = list(typed.seeds)
+
+    def opts(method: str, seed: int, sets: dict[str, Any] | None = None) -> RunOptions:
+        return RunOptions(task=task, method=method, protocol=protocol, seed=seed, device=device,
+                          data_root=data_root, results=results, sets=dict(sets or {}))
+
+    print(f"protocol check {task}/{card.key}: baseline × {len(seeds)} seeds, baseline at {2 * epochs} epochs, "
+          f"teacher at {teacher_epochs} and {math.ceil(1.5 * teacher_epochs)} epochs (reusing records in {results})",
+          file=sys.stderr)
+    base = {s: _reuse_or_run(opts("baseline", s)) for s in seeds}
+    base2 = _reuse_or_run(opts("baseline", seeds[0], {"train.epochs": 2 * epochs}))
+    tseed = int(typed.teacher.seed)  # type: ignore[attr-defined]
+    teacher = _reuse_or_run(opts("teacher", tseed))
+    teacher15 = _reuse_or_run(opts("teacher", tseed, {"teacher.train.epochs": math.ceil(1.5 * teacher_epochs)}))
+
+    b_vals = {s: _val(r, primary) for s, r in base.items()}
+    b = summarize(b_vals.values())
+    t_val, t15_val, b2_val = _val(teacher, primary), _val(teacher15, primary), _val(base2, primary)
+    gap = sign * (t_val - b.mean)
+    sd_pair = math.sqrt(2.0) * b.std if b.n >= 2 else math.nan
+    served = [m for m, cls in registry().items()
+              if m != "baseline" and cls.needs <= get_adapter(task).provides and m not in ("teacher",)]
+    alpha_holm = alpha / max(len(served), 1)
+    mdd = minimal_detectable_difference(sd_pair, len(seeds), alpha_holm, POWER)
+    best = ceiling(primary)
+
+    def ratio(x: float, y: float) -> float | None:
+        return None if not math.isfinite(x) or not math.isfinite(y) or y == 0 else x / y
+
+    needed = seeds_needed(sd_pair, 0.25 * gap, alpha_holm, POWER) if gap > 0 and math.isfinite(sd_pair) else None
+    data: dict[str, Any] = {
+        "task": task, "protocol": card.name, "key": card.key, "sha256": card.sha256, "split": "val",
+        "metric": primary, "direction": metric(primary).direction, "seeds": seeds,
+        "baseline": {"epochs": epochs, "val": b_vals, "mean": b.mean, "sd": b.std,
+                     "epochs_2x": 2 * epochs, "val_2x": b2_val, "seed_2x": seeds[0]},
+        "teacher": {"seed": tseed, "epochs": teacher_epochs, "val": t_val,
+                    "epochs_1_5x": math.ceil(1.5 * teacher_epochs), "val_1_5x": t15_val},
+        "gap": gap,
+        "convergence_baseline": ratio(sign * (b2_val - b_vals[seeds[0]]), gap),
+        "convergence_teacher": ratio(sign * (t15_val - t_val), gap),
+        "gap_over_sd": ratio(gap, b.std),
+        "ceiling": best, "headroom": None if best is None else sign * (best - t_val),
+        "power": {"alpha": alpha, "methods": len(served), "alpha_holm": alpha_holm, "power": POWER,
+                  "paired_sd": sd_pair if math.isfinite(sd_pair) else None, "paired_sd_rule": "sqrt(2) x baseline SD",
+                  "n": len(seeds), "mdd": mdd if math.isfinite(mdd) else None,
+                  "mdd_over_gap": ratio(mdd, gap), "n_for_quarter_gap": needed},
+        "cost_seconds": {"baseline": summarize(r["cost"]["train_seconds"] for r in base.values()).mean,
+                         "teacher": teacher["cost"]["train_seconds"]},
+    }
+    path = Path(results) / task / card.key / "protocol-check.json"
+    atomic_write_bytes(path, (json.dumps(data, indent=2, allow_nan=False) + "\n").encode())
+    return CheckReport(_text(data), data, path)
+
+
+def _fmt(v: Any, spec: str = ".4f") -> str:
+    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
+
+
+def _text(d: dict[str, Any]) -> str:
+    p, b, t = d["power"], d["baseline"], d["teacher"]
+    return "\n".join([
+        f"protocol check: {d['task']}/{d['key']} (val {d['metric']}, {d['direction']} is better)",
+        f"  baseline   {b['epochs']:>4} epochs  {_fmt(b['mean'])} ± {_fmt(b['sd'])} over seeds {d['seeds']}",
+        f"  baseline   {b['epochs_2x']:>4} epochs  {_fmt(b['val_2x'])} (seed {b['seed_2x']})",
+        f"  teacher    {t['epochs']:>4} epochs  {_fmt(t['val'])} (seed {t['seed']})",
+        f"  teacher    {t['epochs_1_5x']:>4} epochs  {_fmt(t['val_1_5x'])}",
+        f"  teacher–baseline gap            {_fmt(d['gap'])}",
+        f"  convergence: baseline 2× − 1×   {_fmt(d['convergence_baseline'], '.2f')} of the gap",
+        f"               teacher 1.5× − 1×  {_fmt(d['convergence_teacher'], '.2f')} of the gap",
+        f"  gap / baseline seed SD          {_fmt(d['gap_over_sd'], '.2f')}",
+        f"  headroom teacher → ceiling      {_fmt(d['headroom'])} (ceiling {_fmt(d['ceiling'], 'g')})",
+        f"  MDD at n = {p['n']} (80% power, α = {p['alpha']}/{p['methods']}, paired SD {_fmt(p['paired_sd'])})"
+        f"  {_fmt(p['mdd'])} = {_fmt(p['mdd_over_gap'], '.2f')} of the gap",
+        f"  seeds for MDD ≤ gap/4           {p['n_for_quarter_gap'] if p['n_for_quarter_gap'] else 'n/a'}",
+        f"  cost per run (train s)          baseline {_fmt(d['cost_seconds']['baseline'], '.1f')}, "
+        f"teacher {_fmt(d['cost_seconds']['teacher'], '.1f')}",
+    ])
