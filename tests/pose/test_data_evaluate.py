@@ -21,7 +21,7 @@ INPUT = (48, 64)
 
 @pytest.fixture(scope="module")
 def figures(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_figures_dataset(tmp_path_factory.mktemp("figures") / "set", 24, 12, 96, seed=3)
+    return make_figures_dataset(tmp_path_factory.mktemp("figures") / "set", 24, 12, 4, 96, seed=3)
 
 
 def _fixtures() -> Path:
@@ -32,11 +32,11 @@ def _fixtures() -> Path:
 
 
 def test_figures_are_deterministic_and_flag_visibility(figures: Path, tmp_path: Path) -> None:
-    again = make_figures_dataset(tmp_path / "again", 24, 12, 96, seed=3)
+    again = make_figures_dataset(tmp_path / "again", 24, 12, 4, 96, seed=3)
     ann = "annotations/person_keypoints_train.json"
     assert (figures / ann).read_text() == (again / ann).read_text()
     assert (figures / "train" / "000005.png").read_bytes() == (again / "train" / "000005.png").read_bytes()
-    other = make_figures_dataset(tmp_path / "other", 24, 12, 96, seed=4)
+    other = make_figures_dataset(tmp_path / "other", 24, 12, 4, 96, seed=4)
     assert (figures / ann).read_text() != (other / ann).read_text()
     coco = json.loads((figures / ann).read_text())
     kp = np.array([a["keypoints"] for a in coco["annotations"]]).reshape(-1, 17, 3)

@@ -36,7 +36,7 @@ def test_standard_card_runs_on_the_real_files(tmp_path: Path, monkeypatch: pytes
             "--data-root", str(root), "--results", str(tmp_path / "results"),
             "--set", "data.input_size=[48, 64]", "--set", "simcc.sigma=[1.225, 1.415]",
             "--set", "train.epochs=1", "--set", "train.batch_size=8", "--set", "train.eval_every=0",
-            "--set", f"student.backbone={backbone}"]
+            "--set", f"student.backbone={backbone}", "--set", "data.val_images=1"]
     assert main(argv) == 0
     record = json.loads((tmp_path / "results" / "pose" / card / "baseline" / "seed0.json").read_text())
     assert record["status"] == "ok" and record["student"]["arch"].startswith(f"simcc/{backbone}")

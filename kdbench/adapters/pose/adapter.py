@@ -19,7 +19,9 @@ from kdbench.adapters.pose.evaluate import keypoint_results, oks_metrics
 from kdbench.adapters.pose.model import SimCCPose
 from kdbench.adapters.pose.simcc import simcc_decode, simcc_targets
 from kdbench.adapters.pose.skeleton import flip_index, sigmas_for
+from kdbench.adapters.pose.synthetic import VERSION as FIGURES_VERSION
 from kdbench.adapters.pose.synthetic import make_figures_dataset
+from kdbench.adapters.splits import check_split
 from kdbench.errors import KDBenchError, UsageError
 from kdbench.losses.pose import simcc_kl
 from kdbench.outputs import Head, Outputs
@@ -65,6 +67,7 @@ class PoseAdapter(Adapter):
     task = "pose"
     provides = frozenset({"features", "ids", "head_stage", "label_heads"})
     primary_metric = "ap"
+    evaluation_version = 2  # 2: train/val/test (figures: n_test images; COCO: val held out of train2017)
 
     def __init__(self, protocol: Protocol, data_root: Path | None, device: torch.device) -> None:
         super().__init__(protocol, data_root, device)
@@ -78,43 +81,48 @@ class PoseAdapter(Adapter):
         loss = card.get("loss", {})
         self.beta, self.label_beta = float(loss.get("beta", 10.0)), float(loss.get("label_beta", 10.0))
         self.flip = float(card.get("augmentation", {}).get("hflip", 0.0))
-        self.train_set, self.val_set = self._load(card["data"])
+        self.train_set, self.val_set, self.test_set = self._load(card["data"])
         self.num_keypoints = self.train_set.num_keypoints
         self.flip_index = flip_index(self.num_keypoints) if self.flip else []
         self.sigmas = sigmas_for(self.num_keypoints)
 
-    def _load(self, spec: dict[str, Any]) -> tuple[D.PoseSet, D.PoseSet]:
+    def _load(self, spec: dict[str, Any]) -> tuple[D.PoseSet, D.PoseSet, D.PoseSet]:
         name = spec.get("dataset")
         try:
             if name == "figures":
-                params = {k: spec[k] for k in ("n_train", "n_val", "size", "seed")}
-                root = cache_dir() / "data" / f"figures-{sha256_json(params)[:16]}"
-                make_figures_dataset(root, **params)
+                params = {k: spec[k] for k in ("n_train", "n_val", "n_test", "size", "seed")}
+                key = sha256_json({**params, "version": FIGURES_VERSION})[:16]
+                root = make_figures_dataset(cache_dir() / "data" / f"figures-{key}", **params)
                 return tuple(  # type: ignore[return-value]
                     D.load_coco_keypoints(root / "annotations" / f"person_keypoints_{s}.json", root / s,
-                                          self.input_size, preload=True) for s in ("train", "val"))
+                                          self.input_size, preload=True) for s in ("train", "val", "test"))
             if name in _COCO_FILES:
                 return self._load_coco(name, spec)
+        except KeyError as e:
+            raise UsageError(f"protocol {self.protocol.name!r} data: missing key {e}") from None
         except FileNotFoundError as e:
             raise KDBenchError(str(e)) from None
+        except ValueError as e:
+            raise UsageError(f"protocol {self.protocol.name!r} data: {e}") from None
         raise UsageError(f"unknown pose dataset {name!r}; valid: {', '.join(DATASETS)}")
 
-    def _load_coco(self, name: str, spec: dict[str, Any]) -> tuple[D.PoseSet, D.PoseSet]:
+    def _load_coco(self, name: str, spec: dict[str, Any]) -> tuple[D.PoseSet, D.PoseSet, D.PoseSet]:
+        """val = `val_images` train2017 images with persons held out (`split_seed`), train = the
+        other train2017 images, test = val2017."""
         pattern, source = _COCO_FILES[name]
         if self.data_root is None:
             raise UsageError(f"{name} needs --data-root (or KDBENCH_DATA_ROOT): the folder with "
                              f"annotations/{pattern.format(split='{train,val}')}, train2017/ and "
                              f"val2017/ (from {source})")
-        sets = []
-        for split in ("train", "val"):
-            ann = self.data_root / "annotations" / pattern.format(split=split)
+        anns = {split: self.data_root / "annotations" / pattern.format(split=split) for split in ("train", "val")}
+        for ann in anns.values():
             if not ann.is_file():
                 raise KDBenchError(f"{ann} not found; download it from {source}")
-            sets.append(D.load_coco_keypoints(ann, self.data_root / f"{split}2017", self.input_size,
-                                              wholebody=name == "coco-wholebody",
-                                              limit=spec.get(f"limit_{split}"),
-                                              gt_dir=cache_dir() / "data" / "wholebody-gt"))
-        return sets[0], sets[1]
+        limits = spec.get("limit_train"), spec.get("limit_val"), spec.get("limit_test")
+        return D.load_coco_keypoint_splits(
+            anns["train"], self.data_root / "train2017", anns["val"], self.data_root / "val2017", self.input_size,
+            int(spec["val_images"]), int(spec.get("split_seed", 0)), cache_dir() / "data" / "coco-gt",
+            wholebody=name == "coco-wholebody", limits=limits)
 
     @property
     def train_size(self) -> int:
@@ -202,10 +210,9 @@ class PoseAdapter(Adapter):
         return (np.concatenate(points) if points else np.zeros((0, k, 2)),
                 np.concatenate(confs) if confs else np.zeros((0, k)))
 
-    def evaluate(self, model: nn.Module, split: str = "test") -> dict[str, float]:
-        data = {"test": self.val_set, "val": self.val_set, "train": self.train_set}.get(split)
-        if data is None:
-            raise UsageError(f"unknown split {split!r}; valid: test, val, train")
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+        sets = {"train": self.train_set, "val": self.val_set, "test": self.test_set}
+        data = sets[check_split(split, tuple(sets), self.task)]
         points, confs = self.predict(model, data)
         results = keypoint_results(points, confs, data.image_ids)
         return oks_metrics(data.gt_file, results, self.sigmas, data.image_ids)  # type: ignore[return-value]

@@ -14,6 +14,7 @@ downloads anything.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from PIL import Image
 from torch import Tensor
 
 from kdbench.adapters.pose.skeleton import WHOLEBODY_PARTS
+from kdbench.adapters.splits import coco_subset_file, held_out
 
 PADDING = 1.25
 PRELOAD_BYTES = 1 << 30
@@ -150,6 +152,63 @@ def wholebody_gt(ann_file: Path, out: Path) -> Path:
     return out
 
 
+def _usable(ann: dict[str, Any], wholebody: bool) -> bool:
+    """A non-crowd person with a positive box and at least one labeled keypoint: an instance."""
+    if ann.get("iscrowd", 0) or "keypoints" not in ann or ann["bbox"][2] <= 0 or ann["bbox"][3] <= 0:
+        return False
+    return bool((_keypoints(ann, wholebody)[:, 2] > 0).any())
+
+
+def read_keypoints_json(ann_file: Path) -> dict[str, Any]:
+    """A COCO keypoint json, checked for its lists; FileNotFoundError/ValueError name the file."""
+    ann_file = Path(ann_file)
+    if not ann_file.is_file():
+        raise FileNotFoundError(f"COCO keypoint annotations {ann_file} not found")
+    coco = json.loads(ann_file.read_text())
+    if not isinstance(coco, dict) or not all(k in coco for k in ("images", "annotations")):
+        raise ValueError(f"{ann_file}: not a COCO keypoint json (needs images and annotations)")
+    return coco
+
+
+def load_coco_keypoint_splits(
+    train_ann: Path,
+    train_images: Path,
+    test_ann: Path,
+    test_images: Path,
+    input_size: tuple[int, int],
+    val_images: int,
+    split_seed: int,
+    gt_dir: Path,
+    wholebody: bool = False,
+    limits: tuple[int | None, int | None, int | None] = (None, None, None),
+) -> tuple[PoseSet, PoseSet, PoseSet]:
+    """A COCO-format keypoint set as train / val / test: val = the persons of `val_images` images
+    of `train_ann` that hold at least one instance (drawn with `split_seed`), train = the persons
+    of its other images, test = `test_ann` (COCO: val2017, the split the papers report).
+
+    The val split's ground truth is a json of its images alone, written once into `gt_dir`.
+
+    Args:
+        train_ann, train_images: the training json (train2017) and its image folder.
+        test_ann, test_images: the test json (val2017) and its image folder.
+        input_size: (W, H) of the crops.
+        val_images: images of `train_ann` held out for validation.
+        split_seed: seed of the held-out draw.
+        gt_dir: where the val ground truth (and whole-body ground truths) are written.
+        wholebody: read COCO-WholeBody's five parts as 133 keypoints.
+        limits: keep only the first this many instances of train, val, test (None: all).
+    """
+    coco = read_keypoints_json(train_ann)
+    with_persons = {int(a["image_id"]) for a in coco["annotations"] if _usable(a, wholebody)}
+    val_ids = held_out(sorted(with_persons), val_images, split_seed, "training images with persons")
+    val_file = coco_subset_file(coco, Path(train_ann), val_ids, gt_dir)
+    train_ids = {int(im["id"]) for im in coco["images"]} - set(val_ids)
+    common: dict[str, Any] = {"input_size": input_size, "wholebody": wholebody, "gt_dir": gt_dir}
+    return (load_coco_keypoints(train_ann, train_images, limit=limits[0], image_ids=train_ids, coco=coco, **common),
+            load_coco_keypoints(val_file, train_images, limit=limits[1], **common),
+            load_coco_keypoints(test_ann, test_images, limit=limits[2], **common))
+
+
 def load_coco_keypoints(
     ann_file: Path,
     image_dir: Path,
@@ -158,6 +217,8 @@ def load_coco_keypoints(
     limit: int | None = None,
     preload: bool | None = None,
     gt_dir: Path | None = None,
+    image_ids: Collection[int] | None = None,
+    coco: dict[str, Any] | None = None,
 ) -> PoseSet:
     """Read a COCO keypoint (or COCO-WholeBody) json and crop its persons.
 
@@ -171,27 +232,25 @@ def load_coco_keypoints(
             at most PRELOAD_BYTES.
         gt_dir: where the whole-body ground truth with 133 keypoints is written (default: beside
             `ann_file`'s name in the system's temporary folder).
+        image_ids: keep only the persons of these images (default: all).
+        coco: the json already parsed (else it is read from `ann_file`).
 
     Raises:
         FileNotFoundError: the json, the folder or an image is missing (one line, naming it).
         ValueError: the json is not COCO keypoint format.
     """
     ann_file, image_dir = Path(ann_file), Path(image_dir)
-    if not ann_file.is_file():
-        raise FileNotFoundError(f"COCO keypoint annotations {ann_file} not found")
+    if coco is None:
+        coco = read_keypoints_json(ann_file)
     if not image_dir.is_dir():
         raise FileNotFoundError(f"COCO image folder {image_dir} not found")
-    coco = json.loads(ann_file.read_text())
-    if not isinstance(coco, dict) or not all(k in coco for k in ("images", "annotations")):
-        raise ValueError(f"{ann_file}: not a COCO keypoint json (needs images and annotations)")
+    wanted = None if image_ids is None else {int(i) for i in image_ids}
     images = {im["id"]: im for im in coco["images"]}
-    kps, centers, scales, image_ids, ann_ids, files = [], [], [], [], [], []
+    kps, centers, scales, instance_images, ann_ids, files = [], [], [], [], [], []
     for ann in coco["annotations"]:
-        if ann.get("iscrowd", 0) or "keypoints" not in ann:
+        if (wanted is not None and int(ann["image_id"]) not in wanted) or not _usable(ann, wholebody):
             continue
         kp = _keypoints(ann, wholebody)
-        if not (kp[:, 2] > 0).any() or ann["bbox"][2] <= 0 or ann["bbox"][3] <= 0:
-            continue
         if ann["image_id"] not in images:
             raise ValueError(f"{ann_file}: annotation {ann.get('id')} refers to unknown image {ann['image_id']}")
         center, scale = center_scale(ann["bbox"], input_size)
@@ -201,7 +260,7 @@ def load_coco_keypoints(
         kps.append(crop_kp)
         centers.append(center)
         scales.append(scale)
-        image_ids.append(int(ann["image_id"]))
+        instance_images.append(int(ann["image_id"]))
         ann_ids.append(int(ann["id"]))
         files.append(image_dir / images[ann["image_id"]]["file_name"])
         if limit is not None and len(kps) >= limit:
@@ -224,7 +283,7 @@ def load_coco_keypoints(
         keypoints=torch.from_numpy(np.stack(kps) if kps else np.zeros((0, k, 3))).float(),
         centers=torch.from_numpy(np.stack(centers) if centers else np.zeros((0, 2))),
         scales=torch.from_numpy(np.stack(scales) if scales else np.zeros((0, 2))),
-        image_ids=image_ids, ann_ids=ann_ids, ann_file=ann_file, gt_file=gt_file, files=files)
+        image_ids=instance_images, ann_ids=ann_ids, ann_file=ann_file, gt_file=gt_file, files=files)
     if preload is None:
         preload = len(files) * 3 * w * h <= PRELOAD_BYTES
     if preload:

@@ -11,7 +11,8 @@ or by clutter is labeled but not visible (COCO v = 1), one outside the image is 
 (v = 0, x = y = 0). The person box is the box of the figure's unoccluded pixels and `area` is
 their count (COCO's segmentation area), which OKS uses as the object's scale.
 
-Image i of a split depends only on (seed, split, i).
+Image i of a split depends only on (seed, split, i): the train, val and test splits are
+different figures, drawn from different seeds.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from PIL import Image, ImageDraw
 from kdbench.adapters.generated import materialise, read_done
 from kdbench.adapters.pose.skeleton import COCO_KEYPOINTS, COCO_LIMBS
 
-VERSION = 1  # bump when generation changes: a root made by another version is regenerated
-SPLITS: dict[str, int] = {"train": 0, "val": 1}
+VERSION = 2  # bump when generation changes: a root made by another version is regenerated
+SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 
 # parts (ids in the part map; 0 = background or clutter) and the keypoints each may show
 _TORSO, _HEAD = 1, 2
@@ -201,23 +202,25 @@ def _write_split(folder: Path, split: str, n: int, size: int, seed: int) -> None
     (folder / "annotations" / f"person_keypoints_{split}.json").write_text(json.dumps(coco))
 
 
-def make_figures_dataset(root: Path, n_train: int, n_val: int, size: int = 96, seed: int = 0) -> Path:
-    """Generate (once) `root/annotations/person_keypoints_{train,val}.json` and `root/{train,val}/`.
+def make_figures_dataset(root: Path, n_train: int, n_val: int, n_test: int, size: int = 96, seed: int = 0) -> Path:
+    """Generate (once) `root/annotations/person_keypoints_{train,val,test}.json` and
+    `root/{train,val,test}/`, one figure per image.
 
     Written to a temporary folder and renamed into place; `root/DONE` records the parameters,
     and a root made with the same parameters is reused as is, one made with others is replaced.
     """
     root = Path(root)
-    params = {"version": VERSION, "n_train": n_train, "n_val": n_val, "size": size, "seed": seed}
+    params = {"version": VERSION, "n_train": n_train, "n_val": n_val, "n_test": n_test, "size": size,
+              "seed": seed}
     if read_done(root) == params:
         return root
-    if size < 32 or min(n_train, n_val) < 1:
-        raise ValueError(f"need size ≥ 32 and at least one image per split; got {size}, {n_train}, {n_val}")
+    if size < 32 or min(n_train, n_val, n_test) < 1:
+        raise ValueError(f"need size ≥ 32 and at least one image per split; got {size}, {n_train}, "
+                         f"{n_val}, {n_test}")
+    counts = {"train": n_train, "val": n_val, "test": n_test}
 
     def write(folder: Path) -> None:
-        _write_split(folder, "train", n_train, size, seed)
-        _write_split(folder, "val", n_val, size, seed)
+        for split, n in counts.items():
+            _write_split(folder, split, n, size, seed)
 
     return materialise(root, params, write)
-
-
