@@ -12,6 +12,7 @@ from kdbench.errors import UsageError
 from kdbench.outputs import Head, Outputs, masked_mean
 from kdbench.records import atomic_write_bytes, schema, validation_errors, write_record
 from kdbench.runner.protocol import apply_overrides, cards_dir, load_protocol, parse_sets
+from tests.recordkit import valid_record
 
 
 def test_head_checks_shapes_and_hard_target() -> None:
@@ -43,26 +44,24 @@ def test_masked_mean_ignores_masked_positions() -> None:
 
 
 def _valid_record() -> dict:
-    sha = "0" * 64
-    model = {"arch": "convnet", "params": 10, "flops": 20, "checkpoint_sha256": sha}
-    return {
-        "schema_version": 1, "task": "classification", "tier": "small",
-        "protocol": {"name": "small", "sha256": sha},
-        "method": {"name": "kd", "teacher": "external", "hparams": {"temperature": 4.0}},
-        "seed": 0, "student": model, "teacher": model,
-        "metrics": {"primary": "top1", "direction": "higher", "values": {"top1": 90.0}},
-        "history": [{"epoch": 0, "loss": 1.0, "seconds": 0.5}],
-        "cost": {"train_seconds": 1.0, "peak_memory_mb": 100.0, "device": "cpu", "hardware": "x"},
-        "environment": {"kdbench": "0.1.0", "git_commit": None, "torch": "2", "python": "3.11"},
-        "status": "ok", "error": None, "created": "2026-11-28T00:00:00+00:00",
-        "spec": {"overrides": {}, "world_size": 1, "global_batch": 64, "device": "cpu"},
-    }
+    return valid_record()
 
 
 def test_schema_accepts_a_complete_record_and_names_what_is_wrong() -> None:
     assert schema()["title"] == "kdbench result record"
     record = _valid_record()
     assert validation_errors(record) == []
+    for dotted in ("metrics.val", "evaluation", "evaluation.version", "environment.cpu", "environment.threads",
+                   "spec.card", "spec.threads", "spec.teacher", "protocol.key"):
+        broken = json.loads(json.dumps(record))
+        *parents, leaf = dotted.split(".")
+        node = broken
+        for part in parents:
+            node = node[part]
+        del node[leaf]
+        assert validation_errors(broken), f"a record without {dotted} must be invalid"
+    assert validation_errors(_valid_record() | {"schema_version": 1})
+    assert validation_errors(_valid_record() | {"task": "../../etc"})
     record["metrics"]["values"] = {}
     assert any("metrics.values" in e for e in validation_errors(record))
     failed = _valid_record() | {"status": "failed", "error": None}
@@ -120,7 +119,7 @@ def test_overrides_only_existing_keys() -> None:
 def test_malformed_card_is_one_clear_error(tmp_path: Path) -> None:
     card = tmp_path / "bad.yaml"
     card.write_text("task: classification\ntier: small\n")
-    with pytest.raises(UsageError, match="missing data, student, train, metrics"):
+    with pytest.raises(UsageError, match=r"bad\.yaml: name: missing \(a required key\)"):
         load_protocol("classification", str(card))
     card.write_text("task: [unclosed\n")
     with pytest.raises(UsageError, match="malformed protocol card"):

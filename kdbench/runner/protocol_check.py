@@ -142,8 +142,18 @@ def protocol_check(task: str, protocol: str, results: Path, *, device: str = "au
                          "teacher": teacher["cost"]["train_seconds"]},
     }
     path = Path(results) / task / card.key / "protocol-check.json"
+    data = _finite(data)
     atomic_write_bytes(path, (json.dumps(data, indent=2, allow_nan=False) + "\n").encode())
     return CheckReport(_text(data), data, path)
+
+
+def _finite(node: Any) -> Any:
+    """NaN and infinities (an SD of one seed, an MDD without one) as null."""
+    if isinstance(node, dict):
+        return {k: _finite(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_finite(v) for v in node]
+    return None if isinstance(node, float) and not math.isfinite(node) else node
 
 
 def _fmt(v: Any, spec: str = ".4f") -> str:
