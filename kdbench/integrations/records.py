@@ -2,14 +2,15 @@
 
     custom_hooks = [dict(type="kdbench.RecordHook", results="results")]
 
-writes `results/<task>/<protocol>/<method>/seed<N>.json`, valid under kdbench's schema
+writes `results/<task>/<protocol>+<config hash 8>/<method>/seed<N>.json`, valid under kdbench's schema
 (`kdbench validate`), with tier `external`: the protocol is the training config, named
 `mm-<config file stem>` (or `protocol=`) and identified by `config_hash` — the sha256 of the config
 without the keys that only say where and how verbosely a run goes (`RUN_LOCAL_KEYS`), so seeds of
 one config share it and any change of model, data, schedule or method changes it. The method is
 the distiller's kdbench method (`baseline` for a plain mmdet / mmpose model), the metrics are the
-last validation's, renamed to kdbench's metric names (`coco/bbox_mAP` → `ap`), and the
-environment names the mmcv, mmengine, mmdet and mmpose versions.
+test loop's (run once after training; `metrics.val` holds the last validation's), renamed to
+kdbench's metric names (`coco/bbox_mAP` → `ap`), and the environment names the mmcv, mmengine,
+mmdet and mmpose versions.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -95,6 +97,10 @@ class RecordHook(Hook):
         self._losses: list[dict[str, float]] = []
         self.history: list[dict[str, Any]] = []
         self.metrics: dict[str, float | None] = {}
+        self.test_metrics: dict[str, float | None] = {}
+
+    def after_test_epoch(self, runner: Any, metrics: dict[str, float] | None = None) -> None:
+        self.test_metrics = kdbench_metrics(metrics or {})
 
     def before_train(self, runner: Any) -> None:
         self._start, self._losses, self.history, self.metrics = time.perf_counter(), [], [], {}
@@ -129,6 +135,12 @@ class RecordHook(Hook):
             raise UsageError("kdbench.RecordHook: the evaluator gave none of the metrics kdbench knows "
                              f"({', '.join(sorted(set(METRIC_NAMES)))}); mmdet's CocoMetric gives none when "
                              "the model predicts no box above test_cfg.score_thr")
+        if runner.cfg.get("test_dataloader") is None or runner.cfg.get("test_evaluator") is None:
+            raise UsageError("kdbench.RecordHook needs a test_dataloader and test_evaluator: the record reports "
+                             "test, the val split is what training monitored")
+        runner.test_loop.run()
+        if not self.test_metrics:
+            raise UsageError("kdbench.RecordHook: the test evaluator gave none of the metrics kdbench knows")
         self.path = self.write(runner, train_seconds)
         runner.logger.info(f"kdbench record: {self.path}")
 
@@ -143,29 +155,41 @@ class RecordHook(Hook):
             raise UsageError("kdbench.RecordHook cannot tell the task; set task='detection' or 'pose'")
         filename = runner.cfg.filename
         protocol = self.protocol or f"mm-{Path(filename).stem if filename else runner.experiment_name}"
+        protocol = re.sub(r"[^a-z0-9_-]", "-", protocol.lower())[:64]
+        digest = config_hash(runner.cfg)
         export = info["export"]
         student_sha = checkpoint.save(Path(runner.work_dir) / "kdbench_student.pth",
                                       {"arch": info["student_arch"], "state_dict": export.state_dict()})
         batch = int(runner.cfg.train_dataloader.get("batch_size", 1))
         primary = "ap"
+        teacher = info["teacher"]
+        env = {**environment(), "openmmlab": mm_versions()}
         record = {
             "schema_version": SCHEMA_VERSION, "task": task, "tier": "external",
-            "protocol": {"name": protocol, "sha256": config_hash(runner.cfg)},
+            "protocol": {"name": protocol, "key": f"{protocol}+{digest[:8]}", "sha256": digest, "shipped": False},
             "method": info["method"], "seed": int(runner.seed),
             "student": {"arch": info["student_arch"], "params": count_params(export), "flops": None,
                         "checkpoint_sha256": student_sha},
             "teacher": info["teacher"],
-            "metrics": {"primary": primary, "direction": METRICS[primary].direction, "values": self.metrics},
+            "metrics": {"primary": primary, "direction": METRICS[primary].direction, "values": self.test_metrics,
+                        "val": self.metrics},
             "history": self.history,
             "cost": {"train_seconds": train_seconds, "peak_memory_mb": peak_memory_mb(device),
                      "device": device.type, "hardware": hardware(device)},
-            "environment": {**environment(), "openmmlab": mm_versions()},
+            "environment": env,
             "status": "ok", "error": None,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "spec": {"overrides": {}, "world_size": int(runner.world_size), "global_batch": batch * runner.world_size,
-                     "device": device.type, "config": str(filename) if filename else None},
+            "evaluation": {"version": 1, "split": "test", "evaluator": "mmengine test loop (test_evaluator)"},
+            "spec": {"card": json.loads(json.dumps(dict(runner.cfg.to_dict()), default=str)),
+                     "method": {"name": info["method"]["name"], "hparams": info["method"]["hparams"]},
+                     "seed": int(runner.seed), "overrides": {}, "world_size": int(runner.world_size),
+                     "global_batch": batch * runner.world_size, "precision": "fp32", "device": device.type,
+                     "threads": env["threads"], "config": str(filename) if filename else None,
+                     "teacher": None if not (teacher and teacher.get("checkpoint_sha256")) else {
+                         "seed": None, "sha256": teacher["checkpoint_sha256"], "record": None, "metric": {}},
+                     "teacher_outputs": None},
         }
-        path = record_path(self.results, task, protocol, info["method"]["name"], int(runner.seed))
+        path = record_path(self.results, task, record["protocol"]["key"], info["method"]["name"], int(runner.seed))
         write_record(path, record)
         return path
 

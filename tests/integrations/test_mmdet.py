@@ -65,7 +65,8 @@ def test_kd_distils_a_retinanet_and_writes_a_valid_record(mm_env: dict[str, Path
     assert not model.teacher.training and all(not p.requires_grad for p in model.teacher.parameters())
 
     path = record_hook(runner).path
-    assert path == mm_env["results"] / "detection" / "mm-retinanet_tiny_kd_shapes" / "kd" / "seed0.json"
+    key = f"mm-retinanet_tiny_kd_shapes+{config_hash(runner.cfg)[:8]}"
+    assert path == mm_env["results"] / "detection" / key / "kd" / "seed0.json"
     record = read_record(path)
     assert validation_errors(record) == []
     assert record["tier"] == "external" and record["task"] == "detection" and record["status"] == "ok"
