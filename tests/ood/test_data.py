@@ -15,16 +15,18 @@ from kdbench.errors import KDBenchError, UsageError
 from kdbench.runner.protocol import apply_overrides, load_protocol
 
 SPEC = {"dataset": "langid", "id": ["en", "de"], "near": ["nl"], "far": ["fi"], "vocab_words": 200,
-        "words": [2, 4], "train_per_lang": 10, "test_per_lang": 5, "ood_per_lang": 4, "seed": 0,
-        "max_chars": 30}
+        "words": [2, 4], "train_per_lang": 10, "val_per_lang": 3, "test_per_lang": 5, "ood_val_per_lang": 2,
+        "ood_per_lang": 4, "seed": 0, "max_chars": 30}
 
 
 def test_langid_sizes_labels_and_sets() -> None:
     data = D.load_langid(SPEC)
-    assert (len(data.train), len(data.test), len(data.ood["near"]), len(data.ood["far"])) == (20, 10, 4, 4)
+    assert (len(data.train), len(data.val), len(data.test)) == (20, 6, 10)
+    assert {k: len(v) for k, v in data.ood.items()} == {"near": 4, "far": 4}
+    assert {k: len(v) for k, v in data.ood_val.items()} == {"near": 2, "far": 2}
     assert data.classes == ["en", "de"] and data.train.labels.tolist() == [0] * 10 + [1] * 10
     assert all(len(t.split()) in (2, 3, 4) for t in data.train.texts)
-    assert all((data.ood[s].labels == -1).all() for s in ("near", "far"))
+    assert all((data.ood[s].labels == -1).all() and (data.ood_val[s].labels == -1).all() for s in ("near", "far"))
     assert max(len(t) for t in data.test.tokens) <= 30
 
 
@@ -77,11 +79,13 @@ def test_unknown_dataset_names_the_valid_ones() -> None:
                     "(the folder holding clinc150/data_full.json)")
 def test_clinc150_real_file_split_sizes() -> None:
     data = D.load_clinc150(Path(os.environ["KDBENCH_DATA_ROOT"]))
-    assert (len(data.train), len(data.test), len(data.ood["oos"])) == (15_000, 4_500, 1_000)
+    assert (len(data.train), len(data.val), len(data.test)) == (15_000, 3_000, 4_500)
+    assert (len(data.ood_val["oos"]), len(data.ood["oos"])) == (100, 1_000)
     assert data.num_classes == 150 and "oos" not in data.classes
     assert torch.bincount(data.train.labels).tolist() == [100] * 150
     assert torch.bincount(data.test.labels).tolist() == [30] * 150
-    assert (data.ood["oos"].labels == -1).all()
+    assert torch.bincount(data.val.labels).tolist() == [20] * 150
+    assert (data.ood["oos"].labels == -1).all() and (data.ood_val["oos"].labels == -1).all()
 
 
 def test_primary_metric_comes_from_the_card_and_must_be_an_ood_metric() -> None:

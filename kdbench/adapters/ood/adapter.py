@@ -1,5 +1,5 @@
 """OOD detection: train a text classifier on the ID classes with any method, then score ID and
-OOD test sentences with every OOD score (kdbench.adapters.ood.scores)."""
+OOD sentences of the val or test split with every OOD score (kdbench.adapters.ood.scores)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from kdbench.adapters.classification.metrics import expected_calibration_error
 from kdbench.adapters.ood import data as D
 from kdbench.adapters.ood import scores as S
 from kdbench.adapters.ood.model import EncoderOutput, TextEncoder
+from kdbench.adapters.splits import EVAL_SPLITS, check_split
 from kdbench.errors import KDBenchError, UsageError
 from kdbench.metrics import METRICS, OOD_DETECTION_METRICS
 from kdbench.outputs import Head, Outputs
@@ -39,15 +40,18 @@ class Batch:
 class OODAdapter(Adapter):
     """ID text classification with a CE task loss; per-layer heads when `layers` is needed.
 
-    `evaluate` reports ID accuracy ("id_acc") and ECE on the ID test set, and for every OOD
-    score its AUROC, AUPR-In, AUPR-Out and FPR@95%TPR pooled over the OOD test sets and per
-    set (langid: "near", "far"). The primary metric is the card's `metrics.primary`.
+    `evaluate(model, split)` reports ID accuracy ("id_acc") and ECE on the split's ID set, and for
+    every OOD score its AUROC, AUPR-In, AUPR-Out and FPR@95%TPR pooled over the split's OOD sets
+    and per set (langid: "near", "far"); "val" scores the ID and OOD val sets, "test" the test
+    sets. The Mahalanobis score's Gaussians are fit on the training set. The primary metric is
+    the card's `metrics.primary`.
     """
 
     task = "ood"
     provides = frozenset({"layers", "features", "attentions", "ids", "teacher_pass",
                           "sample_heads", "ce_heads", "label_heads"})
     primary_metric = "auroc_msp"
+    evaluation_version = 2  # 2: ID and OOD val splits (langid: generated, disjoint; CLINC150: val, oos_val)
 
     def __init__(self, protocol: Protocol, data_root: Path | None, device: torch.device) -> None:
         super().__init__(protocol, data_root, device)
@@ -60,7 +64,7 @@ class OODAdapter(Adapter):
                              "metric; valid: id_acc or {auroc,aupr_in,aupr_out,fpr95}_<score>[_<set>]")
         self.primary_metric = primary  # type: ignore[misc]
         self.teacher: nn.Module | None = None
-        self._teacher_logits: dict[str, np.ndarray] = {}
+        self._teacher_logits: dict[tuple[str, str], np.ndarray] = {}
 
     @property
     def _langid(self) -> bool:
@@ -142,21 +146,20 @@ class OODAdapter(Adapter):
             feats.append(out.features["embedding"].double().cpu())
         return torch.cat(logits).numpy(), torch.cat(feats).numpy()
 
-    def _teacher_logits_of(self, name: str, data: D.TextSet) -> np.ndarray:
+    def _teacher_logits_of(self, split: str, name: str, data: D.TextSet) -> np.ndarray:
         assert self.teacher is not None
-        if name not in self._teacher_logits:  # the teacher is frozen: compute once
-            self._teacher_logits[name] = self._predict(self.teacher, data)[0]
-        return self._teacher_logits[name]
+        if (split, name) not in self._teacher_logits:  # the teacher is frozen: compute once
+            self._teacher_logits[split, name] = self._predict(self.teacher, data)[0]
+        return self._teacher_logits[split, name]
 
-    def evaluate(self, model: nn.Module, split: str = "test") -> dict[str, float]:
-        if split != "test":
-            raise UsageError(f"unknown split {split!r} for ood; valid: test")
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+        id_set, ood_sets = self.data.eval_sets(check_split(split, EVAL_SPLITS, self.task))
         was_training = model.training
         model.eval()
         _, train_feats = self._predict(model, self.data.train)
         gaussian = S.Gaussian(train_feats, self.data.train.labels.numpy(), self.data.num_classes)
         with_teacher = self.teacher is not None and model is not self.teacher
-        sets = {"id": self.data.test, **self.data.ood}
+        sets = {"id": id_set, **ood_sets}
         scores: dict[str, dict[str, np.ndarray]] = {}
         id_logits = np.empty(0)
         for name, data in sets.items():
@@ -164,12 +167,12 @@ class OODAdapter(Adapter):
             scores[name] = {"msp": S.msp(logits), "maxlogit": S.max_logit(logits),
                             "energy": S.energy(logits), "mahalanobis": gaussian.score(feats)}
             if with_teacher:
-                scores[name]["discrepancy"] = S.discrepancy(logits, self._teacher_logits_of(name, data))
+                scores[name]["discrepancy"] = S.discrepancy(logits, self._teacher_logits_of(split, name, data))
             if name == "id":
                 id_logits = logits
         model.train(was_training)
         probs = softmax(id_logits, axis=1)
-        labels = self.data.test.labels.numpy()
+        labels = id_set.labels.numpy()
         metrics = {"id_acc": 100.0 * float((probs.argmax(axis=1) == labels).mean()),
                    "ece": expected_calibration_error(probs, labels)}
         ood = {k: v for k, v in scores.items() if k != "id"}

@@ -3,14 +3,17 @@
 Language identification: each sample is a "sentence" of words drawn independently, with
 probability proportional to their frequency, from the `vocab_words` most frequent alphabetic
 words of one language in wordfreq's bundled "small" lists (no network). The in-distribution
-(ID) classes are the card's `id` languages; the out-of-distribution (OOD) test sets hold
-sentences of unseen languages, split into near-OOD (close relatives of an ID language) and
-far-OOD (unrelated languages). Everything is a deterministic function of the card's data seed.
+(ID) classes are the card's `id` languages; the out-of-distribution (OOD) sets hold sentences
+of unseen languages, split into near-OOD (close relatives of an ID language) and far-OOD
+(unrelated languages). ID sentences come in train / val / test splits and OOD sentences in
+val / test splits; no sentence of a language is in two of its splits. Everything is a
+deterministic function of the card's data seed.
 
 CLINC150 (Larson et al., "An Evaluation Dataset for Intent Classification and Out-of-Scope
 Prediction", EMNLP 2019): `<data-root>/clinc150/data_full.json`; ID = the 150 in-scope intents
-(train 15,000, test 4,500), OOD = `oos_test` (1,000). `oos_train` is not used for training
-(no outlier exposure), as in MLKD's setting.
+(train 15,000, val 3,000, test 4,500), OOD = `oos_val` (100) and `oos_test` (1,000), the
+file's official lists. `oos_train` is not used for training (no outlier exposure), as in
+MLKD's setting.
 
 Text is encoded as characters: ids 0 = padding, 1 = unknown (a character absent from the ID
 training set), then the training set's characters in sorted order.
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +36,7 @@ PAD, UNK = 0, 1
 CLINC_DIR = "clinc150"
 CLINC_FILE = "data_full.json"
 CLINC_URL = "https://github.com/clinc/oos-eval (data/data_full.json)"
-CLINC_SIZES = {"train": 15_000, "test": 4_500, "oos_test": 1_000}
+CLINC_SIZES = {"train": 15_000, "val": 3_000, "test": 4_500, "oos_val": 100, "oos_test": 1_000}
 
 
 @dataclass
@@ -56,13 +59,20 @@ class TextSet:
 
 @dataclass
 class OODData:
-    """ID train/test sets, OOD test sets by name, the class names and the character vocabulary."""
+    """ID train/val/test sets, OOD val and test sets by name, the class names and the character
+    vocabulary."""
 
     train: TextSet
+    val: TextSet
     test: TextSet
+    ood_val: dict[str, TextSet]
     ood: dict[str, TextSet]
     classes: list[str]
     vocab: CharVocab
+
+    def eval_sets(self, split: str) -> tuple[TextSet, dict[str, TextSet]]:
+        """The ID set and the OOD sets scored on `split` ("val" or "test")."""
+        return (self.val, self.ood_val) if split == "val" else (self.test, self.ood)
 
     @property
     def num_classes(self) -> int:
@@ -108,16 +118,35 @@ def _rng(seed: int, lang: str, split: str) -> np.random.Generator:
 
 
 def sentences(lang: str, n: int, words: tuple[int, int], vocab_words: int, seed: int,
-              split: str) -> list[str]:
-    """`n` sentences of `lang`, each of a uniform number of words in [words[0], words[1]]."""
+              split: str, exclude: Collection[str] = ()) -> list[str]:
+    """`n` sentences of `lang`, each of a uniform number of words in [words[0], words[1]], none of
+    them in `exclude` (a sentence drawn there is drawn again from the same generator).
+
+    Raises:
+        ValueError: the word list is too small to draw `n` sentences outside `exclude`.
+    """
     vocab, p = word_distribution(lang, vocab_words)
     rng = _rng(seed, lang, split)
-    lengths = rng.integers(words[0], words[1] + 1, size=n)
-    return [" ".join(vocab[i] for i in rng.choice(len(vocab), size=k, p=p)) for k in lengths]
+    out: list[str] = []
+    for _ in range(100 * n + 100):
+        if len(out) == n:
+            return out
+        k = int(rng.integers(words[0], words[1] + 1))
+        text = " ".join(vocab[i] for i in rng.choice(len(vocab), size=k, p=p))
+        if text not in exclude:
+            out.append(text)
+    if len(out) == n:
+        return out
+    raise ValueError(f"could not draw {n} {lang} sentences for {split!r} outside the other splits "
+                     f"(got {len(out)}): raise vocab_words or words")
 
 
 def load_langid(spec: dict[str, Any]) -> OODData:
-    """Generated language identification from the card's `data` section (see module doc)."""
+    """Generated language identification from the card's `data` section (see module doc).
+
+    ID sentences are drawn per language for train, then val (none in train), then test (none in
+    train or val); OOD sentences per language for val, then test (none in val).
+    """
     ids, near, far = list(spec["id"]), list(spec.get("near", [])), list(spec.get("far", []))
     overlap = (set(ids) & set(near + far)) | (set(near) & set(far))
     if overlap:
@@ -126,22 +155,31 @@ def load_langid(spec: dict[str, Any]) -> OODData:
     vocab_words, seed = int(spec.get("vocab_words", 3000)), int(spec.get("seed", 0))
     max_chars = int(spec.get("max_chars", 64))
 
-    def gen(langs: list[str], n: int, split: str) -> tuple[list[str], list[int]]:
-        texts, labels = [], []
+    def gen(langs: list[str], counts: dict[str, int]) -> dict[str, tuple[list[str], list[int]]]:
+        """split → (texts, labels) over `langs`, each split disjoint from the earlier ones."""
+        out: dict[str, tuple[list[str], list[int]]] = {split: ([], []) for split in counts}
         for c, lang in enumerate(langs):
-            texts += sentences(lang, n, (words[0], words[1]), vocab_words, seed, split)
-            labels += [c] * n
-        return texts, labels
+            seen: set[str] = set()
+            for split, n in counts.items():
+                texts = sentences(lang, n, (words[0], words[1]), vocab_words, seed, split, frozenset(seen))
+                seen.update(texts)
+                out[split][0].extend(texts)
+                out[split][1].extend([c] * n)
+        return out
 
-    train_texts, train_labels = gen(ids, int(spec["train_per_lang"]), "train")
-    vocab = CharVocab(train_texts)
-    test = vocab.encode_all(*gen(ids, int(spec["test_per_lang"]), "test"), max_chars)
-    ood = {}
+    id_sets = gen(ids, {"train": int(spec["train_per_lang"]), "val": int(spec["val_per_lang"]),
+                        "test": int(spec["test_per_lang"])})
+    vocab = CharVocab(id_sets["train"][0])
+    encoded = {split: vocab.encode_all(texts, labels, max_chars) for split, (texts, labels) in id_sets.items()}
+    ood: dict[str, dict[str, TextSet]] = {"val": {}, "test": {}}
     for name, langs in (("near", near), ("far", far)):
         if langs:
-            texts, _ = gen(langs, int(spec["ood_per_lang"]), "ood")
-            ood[name] = vocab.encode_all(texts, [-1] * len(texts), max_chars)
-    return OODData(vocab.encode_all(train_texts, train_labels, max_chars), test, ood, ids, vocab)
+            # "ood" is the OOD test split's generator key (as before val existed)
+            sets = gen(langs, {"ood_val": int(spec["ood_val_per_lang"]), "ood": int(spec["ood_per_lang"])})
+            for split, key in (("val", "ood_val"), ("test", "ood")):
+                texts = sets[key][0]
+                ood[split][name] = vocab.encode_all(texts, [-1] * len(texts), max_chars)
+    return OODData(encoded["train"], encoded["val"], encoded["test"], ood["val"], ood["test"], ids, vocab)
 
 
 # ---------------------------------------------------------------- CLINC150
@@ -165,8 +203,9 @@ def load_clinc150(root: Path, max_chars: int = 96) -> OODData:
         labels = [index[i] if in_scope else -1 for _, i in items]
         return vocab.encode_all([t for t, _ in items], labels, max_chars)
 
-    return OODData(encode(data["train"], True), encode(data["test"], True),
-                   {"oos": encode(data["oos_test"], False)}, classes, vocab)
+    return OODData(encode(data["train"], True), encode(data["val"], True), encode(data["test"], True),
+                   {"oos": encode(data["oos_val"], False)}, {"oos": encode(data["oos_test"], False)},
+                   classes, vocab)
 
 
 # ---------------------------------------------------------------- batching
