@@ -14,7 +14,7 @@ from kdbench.errors import KDBenchError
 
 
 def test_phrases_are_deterministic_and_sources_never_cross_splits() -> None:
-    sizes = {"train": 300, "valid": 50, "test": 50}
+    sizes = {"train": 300, "val": 50, "test": 50}
     a, b = D.phrase_splits(sizes, seed=3), D.phrase_splits(sizes, seed=3)
     assert a == b and D.phrase_splits(sizes, seed=4)["train"] != a["train"]
     assert {k: len(v) for k, v in a.items()} == sizes
@@ -71,13 +71,13 @@ def test_multi30k_missing_and_miscounted_files(tmp_path: Path) -> None:
 def test_real_multi30k_counts_and_alignment() -> None:
     root = Path(os.environ["KDBENCH_DATA_ROOT"])
     splits = D.load_multi30k(root, "de", "en")
-    assert {k: len(v) for k, v in splits.items()} == {"train": 29000, "valid": 1014, "test": 1000}
+    assert {k: len(v) for k, v in splits.items()} == {"train": 29000, "val": 1014, "test": 1000}
     # line alignment: first pairs of Multi30k task 1 are translations of each other
     assert splits["train"].source[0].startswith("Zwei junge weiße Männer")
     assert splits["train"].target[0].startswith("Two young, White males")
     assert splits["test"].source[0].startswith("Ein Mann mit einem orangefarbenen Hut")
     assert splits["test"].target[0].startswith("A man in an orange hat")
-    assert all(s.strip() and t.strip() for s, t in zip(splits["valid"].source, splits["valid"].target, strict=True))
+    assert all(s.strip() and t.strip() for s, t in zip(splits["val"].source, splits["val"].target, strict=True))
 
 
 def test_sentencepiece_is_trained_once_and_cached(tmp_path: Path) -> None:
@@ -103,4 +103,4 @@ def test_iwslt14_card_scores_de_bped_text(tmp_path: Path) -> None:
         (folder / f"{split}.en").write_text("this is a te@@ st .\nhello world\n")
     adapter = TranslationAdapter(load_protocol("translation", "standard"), tmp_path, torch.device("cpu"))
     assert adapter.tokenizer.decode(adapter.encoded["test"][1][0]) == "this is a test ."
-    assert adapter.evaluation_info()["decoding"]["beam"] == 5
+    assert adapter.evaluation_info("test")["decoding"]["beam"] == 5

@@ -17,6 +17,7 @@ from filelock import FileLock
 from torch import Tensor, nn
 
 from kdbench.adapters.base import Adapter, Role
+from kdbench.adapters.splits import check_split
 from kdbench.adapters.translation import data as D
 from kdbench.adapters.translation.decode import beam_search, greedy, max_length
 from kdbench.adapters.translation.metrics import corpus_metrics, signatures
@@ -49,6 +50,7 @@ class TranslationAdapter(Adapter):
     provides = frozenset({"layers", "attentions", "ids", "ce_heads", "label_heads", "sequence_targets"})
     teacher_inputs_fixed = True  # batches derive from (seed, epoch) alone; SeqKD's targets go online
     primary_metric = "bleu"
+    evaluation_version = 2  # 2: the datasets' valid splits are scored as "val", test only at the end
 
     def __init__(self, protocol: Protocol, data_root: Path | None, device: torch.device) -> None:
         super().__init__(protocol, data_root, device)
@@ -68,7 +70,11 @@ class TranslationAdapter(Adapter):
     def _load(self, spec: dict[str, Any]) -> dict[str, D.Parallel]:
         name = spec.get("dataset")
         if name == "phrases":
-            sizes = {s: int(spec[s]) for s in ("train", "valid", "test")}
+            missing = [s for s in ("train", "val", "test") if s not in spec]
+            if missing:
+                raise UsageError(f"protocol {self.protocol.name!r} data: phrases need sizes train, val and test; "
+                                 f"missing {', '.join(missing)}")
+            sizes = {s: int(spec[s]) for s in ("train", "val", "test")}
             return D.phrase_splits(sizes, int(spec.get("seed", 0)), int(spec.get("max_items", 2)))
         if name in ("multi30k", "iwslt14"):
             if self.data_root is None:
@@ -184,19 +190,23 @@ class TranslationAdapter(Adapter):
         model.train(was_training)
         return out
 
-    def evaluate(self, model: nn.Module, split: str = "test") -> dict[str, float]:
-        if split not in self.splits:
-            raise UsageError(f"unknown split {split!r}; valid: {', '.join(self.splits)}")
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+        check_split(split, tuple(self.splits), self.task)
         hyps = [self.tokenizer.decode(h) for h in self.translate(model, self.encoded[split][0])]
         refs = self.splits[split].target
         if isinstance(self.tokenizer, WordTokenizer):
             refs = [D.remove_bpe(r) for r in refs]
         return corpus_metrics(hyps, refs)
 
-    def evaluation_info(self) -> dict[str, Any]:
-        """What the record's `evaluation` field says: split, decoding settings, sacrebleu signatures."""
-        test = {"multi30k": "test_2016_flickr"}.get(str(self.protocol.card["data"].get("dataset")), "test")
-        return {"split": test, "decoding": {k: v for k, v in self.decoding.items() if k != "batch_size"},
+    def evaluation_info(self, split: str) -> dict[str, Any]:
+        """How `split` ("val" or "test") was scored, for the record's `evaluation` field: the split,
+        the dataset's own name for it (Multi30k: val, test_2016_flickr; IWSLT'14: valid, test),
+        decoding settings and sacrebleu signatures."""
+        check_split(split, tuple(self.splits), self.task)
+        files = {"multi30k": {s: stem for s, (stem, _) in D.MULTI30K_SPLITS.items()},
+                 "iwslt14": D.IWSLT14_SPLITS}.get(str(self.protocol.card["data"].get("dataset")), {})
+        return {"split": split, "dataset_split": files.get(split, split),
+                "decoding": {k: v for k, v in self.decoding.items() if k != "batch_size"},
                 "detokenized": True, "signatures": signatures()}
 
     def attach_teacher(self, teacher: nn.Module) -> None:

@@ -14,12 +14,13 @@ from kdbench.errors import KDBenchError
 
 MULTI30K_DIR = "multi30k"
 MULTI30K_URL = "https://github.com/multi30k/dataset (data/task1/raw)"
-#: split name → file stem and expected number of lines (Multi30k task 1).
-MULTI30K_SPLITS = {"train": ("train", 29000), "valid": ("val", 1014),
+#: split name → file stem and expected number of lines (Multi30k task 1: the official val files
+#: are kdbench's val split, test_2016_flickr its test split).
+MULTI30K_SPLITS = {"train": ("train", 29000), "val": ("val", 1014),
                    "test": ("test_2016_flickr", 1000)}
 MULTI30K_LANGS = ("de", "en", "fr", "cs")
 IWSLT14_DIR = "iwslt14.tokenized.de-en"
-IWSLT14_SPLITS = {"train": "train", "valid": "valid", "test": "test"}
+IWSLT14_SPLITS = {"train": "train", "val": "valid", "test": "test"}  # split name → file stem
 PHRASE_KINDS = ("cardinal", "ordinal", "year", "date")
 DATE_FORMATS = ("full", "long", "medium", "short")
 
