@@ -27,6 +27,21 @@ class Flip:
 # ----------------------------------------------------------------------------- classification
 
 @dataclass(frozen=True, kw_only=True)
+class ClassificationData:
+    """digits: stratified train/val/test fractions; cifar100: val_size images held out of the
+    official training file (test = the official test file)."""
+
+    dataset: Literal["digits", "cifar100"]
+    val_fraction: float | None = bounded(None, gt=0, lt=1)
+    test_fraction: float | None = bounded(None, gt=0, lt=1)
+    val_size: int | None = bounded(None, ge=1)
+    split_seed: int | None = bounded(None, ge=0)
+    limit_train: int | None = bounded(None, ge=1)
+    limit_val: int | None = bounded(None, ge=1)
+    limit_test: int | None = bounded(None, ge=1)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ClassificationModel:
     arch: str
     widths: list[int] | None = None
@@ -39,13 +54,32 @@ class ClassificationTeacher(ClassificationModel, TeacherOf):
 
 @dataclass(frozen=True, kw_only=True)
 class ClassificationCard(Card):
-    data: dict[str, Any]
+    data: ClassificationData
     augmentation: Literal["none", "shift", "crop_flip"] = "none"
     student: ClassificationModel
     teacher: ClassificationTeacher
 
 
 # ---------------------------------------------------------------------------------- detection
+
+@dataclass(frozen=True, kw_only=True)
+class DetectionData:
+    """shapes: n_train/n_val/n_test generated scenes; coco2017: val = val_images train2017 images
+    held out with split_seed, test = val2017."""
+
+    dataset: Literal["shapes", "coco2017"]
+    n_train: int | None = bounded(None, ge=1)
+    n_val: int | None = bounded(None, ge=1)
+    n_test: int | None = bounded(None, ge=1)
+    size: int | None = bounded(None, ge=8)
+    max_objects: int | None = bounded(None, ge=1)
+    seed: int | None = bounded(None, ge=0)
+    val_images: int | None = bounded(None, ge=1)
+    split_seed: int | None = bounded(None, ge=0)
+    limit_train: int | None = bounded(None, ge=1)
+    limit_val: int | None = bounded(None, ge=1)
+    limit_test: int | None = bounded(None, ge=1)
+
 
 @dataclass(frozen=True, kw_only=True)
 class DetectionModel:
@@ -88,7 +122,7 @@ class DetectionEval:
 
 @dataclass(frozen=True, kw_only=True)
 class DetectionCard(Card):
-    data: dict[str, Any]
+    data: DetectionData
     augmentation: Flip = field(default_factory=Flip)
     student: DetectionModel
     teacher: DetectionTeacher
@@ -98,6 +132,25 @@ class DetectionCard(Card):
 
 
 # --------------------------------------------------------------------------------------- pose
+
+@dataclass(frozen=True, kw_only=True)
+class PoseData:
+    """figures: n_train/n_val/n_test generated images; coco / coco-wholebody: val = persons of
+    val_images train2017 images held out with split_seed, test = val2017."""
+
+    dataset: Literal["figures", "coco", "coco-wholebody"]
+    input_size: list[int] | None = None  # [width, height] of the top-down crops
+    n_train: int | None = bounded(None, ge=1)
+    n_val: int | None = bounded(None, ge=1)
+    n_test: int | None = bounded(None, ge=1)
+    size: int | None = bounded(None, ge=8)
+    seed: int | None = bounded(None, ge=0)
+    val_images: int | None = bounded(None, ge=1)
+    split_seed: int | None = bounded(None, ge=0)
+    limit_train: int | None = bounded(None, ge=1)
+    limit_val: int | None = bounded(None, ge=1)
+    limit_test: int | None = bounded(None, ge=1)
+
 
 @dataclass(frozen=True, kw_only=True)
 class PoseModel:
@@ -128,7 +181,7 @@ class PoseLoss:
 
 @dataclass(frozen=True, kw_only=True)
 class PoseCard(Card):
-    data: dict[str, Any]
+    data: PoseData
     augmentation: Flip = field(default_factory=Flip)
     student: PoseModel
     teacher: PoseTeacher
@@ -137,6 +190,26 @@ class PoseCard(Card):
 
 
 # ---------------------------------------------------------------------------------------- ood
+
+@dataclass(frozen=True, kw_only=True)
+class OODData:
+    """langid: sentences per language and split from wordfreq's lists (ID train/val/test, OOD
+    val/test); clinc150: the official train, val, test, oos_val and oos_test lists."""
+
+    dataset: Literal["langid", "clinc150"]
+    id: list[str] | None = None
+    near: list[str] | None = None
+    far: list[str] | None = None
+    vocab_words: int | None = bounded(None, ge=1)
+    words: list[int] | None = None  # [min, max] words per sentence
+    train_per_lang: int | None = bounded(None, ge=1)
+    val_per_lang: int | None = bounded(None, ge=1)
+    test_per_lang: int | None = bounded(None, ge=1)
+    ood_val_per_lang: int | None = bounded(None, ge=1)
+    ood_per_lang: int | None = bounded(None, ge=1)
+    max_chars: int | None = bounded(None, ge=1)
+    seed: int | None = bounded(None, ge=0)
+
 
 @dataclass(frozen=True, kw_only=True)
 class OODModel:
@@ -156,12 +229,31 @@ class OODTeacher(OODModel, TeacherOf):
 
 @dataclass(frozen=True, kw_only=True)
 class OODCard(Card):
-    data: dict[str, Any]
+    data: OODData
     student: OODModel
     teacher: OODTeacher
 
 
 # -------------------------------------------------------------------------------- translation
+
+@dataclass(frozen=True, kw_only=True)
+class TranslationData:
+    """phrases: generated train/val/test pairs; multi30k, iwslt14: the user's files with their
+    own valid split as val."""
+
+    dataset: Literal["phrases", "multi30k", "iwslt14"]
+    train: int | None = bounded(None, ge=1)
+    val: int | None = bounded(None, ge=1)
+    test: int | None = bounded(None, ge=1)
+    seed: int | None = bounded(None, ge=0)
+    max_items: int | None = bounded(None, ge=1)
+    source: str | None = None
+    target: str | None = None
+    vocab: Literal["sentencepiece", "words"] | None = None
+    vocab_size: int | None = bounded(None, ge=8)
+    min_count: int | None = bounded(None, ge=1)
+    max_tokens: int | None = bounded(None, ge=4)
+
 
 @dataclass(frozen=True, kw_only=True)
 class TranslationModel:
@@ -196,7 +288,7 @@ class Decode:
 
 @dataclass(frozen=True, kw_only=True)
 class TranslationCard(Card):
-    data: dict[str, Any]
+    data: TranslationData
     student: TranslationModel
     teacher: TranslationTeacher
     task_loss: TaskLoss = field(default_factory=TaskLoss)

@@ -168,7 +168,7 @@ def _evaluation(adapter: Any) -> dict[str, Any]:
     """What the adapter says about how it scored the test split (translation: decoding settings,
     sacrebleu signatures), if anything."""
     info = getattr(adapter, "evaluation_info", None)
-    return dict(info()) if info is not None else {}
+    return dict(info("test")) if info is not None else {}
 
 
 def train_teacher(options: RunOptions) -> tuple[dict[str, Any], Path]:

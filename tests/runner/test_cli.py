@@ -38,7 +38,7 @@ def test_list_tasks_and_protocols(capsys: pytest.CaptureFixture[str]) -> None:
     (["run", "--task", "classification", "--method", "nosuch"], "unknown method 'nosuch'; valid: "),
     (["run", "--task", "nosuch", "--method", "kd"], "unknown task 'nosuch'; valid: classification"),
     (["run", "--task", "classification", "--method", "kd", "--protocol", "huge"],
-     "unknown protocol for task 'classification' 'huge'; valid: "),
+     "unknown protocol 'huge' for task 'classification'; valid: tiers smoke, small, standard"),
     (["run", "--task", "classification", "--method", "kd", "--set", "train.nosuch=1"],
      "unknown --set key 'train.nosuch'; valid: "),
     (["run", "--task", "classification", "--method", "kd", "--set", "method.nosuch=1"],

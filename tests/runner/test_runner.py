@@ -25,8 +25,11 @@ SMOKE = ["run", "--task", "classification", "--protocol", "smoke", "--device", "
 
 
 def _record(results: Path, method: str, protocol: str = "smoke", seed: int = 0) -> dict:
-    path = results / "classification" / protocol / method / f"seed{seed}.json"
-    return json.loads(path.read_text())
+    """The one record of `method` under the card or one ablation of it (`<card>+<sha8>`)."""
+    paths = [*results.glob(f"classification/{protocol}/{method}/seed{seed}.json"),
+             *results.glob(f"classification/{protocol}+*/{method}/seed{seed}.json")]
+    assert len(paths) == 1, paths
+    return json.loads(paths[0].read_text())
 
 
 def test_same_seed_same_metrics_other_seed_differs(tmp_path: Path) -> None:
@@ -41,7 +44,8 @@ def test_same_seed_same_metrics_other_seed_differs(tmp_path: Path) -> None:
     assert len(teacher["checkpoint_sha256"]) == 64 and teacher == c["teacher"]  # one shared teacher
     teacher_record = _record(tmp_path / "a", "teacher")
     assert not validation_errors(teacher_record)
-    assert teacher_record["metrics"]["values"] == teacher["metrics"]
+    assert teacher_record["metrics"]["values"] == teacher["metrics"]["test"]
+    assert teacher_record["metrics"]["val"] == teacher["metrics"]["val"]
 
 
 def test_killed_run_resumes_to_identical_metrics(tmp_path: Path) -> None:
@@ -98,7 +102,7 @@ def test_cifar100_standard_card_on_a_fixture(tmp_path: Path, capsys: pytest.Capt
     torch.save({"model": build_model("resnet32x4", 100, 3).state_dict()}, teacher)  # mdistiller layout
     common = ["run", "--task", "classification", "--protocol", "standard", "--device", "cpu",
               "--data-root", str(root), "--results", str(tmp_path / "res"),
-              "--set", "train.epochs=1", "--set", "train.batch_size=12"]
+              "--set", "train.epochs=1", "--set", "train.batch_size=12", "--set", "data.val_size=6"]
     assert main([*common, "--method", "kd", "--teacher", str(teacher)]) == 0
     record = _record(tmp_path / "res", "kd", protocol="cifar100")
     assert record["tier"] == "standard" and record["student"]["arch"] == "resnet8x4"
@@ -150,7 +154,9 @@ def test_resume_restores_ema_and_method_state(tmp_path: Path, monkeypatch: pytes
         main([*argv, "--results", str(tmp_path / "resumed")])
     monkeypatch.setattr(train, "_train_epoch", original)
     assert main([*argv, "--results", str(tmp_path / "resumed")]) == 0
-    whole = json.loads((tmp_path / "whole" / "detection" / "smoke" / "gold" / "seed0.json").read_text())
-    resumed = json.loads((tmp_path / "resumed" / "detection" / "smoke" / "gold" / "seed0.json").read_text())
+    [whole_path] = (tmp_path / "whole" / "detection").glob("smoke*/gold/seed0.json")
+    whole = json.loads(whole_path.read_text())
+    [resumed_path] = (tmp_path / "resumed" / "detection").glob("smoke*/gold/seed0.json")
+    resumed = json.loads(resumed_path.read_text())
     assert resumed["metrics"] == whole["metrics"]
     assert resumed["student"]["checkpoint_sha256"] == whole["student"]["checkpoint_sha256"]
