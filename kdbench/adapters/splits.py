@@ -52,14 +52,14 @@ def stratified_holdout(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
         raise ValueError(f"cannot hold out {n} of {len(labels)} samples: need 0 ≤ n < {len(labels)}")
     order = np.random.default_rng(seed).permutation(len(labels))
     shuffled = labels[order]
-    rank = np.zeros(len(labels), dtype=np.int64)
-    for c in np.unique(shuffled):
-        members = np.flatnonzero(shuffled == c)
+    _, cls, counts = np.unique(shuffled, return_inverse=True, return_counts=True)
+    rank = np.zeros(len(labels), dtype=np.int64)  # each sample's rank within its class
+    for c in range(len(counts)):
+        members = np.flatnonzero(cls == c)
         rank[members] = np.arange(len(members))
-    # proportional round-robin: a member's position is its rank over its class's share
-    counts = {c: int((shuffled == c).sum()) for c in np.unique(shuffled)}
-    frac = np.array([(r + 0.5) / counts[c] for r, c in zip(rank, shuffled, strict=True)])
-    picked = order[np.lexsort((shuffled, frac))[:n]]
+    # proportional round-robin: a member's position is its rank over its class's size
+    position = (rank + 0.5) / counts[cls]
+    picked = order[np.lexsort((cls, position))[:n]]
     return np.sort(picked)
 
 
