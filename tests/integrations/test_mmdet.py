@@ -35,7 +35,7 @@ def mm_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]
     """The detection smoke tier's scenes (in kdbench's cache, as the adapter makes them) and a
     results folder, exported for the configs' placeholders."""
     spec = load_protocol("detection", "smoke").card["data"]
-    params = {k: spec[k] for k in ("n_train", "n_val", "size", "max_objects", "seed")}
+    params = {k: spec[k] for k in ("n_train", "n_val", "n_test", "size", "max_objects", "seed")}
     root = make_shapes_dataset(cache_dir() / "data" / f"shapes-{sha256_json(params)[:16]}", **params)
     work = tmp_path_factory.mktemp("mmdet")
     mp = pytest.MonkeyPatch()

@@ -28,7 +28,7 @@ from kdbench.runner.protocol import load_protocol  # noqa: E402
 def mm_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     """The pose smoke tier's figures (COCO keypoint json + images) and a results folder."""
     spec = load_protocol("pose", "smoke").card["data"]
-    params = {k: spec[k] for k in ("n_train", "n_val", "size", "seed")}
+    params = {k: spec[k] for k in ("n_train", "n_val", "n_test", "size", "seed")}
     root = make_figures_dataset(cache_dir() / "data" / f"figures-{sha256_json(params)[:16]}", **params)
     work = tmp_path_factory.mktemp("mmpose")
     mp = pytest.MonkeyPatch()

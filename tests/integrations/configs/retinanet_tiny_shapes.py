@@ -62,9 +62,10 @@ val_dataloader = dict(
     dataset=dict(type='CocoDataset', data_root=data_root, metainfo=metainfo,
                  ann_file='annotations/instances_val.json', data_prefix=dict(img='val/'),
                  test_mode=True, pipeline=test_pipeline))
-test_dataloader = val_dataloader
+test_dataloader = dict(val_dataloader, dataset=dict(val_dataloader['dataset'], ann_file='annotations/instances_test.json',
+                                                    data_prefix=dict(img='test/')))  # the record reports test
 val_evaluator = dict(type='CocoMetric', ann_file=data_root + 'annotations/instances_val.json', metric='bbox')
-test_evaluator = val_evaluator
+test_evaluator = dict(val_evaluator, ann_file=data_root + 'annotations/instances_test.json')
 
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=8, val_interval=8)
 val_cfg = dict(type='ValLoop')

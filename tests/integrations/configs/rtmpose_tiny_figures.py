@@ -58,9 +58,10 @@ val_dataloader = dict(
     dataset=dict(type='CocoDataset', data_root=data_root, data_mode='topdown',
                  ann_file='annotations/person_keypoints_val.json', data_prefix=dict(img='val/'),
                  test_mode=True, pipeline=val_pipeline))
-test_dataloader = val_dataloader
+test_dataloader = dict(val_dataloader, dataset=dict(val_dataloader['dataset'], ann_file='annotations/person_keypoints_test.json',
+                                                    data_prefix=dict(img='test/')))  # the record reports test
 val_evaluator = dict(type='CocoMetric', ann_file=data_root + 'annotations/person_keypoints_val.json')
-test_evaluator = val_evaluator
+test_evaluator = dict(val_evaluator, ann_file=data_root + 'annotations/person_keypoints_test.json')
 
 train_cfg = dict(by_epoch=True, max_epochs=2, val_interval=2)
 val_cfg = dict()
