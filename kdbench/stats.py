@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
-import pandas as pd
 from scipy import optimize
 from scipy import stats as sps
 
@@ -326,32 +325,3 @@ def wins_ties_losses(verdicts: Iterable[str]) -> WinsTiesLosses:
         if v in counts:
             counts[v] += 1
     return WinsTiesLosses(counts["better"], counts["≈"], counts["worse"])
-
-
-def average_ranks(table: pd.DataFrame, directions: Mapping[str, str]) -> pd.Series:
-    """Average rank of each method over the settings all methods share.
-
-    Rule: ranks are taken within each column (1 = best by that column's metric direction; tied
-    values get the average of the ranks they span) and averaged over the shared settings only,
-    i.e. the columns where every row has a value. A column with any missing cell is left out for
-    everyone, so a method is never ranked on settings the others were not run on. With no shared
-    column, every average is NaN.
-
-    Args:
-        table: rows are methods, columns are settings (e.g. "classification/small"), cells the
-            setting's metric value (mean over seeds).
-        directions: column → "higher" or "lower" (the direction of the metric in that column).
-
-    Returns:
-        The average rank of each row, named "avg_rank", in the row order of `table`.
-    """
-    shared = [c for c in table.columns if bool(table[c].notna().all())]
-    ranks = {}
-    for col in shared:
-        direction = directions.get(col)
-        if direction not in ("higher", "lower"):
-            raise ValueError(f"no direction ('higher' or 'lower') for column {col!r}; got {direction!r}")
-        ranks[col] = table[col].astype(float).rank(method="average", ascending=direction == "lower")
-    if not ranks:
-        return pd.Series(math.nan, index=table.index, name="avg_rank", dtype=float)
-    return pd.DataFrame(ranks, index=table.index).mean(axis=1).rename("avg_rank")

@@ -5,10 +5,10 @@ site also works opened from disk):
 
     index.html  overview.csv  overview.json  runs.csv       the overview and every run as a row
     methodology/                                           statistics, ties, missing data, tiers
-    task/<task>/<protocol>/  table.csv table.json           one page per task and protocol card
+    task/<task>/<key>/  table.csv table.json                one page per task and protocol key (ablations too)
     task/<task>/<tier>/                                     the tier's cards, where a card is named otherwise
     method/<name>/  method.json                             one page per method
-    run/<task>.<protocol>.<method>.seed<N>/  record.json    one page per run
+    run/<task>.<key>.<method>.seed<N>/  record.json         one page per run
     static/                                                 CSS and JS, no CDN
 """
 
@@ -29,7 +29,8 @@ from typing import Any, TextIO
 import jinja2
 import pandas as pd
 
-from kdbench.compare import BASELINE, render
+from kdbench.compare import BASELINE
+from kdbench.compare_render import render
 from kdbench.errors import UsageError
 from kdbench.metrics import METRICS
 from kdbench.runner.protocol import task_cards
@@ -83,7 +84,7 @@ def build_site(results: Path, out: Path, alpha: float = 0.05, warn: TextIO | Non
     """Render the leaderboard of every record under `results` into `out` (replaced if it exists).
 
     Args:
-        results: the results folder (`<task>/<protocol>/<method>/seed<N>.json`).
+        results: the results folder (`<task>/<key>/<method>/seed<N>.json`).
         out: the site folder; an existing folder is replaced only if it is a previous site.
         alpha: significance level of the verdicts (as `kdbench compare --alpha`).
         warn: where warnings go; stderr by default.
@@ -154,11 +155,11 @@ def _overview(w: _Writer, site: pages.SiteContext) -> None:
     rows, columns = pages.overview_rows(site)
     w.page("", "index.html.j2", site=site, rows=rows, columns=columns, title="Overview")
     flat = [{"method": r["name"], "family": r["family"], "teacher": r["teacher"], "provenance": r["provenance"],
-             "avg_rank": pages.plain(r["rank"]),
+             **{k: getattr(r["wtl"], k) if r["wtl"] else None for k in ("wins", "ties", "losses")},
              **{f"{c['key']}:{k}": pages.plain(cell[k]) for c, cell in zip(columns, r["cells"], strict=True)
                 for k in ("mean", "delta", "p_holm", "verdict", "gap_closed")}}
             for r in rows]
-    w.json("overview.json", {"alpha": site.alpha, "baseline": BASELINE, "rank_settings": site.rank_settings,
+    w.json("overview.json", {"alpha": site.alpha, "baseline": BASELINE,
                              "settings": [{k: c[k] for k in ("key", "task", "protocol", "tier", "primary",
                                                             "direction")} for c in columns],
                              "rows": flat})
@@ -170,12 +171,12 @@ def _overview(w: _Writer, site: pages.SiteContext) -> None:
 def _task_page(w: _Writer, site: pages.SiteContext, s: Setting) -> None:
     rel = f"task/{data.slug(s.task)}/{data.slug(s.protocol)}"
     card = pages.card_info(s, task_cards(s.task))
-    w.page(rel, "task.html.j2", site=site, s=s, rows=pages.task_rows(site, s), card=card,
+    w.page(rel, "task.html.j2", site=site, s=s, rows=pages.task_rows(site, s), card=card, facts=pages.table_facts(s),
            metrics=s.table.attrs["metrics"], metric_info=METRICS,
            decs={m: pages.decimals(s.table[f"{m}_mean"]) for m in s.table.attrs["metrics"]},
            dec=pages.decimals(s.table[f"{s.primary}_mean"]),
            strip_svg=plots.strip_plot(s.table, s.runs), bar_svg=plots.bar_chart(s.table),
-           references=pages.references(card, s), title=f"{s.task} / {s.protocol}")
+           references=pages.references(card, s), title=pages.table_facts(s)["title"])
     w.text(f"{rel}/table.csv", render(s.table, "csv"))
     w.text(f"{rel}/table.json", render(s.table, "json"))
 
@@ -228,7 +229,7 @@ class _RunPages:
             os.mkdir(folder)
         except FileExistsError:  # two files hold the same run: `data.load` says which, and the build stops
             return
-        task, proto, method = record["task"], record["protocol"]["name"], record["method"]["name"]
+        task, proto, method = record["task"], record["protocol"]["key"], record["method"]["name"]
         html = self.tpl.render(root="../../", here=f"run/{rid}", site=self.footer, r=record, rid=rid, pretty=text,
                                command=pages.reproduce_command(record), file=rel, submission=submission,
                                setting_rel=f"task/{data.slug(task)}/{data.slug(proto)}",

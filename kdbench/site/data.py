@@ -1,5 +1,6 @@
 """Records → the leaderboard's data: validated records, submission marks, one comparison table per
-(task, protocol) from `kdbench.compare`, and the overview matrix with average ranks (kdbench.stats).
+(task, protocol key) from `kdbench.compare`, and the overview matrix with each method's wins, ties and
+losses against baseline (kdbench.stats.wins_ties_losses).
 
 No statistics are computed here beyond what `kdbench.compare` and `kdbench.stats` compute; this
 module arranges their results for the pages.
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import multiprocessing
 import os
 import re
@@ -25,17 +25,17 @@ import fastjsonschema
 import pandas as pd
 import yaml
 
-from kdbench.compare import BASELINE, TEACHER, compare_table, frame_from_records
+from kdbench.compare import BASELINE, TEACHER, compare_table, frame_from_records, tables_of
 from kdbench.errors import UsageError
 from kdbench.records import schema, validation_errors
 from kdbench.runner.protocol import TIERS
 from kdbench.site.catalog import family, load_catalog
-from kdbench.stats import average_ranks
+from kdbench.stats import WinsTiesLosses, wins_ties_losses
 
 #: The file that marks a method's records of one (task, protocol) as submitted, not reproduced here.
 SUBMISSION_FILE = "submission.yaml"
 SUBMISSION_KEYS = ("by", "contact", "url", "paper", "note")
-#: Tiers shown on the leaderboard (smoke runs prove the pipeline and are never ranked: DESIGN §4).
+#: Tiers shown on the leaderboard (smoke runs prove the pipeline and are never on it: DESIGN §4).
 LEADERBOARD_TIERS = tuple(t for t in TIERS if t != "smoke")
 _SAFE = re.compile(r"^[a-z0-9_-]+$")
 #: Below this many record files, reading them in this process is faster than forking readers.
@@ -69,8 +69,8 @@ def slug(name: str) -> str:
 
 
 def run_id(record: dict[str, Any]) -> str:
-    """The permalink id of one run: task.protocol.method.seedN, each part slugged."""
-    parts = (record["task"], record["protocol"]["name"], record["method"]["name"])
+    """The permalink id of one run: task.key.method.seedN (key: the protocol key), each part slugged."""
+    parts = (record["task"], record["protocol"]["key"], record["method"]["name"])
     return ".".join(slug(p) for p in parts) + f".seed{int(record['seed'])}"
 
 
@@ -89,7 +89,7 @@ class Loaded:
     frame: pd.DataFrame  # compare.frame_from_records: one row per ok record
     records: list[dict[str, Any]]  # the records the tables use (one card version per table), without history
     files: dict[str, str]  # run id → the record's path relative to the results folder
-    submissions: dict[tuple[str, str, str], Submission]  # (task, protocol, method) → submission
+    submissions: dict[tuple[str, str, str], Submission]  # (task, protocol key, method) → submission
     set_aside: int = 0
     skipped_smoke: int = 0
     root: Path = Path()  # the results folder
@@ -182,11 +182,11 @@ def load(results: Path, warn: TextIO | None = None, workers: int = 1, hook: Reco
     """
     results = Path(results)
     if not results.is_dir():
-        raise UsageError(f"no results folder at {results} (expected <task>/<protocol>/<method>/seed<N>.json)")
+        raise UsageError(f"no results folder at {results} (expected <task>/<key>/<method>/seed<N>.json)")
     by_folder = {}
     for path in sorted(results.rglob(SUBMISSION_FILE)):
         if len(path.relative_to(results).parts) != 4:
-            raise UsageError(f"{path}: a submission file belongs in <task>/<protocol>/<method>/{SUBMISSION_FILE}")
+            raise UsageError(f"{path}: a submission file belongs in <task>/<key>/<method>/{SUBMISSION_FILE}")
         by_folder[str(path.parent.relative_to(results))] = _read_submission(path, results)
     records: list[dict[str, Any]] = []
     files: dict[str, str] = {}
@@ -207,15 +207,17 @@ def load(results: Path, warn: TextIO | None = None, workers: int = 1, hook: Reco
         files[rid] = rel
         records.append(record)
     frame = frame_from_records(records, warn or sys.stderr)
-    kept = set(zip(frame["task"], frame["protocol"], frame["protocol_sha"], strict=True))
-    kept |= {(f["task"], f["protocol"], f["protocol_sha"]) for f in frame.attrs["failed"]}
-    used = [r for r in records if (r["task"], r["protocol"]["name"], r["protocol"]["sha256"]) in kept]
+    cols = ["task", "protocol", "protocol_sha", "eval_version"]
+    kept = set(zip(*(frame[c] for c in cols), strict=True))
+    kept |= {tuple(f[c] for c in cols) for f in frame.attrs["failed"]}
+    used = [r for r in records if (r["task"], r["protocol"]["key"], r["protocol"]["sha256"],
+                                   int(r["evaluation"]["version"])) in kept]
     ids = {run_id(r) for r in used}
     submissions = {}  # a record is submitted when its folder holds a submission file
     for r in used:
         folder = os.path.dirname(files[run_id(r)])
         if folder in by_folder:
-            submissions[(r["task"], r["protocol"]["name"], r["method"]["name"])] = by_folder[folder]
+            submissions[(r["task"], r["protocol"]["key"], r["method"]["name"])] = by_folder[folder]
     return Loaded(frame, used, {i: f for i, f in files.items() if i in ids}, submissions,
                   set_aside=sum(frame.attrs["set_aside"].values()), skipped_smoke=smoke, root=results,
                   set_aside_ids=sorted(set(files) - ids))
@@ -226,13 +228,15 @@ def load(results: Path, warn: TextIO | None = None, workers: int = 1, hook: Reco
 
 @dataclass
 class Setting:
-    """One (task, protocol): its comparison table and what the pages show beside it."""
+    """One (task, protocol key): its comparison table and what the pages show beside it."""
 
     task: str
-    protocol: str
+    protocol: str  # the protocol key: the card's name, or <name>+<sha8> for an ablation
     tier: str
     table: pd.DataFrame  # compare.compare_table
     runs: pd.DataFrame  # the frame's rows of this setting
+    card: str = ""  # the card's name
+    shipped: bool = True  # exactly a shipped card (else an ablation of `card`)
 
     @cached_property
     def by_method(self) -> dict[str, dict[str, Any]]:
@@ -257,19 +261,20 @@ def tier_order(tier: str) -> int:
 
 
 def settings(loaded: Loaded, alpha: float = 0.05) -> list[Setting]:
-    """One Setting per (task, protocol) with records, in task order then tier order."""
+    """One Setting per (task, protocol key) with records, in task order, then tier order, then the
+    shipped card before its ablations."""
     frame = loaded.frame
-    groups = set(zip(frame["task"], frame["protocol"], frame["tier"], strict=True))
-    groups |= {(f["task"], f["protocol"], f["tier"]) for f in frame.attrs["failed"]}
+    groups = tables_of(frame)
     parts = dict(iter(frame.groupby(["task", "protocol"], sort=False))) if len(frame) else {}
     set_aside = frame.attrs["set_aside"]
     out = []
-    for task, protocol, tier in sorted(groups, key=lambda g: (g[0], tier_order(g[2]), g[1])):
+    for g in sorted(groups, key=lambda g: (g.task, tier_order(g.tier), g.card, not g.shipped, g.protocol)):
         # compare_table on this setting's rows alone: the same table, without scanning every run per setting
-        runs = parts.get((task, protocol), frame.iloc[:0]).copy()
-        runs.attrs = {"failed": [f for f in frame.attrs["failed"] if (f["task"], f["protocol"]) == (task, protocol)],
-                      "set_aside": {k: v for k, v in set_aside.items() if k == f"{task}/{protocol}"}}
-        out.append(Setting(task, protocol, tier, compare_table(runs, task, protocol, alpha), runs))
+        runs = parts.get((g.task, g.protocol), frame.iloc[:0]).copy()
+        runs.attrs = {"failed": [f for f in frame.attrs["failed"] if (f["task"], f["protocol"]) == g[:2]],
+                      "set_aside": {k: v for k, v in set_aside.items() if k == f"{g.task}/{g.protocol}"}}
+        out.append(Setting(g.task, g.protocol, g.tier, compare_table(runs, g.task, g.protocol, alpha), runs,
+                           g.card, g.shipped))
     return out
 
 
@@ -300,57 +305,24 @@ def serves(method: str, task: str) -> tuple[bool | None, str]:
     return False, f"{task} does not provide what {method} needs: {why}"
 
 
-def complete_block(present: pd.DataFrame) -> tuple[list[str], list[str]]:
-    """The methods and settings to rank: the largest block in which every method has a result on
-    every setting (average ranks need one).
-
-    Rule: start from every setting; repeatedly drop the one setting whose removal leaves the
-    block with the most results (methods × settings, counting only methods that have all the
-    remaining settings; on a tie, the setting with the fewest methods goes); every single setting
-    is a candidate too. Keep the largest block seen, the one with more settings on a tie, and
-    require at least two methods.
-
-    Args:
-        present: rows are methods, columns settings, True where the method has a result.
-
-    Returns:
-        (methods, settings) of the block, both in the frame's order; empty when no block exists.
-    """
-    def block(cols: list[str]) -> list[str]:
-        full = present[cols].all(axis=1) if cols else present.index.to_series().map(lambda _: False)
-        return [str(m) for m in present.index[full.to_numpy()]]
-
-    cols = [str(c) for c in present.columns]
-    coverage = {c: int(present[c].sum()) for c in cols}
-    candidates = []
-    while cols:
-        candidates.append(list(cols))
-        if len(cols) == 1:
-            break
-        drop = max(cols, key=lambda c: (len(block([x for x in cols if x != c])), -coverage[c]))
-        cols = [c for c in cols if c != drop]
-    candidates += [[c] for c in coverage]
-    best: tuple[list[str], list[str]] = ([], [])
-    for cand in candidates:
-        rows = block(cand)
-        if len(rows) >= 2 and len(rows) * len(cand) > len(best[0]) * len(best[1]):
-            best = (rows, cand)
-    return best
+def on_leaderboard(s: Setting) -> bool:
+    """A shipped card's table on a leaderboard tier (ablations and smoke runs have their own pages only)."""
+    return s.shipped and s.tier in LEADERBOARD_TIERS
 
 
-def overview(sets: list[Setting]) -> tuple[pd.DataFrame, pd.Series, list[str]]:
-    """The methods × settings matrix of primary-metric means (leaderboard tiers only), the
-    average rank (kdbench.stats.average_ranks) of the methods of the largest complete block
-    (`complete_block`; the teacher is never ranked; others get NaN), and the block's settings."""
-    shown = [s for s in sets if s.tier in LEADERBOARD_TIERS]
+def overview(sets: list[Setting]) -> tuple[pd.DataFrame, dict[str, WinsTiesLosses]]:
+    """The methods × settings matrix of primary-metric means (shipped cards on leaderboard tiers
+    only) and each method's wins/ties/losses against baseline over those settings
+    (kdbench.stats.wins_ties_losses: only significant differences after Holm count; a setting
+    counts where the method shares a seed with baseline; baseline and teacher have none)."""
+    shown = [s for s in sets if on_leaderboard(s)]
     means = pd.DataFrame({s.key: s.table.set_index("method")[f"{s.primary}_mean"] for s in shown})
-    ranks = pd.Series(math.nan, index=means.index, name="avg_rank", dtype=float)
-    candidates = means.drop(index=[TEACHER], errors="ignore")
-    methods, used = complete_block(candidates.notna())
-    if used:
-        block = average_ranks(candidates.loc[methods, used], {s.key: s.direction for s in shown})
-        ranks.loc[block.index] = block
-    return means, ranks, used
+    verdicts: dict[str, list[str]] = {}
+    for s in shown:
+        for row in s.by_method.values():
+            if row["method"] not in (BASELINE, TEACHER) and row["n_paired"] > 0:
+                verdicts.setdefault(str(row["method"]), []).append(str(row["verdict"]))
+    return means, {m: wins_ties_losses(v) for m, v in verdicts.items()}
 
 
 def is_baseline_or_teacher(method: str) -> bool:

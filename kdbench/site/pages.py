@@ -3,7 +3,6 @@ command that reproduces a run. Pure functions of the loaded records and the cata
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -19,11 +18,13 @@ import yaml
 
 from kdbench import __version__
 from kdbench.compare import BASELINE, TEACHER
+from kdbench.compare_render import hardware_line, mdd_line, teacher_line, title, verdict_text
 from kdbench.errors import UsageError
 from kdbench.metrics import METRICS
 from kdbench.site import data
 from kdbench.site.catalog import load_catalog
 from kdbench.site.data import Loaded, Setting, Submission
+from kdbench.stats import WinsTiesLosses
 
 #: A file in every built site; `site build` replaces an existing folder only when it has one.
 MARKER = ".kdbench-site"
@@ -108,14 +109,14 @@ class Footer:
 
 @dataclass
 class SiteContext:
-    """What every page may show: the loaded data, the settings, the catalog, the overview ranks."""
+    """What every page may show: the loaded data, the settings, the catalog, the overview's
+    wins/ties/losses against baseline."""
 
     loaded: Loaded
     sets: list[Setting]
     alpha: float
     means: pd.DataFrame
-    ranks: pd.Series
-    rank_settings: list[str]
+    record: dict[str, WinsTiesLosses]
     method_names: list[str]
     tasks: list[str]
     runs_by_key: dict[tuple[str, str, str], list[dict[str, Any]]] = field(default_factory=dict)
@@ -125,7 +126,7 @@ class SiteContext:
 
     @classmethod
     def make(cls, loaded: Loaded, sets: list[Setting], alpha: float) -> SiteContext:
-        means, ranks, used = data.overview(sets)
+        means, record = data.overview(sets)
         cat = load_catalog()
         seen = {r["method"]["name"] for r in loaded.records}
         names = sorted(set(cat["methods"]) | seen, key=lambda n: (n != BASELINE, n == TEACHER, n))
@@ -133,12 +134,12 @@ class SiteContext:
         runs: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
         hparams: dict[tuple[str, str, str], set[str]] = {}
         for r in loaded.records:
-            key = (r["task"], r["protocol"]["name"], r["method"]["name"])
+            key = (r["task"], r["protocol"]["key"], r["method"]["name"])
             runs.setdefault(key, []).append({"seed": int(r["seed"]), "id": data.run_id(r), "status": r["status"]})
             hparams.setdefault(key, set()).add(json.dumps(r["method"]["hparams"], sort_keys=True, ensure_ascii=False))
         for v in runs.values():
             v.sort(key=lambda x: x["seed"])
-        return cls(loaded, sets, alpha, means, ranks, used, names, tasks, runs,
+        return cls(loaded, sets, alpha, means, record, names, tasks, runs,
                    {k: sorted(v) for k, v in hparams.items()})
 
     def submission(self, task: str, protocol: str, method: str) -> Submission | None:
@@ -158,7 +159,8 @@ class SiteContext:
 
     @property
     def leaderboard(self) -> list[Setting]:
-        return [s for s in self.sets if s.tier in data.LEADERBOARD_TIERS]
+        """The overview's settings: shipped cards on leaderboard tiers."""
+        return [s for s in self.sets if data.on_leaderboard(s)]
 
     @property
     def newest(self) -> str:
@@ -192,6 +194,9 @@ def _cell(site: SiteContext, s: Setting, method: str, d: int) -> dict[str, Any]:
     mean = row[f"{s.primary}_mean"]
     cell = {"mean": mean, "delta": row["delta"], "p_holm": row["p_holm"], "verdict": row["verdict"],
             "gap_closed": row["gap_closed"], "gap": ""}
+    if row["source"] == "spec.teacher":
+        return {**cell, "text": num(mean, d), "cls": "abs nodelta", "sort": "",
+                "title": f"the students' teacher: no record of it here; {s.primary} as the students' records name it"}
     if row["n"] == 0:
         return {**cell, "text": "failed", "cls": "failed", "title": "every run failed", "sort": ""}
     if method in (BASELINE, TEACHER):
@@ -206,6 +211,8 @@ def _cell(site: SiteContext, s: Setting, method: str, d: int) -> dict[str, Any]:
              f"Holm p {pval(row['p_holm'])}: " + {"better": "significantly better", "worse": "significantly worse"}
              .get(verdict, "not significant"))
     cls = {"better": "better", "worse": "worse"}.get(verdict, "ns")
+    if row["resolution"]:
+        title += f" ({row['resolution']}: the setting's MDD is {num(s.table.attrs['mdd']['value'], d)})"
     gap = f"gap {pct(row['gap_closed'])}" if _finite(row["gap_closed"]) else ""
     return {**cell, "text": ("≈ " if cls == "ns" else "") + text, "cls": cls, "title": title,
             "sort": sortval(row["delta"]), "gap": gap}
@@ -217,7 +224,7 @@ def overview_rows(site: SiteContext) -> tuple[list[dict[str, Any]], list[dict[st
     columns: list[dict[str, Any]] = [
         {"key": s.key, "task": s.task, "protocol": s.protocol, "tier": s.tier, "primary": s.primary,
          "direction": s.direction, "label": _label(s.primary), "rel": site.task_rel(s),
-         "ranked": s.key in site.rank_settings, "d": decimals(s.table[f"{s.primary}_mean"])} for s in shown]
+         "d": decimals(s.table[f"{s.primary}_mean"])} for s in shown]
     rows = []
     present = {m for s in shown for m in s.table["method"]}
     for name in site.method_names:
@@ -227,7 +234,7 @@ def overview_rows(site: SiteContext) -> tuple[list[dict[str, Any]], list[dict[st
         submitted = any(site.submission(s.task, s.protocol, name) for s in shown)
         rows.append({"name": name, "slug": data.slug(name), "family": info["family"], "teacher": info["teacher"],
                      "provenance": "submitted" if submitted else "reproduced here",
-                     "rank": site.ranks.get(name, math.nan) if name != TEACHER else math.nan,
+                     "wtl": site.record.get(name),
                      "cells": [_cell(site, s, name, int(c["d"])) for s, c in zip(shown, columns, strict=True)]})
     return rows, columns
 
@@ -237,11 +244,11 @@ def overview_markdown(rows: list[dict[str, Any]], columns: list[dict[str, Any]],
     def esc(text: str) -> str:
         return text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;")
 
-    head = ["method", *(f"{c['task']}/{c['protocol']} ({c['primary']})" for c in columns), "avg rank"]
+    head = ["method", *(f"{c['task']}/{c['protocol']} ({c['primary']})" for c in columns), "W/T/L"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [f"**{c['text']}**" if c["cls"] in ("better", "worse") else c["text"] for c in r["cells"]]
-        lines.append("| " + " | ".join([esc(r["name"]), *map(esc, cells), num(r["rank"], 2)]) + " |")
+        lines.append("| " + " | ".join([esc(r["name"]), *map(esc, cells), str(r["wtl"] or "—")]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -257,25 +264,58 @@ def task_rows(site: SiteContext, s: Setting) -> list[dict[str, Any]]:
         info = data.method_info(method, site.loaded.records)
         sub = site.submission(s.task, s.protocol, method)
         rows.append({**row, "slug": data.slug(method), "family": info["family"], "teacher": info["teacher"],
+                     "verdict_text": verdict_text(row),
                      "provenance": "submitted" if sub else "reproduced here", "submission": sub,
                      "flops": flops.get(method, math.nan),
                      "runs": site.runs_by_key.get((s.task, s.protocol, method), [])})
     return rows
 
 
+def table_facts(s: Setting) -> dict[str, str]:
+    """The sentences under a table, worded as `kdbench compare` words them: its title, n and MDD,
+    the teacher it compares with, the hardware it ran on."""
+    return {"title": title(s.table), "mdd": mdd_line(s.table), "teacher": teacher_line(s.table),
+            "hardware": hardware_line(s.table)}
+
+
+def _without_none(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _without_none(v) for k, v in node.items() if v is not None}
+    if isinstance(node, list):
+        return [_without_none(v) for v in node]
+    return node
+
+
+def effective_sha(task: str, raw: Any) -> str | None:
+    """The sha256 that identifies a card file's effective content (kdbench.runner.protocol's
+    identity: the typed card, defaults filled, unset fields left out, prose fields not hashed), or
+    None when the file does not parse. Computed without loading the method registry, which would
+    import torch: a card whose method hyperparameters are wrong still gets its sha."""
+    from kdbench.cards.tasks import CARDS
+    from kdbench.cards.typed import parse, to_plain
+    from kdbench.runner.protocol import card_sha256
+
+    if not isinstance(raw, dict) or task not in CARDS:
+        return None
+    try:
+        return card_sha256(_without_none(to_plain(parse(CARDS[task], raw, ""))))
+    except (UsageError, TypeError, ValueError):
+        return None
+
+
 def card_info(s: Setting, cards: dict[str, Path]) -> dict[str, Any]:
-    """The protocol card of a setting: its text, whether its sha256 is the records' one."""
-    path = cards.get(s.protocol)
+    """The protocol card of a setting: its text, whether the shipped card's sha256 is the records' one."""
+    path = cards.get(s.card or s.protocol)
     sha = str(s.table.attrs["protocol_sha"])
     if path is None:
-        return {"found": False, "sha": sha, "text": "", "matches": False, "card": {}, "name": s.protocol}
+        return {"found": False, "sha": sha, "text": "", "matches": False, "card": {}, "name": s.card or s.protocol}
     raw = path.read_bytes()
     try:
         card = yaml.safe_load(raw) or {}
     except yaml.YAMLError:
         card = {}
     return {"found": True, "sha": sha, "text": raw.decode("utf-8", "replace"), "name": path.name,
-            "matches": hashlib.sha256(raw).hexdigest() == sha, "card": card if isinstance(card, dict) else {}}
+            "matches": effective_sha(s.task, card) == sha, "card": card if isinstance(card, dict) else {}}
 
 
 def references(card: dict[str, Any], s: Setting) -> dict[str, Any] | None:
@@ -310,7 +350,8 @@ def method_rows(site: SiteContext, name: str) -> tuple[dict[str, Any], list[dict
             rows.append({"task": task, "protocol": s.protocol, "tier": s.tier, "rel": site.task_rel(s),
                          "primary": s.primary, "n": row["n"], "mean": row[f"{s.primary}_mean"],
                          "std": row[f"{s.primary}_std"], "delta": row["delta"], "p_holm": row["p_holm"],
-                         "verdict": row["verdict"], "gap_closed": row["gap_closed"], "d": d,
+                         "verdict": row["verdict"], "verdict_text": verdict_text(row), "shipped": s.shipped,
+                         "card": s.card, "gap_closed": row["gap_closed"], "d": d,
                          "hparams": site.hparams_by_key.get((s.task, s.protocol, name), []),
                          "provenance": site.provenance(s.task, s.protocol, name),
                          "status": "ok", "why": "", "runs": site.runs_by_key.get((s.task, s.protocol, name), [])})
@@ -318,7 +359,8 @@ def method_rows(site: SiteContext, name: str) -> tuple[dict[str, Any], list[dict
             ok, why = data.serves(name, task)
             status = "n/a" if ok is False else "not run"
             rows.append({"task": task, "protocol": "", "tier": "", "rel": "", "primary": "", "n": 0, "mean": None,
-                         "std": None, "delta": None, "p_holm": None, "verdict": "", "gap_closed": None, "d": 2,
+                         "std": None, "delta": None, "p_holm": None, "verdict": "", "verdict_text": "",
+                         "shipped": True, "card": "", "gap_closed": None, "d": 2,
                          "hparams": [], "provenance": "", "status": status,
                          "why": why if ok is False else "no records yet", "runs": []})
     return info, rows

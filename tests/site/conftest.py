@@ -1,21 +1,18 @@
-"""A site built once from the committed records plus hostile submitted records (XSS payloads)."""
+"""A site built once from v2 records written here (tests/site/fixtures.py) plus hostile submitted
+records (XSS payloads). Nothing is read from the shipped results/ folder."""
 
 from __future__ import annotations
 
-import copy
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from kdbench.records import read_record, write_record
+from kdbench.records import write_record
 from kdbench.site.build import build_site
 
-REPO = Path(__file__).resolve().parents[2]
-RESULTS = REPO / "results"
-TEMPLATE = RESULTS / "classification" / "small" / "kd" / "seed0.json"
+from .fixtures import make_record, write_site_results
 
 #: A hostile method name and notes: rendered anywhere, they must stay text.
 EVIL_METHOD = "<script>window.__xss=1</script>evil"
@@ -25,21 +22,18 @@ EVIL_BY = "<script>window.__xss=3</script>"
 
 def hostile_records() -> list[dict[str, Any]]:
     """Three seeds of a submitted method whose name and notes carry payloads; seed 2 failed."""
-    base = read_record(TEMPLATE)
     out = []
     for seed in range(3):
-        r = copy.deepcopy(base)
-        r["seed"] = seed
-        r["method"] = {"name": EVIL_METHOD, "teacher": "external", "hparams": {"note": EVIL_NOTE}}
-        r["metrics"]["values"]["top1"] = 96.0 + seed
+        r = make_record("classification", "kd", seed, 96.0 + seed, hparams={"note": EVIL_NOTE}, failed=seed == 2)
+        r["method"]["name"] = r["spec"]["method"]["name"] = EVIL_METHOD
         if seed == 2:
-            r.update(status="failed", error=f"NaN loss at step 3 {EVIL_NOTE}")
+            r["error"] = f"NaN loss at step 3 {EVIL_NOTE}"
         out.append(r)
     return out
 
 
 def write_hostile(results: Path) -> Path:
-    folder = results / "classification" / "small" / "evil"
+    folder = results / "classification" / "small" / "evil"  # the name holds a "/": not a folder name
     for r in hostile_records():
         write_record(folder / f"seed{r['seed']}.json", r)
     (folder / "submission.yaml").write_text(json.dumps({"by": EVIL_BY, "note": EVIL_NOTE}))
@@ -48,9 +42,9 @@ def write_hostile(results: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def site_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the committed results with the hostile submission added."""
+    """The site tests' records with the hostile submission added."""
     results = tmp_path_factory.mktemp("site-results") / "results"
-    shutil.copytree(RESULTS, results)
+    write_site_results(results)
     write_hostile(results)
     return results
 

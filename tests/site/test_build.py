@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import html
 import json
 import math
 import re
@@ -10,19 +11,21 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
+import yaml
 
 from kdbench.cli import main
 from kdbench.compare import compare_table, load_frame
+from kdbench.compare_render import mdd_line
 from kdbench.errors import UsageError
-from kdbench.records import read_record, validation_errors, write_record
+from kdbench.records import validation_errors, write_record
 from kdbench.runner.protocol import parse_sets
 from kdbench.site import data, pages
 from kdbench.site.build import build_site
 from kdbench.site.catalog import load_catalog
 
-from .conftest import EVIL_BY, EVIL_METHOD, EVIL_NOTE, RESULTS, TEMPLATE
+from .conftest import EVIL_BY, EVIL_METHOD, EVIL_NOTE
+from .fixtures import ABLATION_KEY, EPYC, XEON, make_record, site_records
 
 
 def _html(site: Path, rel: str) -> str:
@@ -33,19 +36,23 @@ def test_every_page_is_written(built_site: Path, site_results: Path) -> None:
     loaded = data.load(site_results)  # every valid record, less smoke runs and other card versions
     runs = sorted(p.name for p in (built_site / "run").iterdir() if (p / "index.html").is_file())
     assert runs == sorted(data.run_id(r) for r in loaded.records)
-    assert len(runs) >= 60  # the 57 committed records and the 3 hostile ones
-    for task in ("classification", "detection"):
+    assert len(runs) == len(site_records()) + 3  # and the 3 hostile ones
+    # an ablation's runs have their own ids and pages (the key, not the card's name, is in the id)
+    assert "classification.small.kd.seed0" in runs and f"classification.{data.slug(ABLATION_KEY)}.kd.seed0" in runs
+    for task in ("classification", "detection", "translation"):
         assert (built_site / "task" / task / "small" / "index.html").is_file()
         assert json.loads((built_site / "task" / task / "small" / "table.json").read_text())["task"] == task
+    ablation = json.loads((built_site / "task" / "classification" / data.slug(ABLATION_KEY) / "table.json").read_text())
+    assert (ablation["protocol"], ablation["ablation_of"]) == (ABLATION_KEY, "small")
     for name in load_catalog()["methods"]:
         assert (built_site / "method" / name / "index.html").is_file()
     assert (built_site / "methodology" / "index.html").is_file()
     assert "@misc{kdbench" in _html(built_site, "methodology")
 
 
-def test_overview_numbers_are_kdbench_compare_numbers(built_site: Path) -> None:
+def test_overview_numbers_are_kdbench_compare_numbers(built_site: Path, site_results: Path) -> None:
     """The overview shows compare_table's Δ, verdict and baseline mean (one implementation)."""
-    table = compare_table(load_frame(RESULTS), "detection", "small")
+    table = compare_table(load_frame(site_results), "detection", "small")
     overview = json.loads((built_site / "overview.json").read_text())
     rows = {r["method"]: r for r in overview["rows"]}
     for t in table.to_dict(orient="records"):
@@ -58,27 +65,55 @@ def test_overview_numbers_are_kdbench_compare_numbers(built_site: Path) -> None:
     assert f"{base:.4f}" in _html(built_site, "")  # the real number, as the page shows it
 
 
-def test_average_rank_over_the_largest_complete_block() -> None:
-    """Ranks cover only methods × settings where every method has every setting (kdbench.stats ranks)."""
-    sets = data.settings(data.load(RESULTS))
-    means, ranks, used = data.overview(sets)
-    block = means.drop(index="teacher").dropna(subset=used)
-    assert used and block[used].notna().all().all()
-    assert math.isnan(ranks["teacher"])
-    table = compare_table(load_frame(RESULTS), "classification", "small").set_index("method")
-    if used == ["classification/small"]:
-        best = table.drop(index="teacher")["top1_mean"].idxmax()
-        assert ranks[best] == pytest.approx(table.drop(index="teacher")["top1_mean"].rank(ascending=False)[best])
-    present = pd.DataFrame({"a": [1, 1, 1, 1, 0], "b": [1, 1, 0, 0, 1], "c": [1, 0, 0, 0, 1]},
-                           index=list("vwxyz")).astype(bool)
-    # {a, b} × {v, w}, {b, c} × {v, z} and {a} × {v, w, x, y} all hold 4 results; more settings win the
-    # tie, and between the first two the greedy search drops c, the setting fewer methods have
-    assert data.complete_block(present) == (["v", "w"], ["a", "b"])
-    # one well-covered setting beats a block of many settings and two methods
-    wide = pd.DataFrame({"s1": [1] * 7, "s2": [1, 1, 0, 0, 0, 0, 0], "s3": [1, 1, 0, 0, 0, 0, 0]},
-                        index=list("abcdefg")).astype(bool)
-    assert data.complete_block(wide) == (list("abcdefg"), ["s1"])  # 7 results beat 2 × 3
-    assert data.complete_block(present[["a"]].iloc[:1]) == ([], [])
+def test_overview_counts_wins_ties_losses(built_site: Path, site_results: Path) -> None:
+    """Only significant differences after Holm count; shipped cards only (kd's ablation win is not counted)."""
+    sets = data.settings(data.load(site_results))
+    assert [s.key for s in sets if not data.on_leaderboard(s)] == [f"classification/{ABLATION_KEY}"]
+    means, record = data.overview(sets)
+    assert f"classification/{ABLATION_KEY}" not in means.columns
+    # kd: better on classification, ≈ on detection and translation; gold: better on detection; pskd: worse
+    assert {m: str(record[m]) for m in ("kd", "gold", "pskd", "dkd")} == \
+        {"kd": "1/2/0", "gold": "1/1/0", "pskd": "0/0/1", "dkd": "0/1/0"}
+    assert "baseline" not in record and "teacher" not in record
+    overview = {r["method"]: r for r in json.loads((built_site / "overview.json").read_text())["rows"]}
+    assert (overview["kd"]["wins"], overview["kd"]["ties"], overview["kd"]["losses"]) == (1, 2, 0)
+    assert overview["baseline"]["wins"] is None and "avg_rank" not in overview["kd"]
+    html = _html(built_site, "")
+    row = re.search(r'<tr data-name="kd" .*?</tr>', html, re.S)
+    assert row is not None and ">1/2/0</td>" in row.group(0) and 'data-value="1.0"' in row.group(0)
+    assert "avg rank" not in html and "W/T/L" in html
+    assert "| kd | **+2.00** | ≈ +0.0030 | ≈ +1.25 | 1/2/0 |" in (built_site / "overview.md").read_text()
+
+
+def test_task_page_states_mdd_teacher_and_hardware(built_site: Path, site_results: Path) -> None:
+    table = compare_table(load_frame(site_results), "classification", "small")
+    page = _html(built_site, "task/classification/small")
+    assert html.escape(mdd_line(table), quote=False) in page
+    assert "MDD (80% power, α = 0.05/12 Holm)" in page  # the hostile method: identical differences, no test
+    # baseline and 12 methods × 3 seeds, the teacher shown, 2 ok hostile runs: 42, baseline seed 2 on the EPYC
+    assert f"hardware: 41 × {XEON}, 1 thread; 1 × {EPYC}, 2 threads" in page
+    assert "the record of the teacher the students learnt from (checkpoint 626262626262, seed 0)" in page
+    assert "1 other teacher record(s) not shown" in page
+    assert "≈ below MDD" in page and "Δ 95% CI" in page
+    kd = table.set_index("method").loc["kd"]
+    assert f"[{kd['delta_ci_low']:+.2f}, {kd['delta_ci_high']:+.2f}]" in page
+    translation = _html(built_site, "task/translation/small")
+    assert "the students used 2 different teachers" in translation
+    assert "(value from the students' records)" in translation
+    ablation = _html(built_site, f"task/classification/{data.slug(ABLATION_KEY)}")
+    assert "An ablation of card <code>small</code>" in ablation and "ablation of small" in _html(built_site, "")
+
+
+def test_methodology_states_what_is_scored_and_repeatable(built_site: Path) -> None:
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", _html(built_site, "methodology")))
+    assert ("A CPU run is bit-identical to another run of the same spec only on the same CPU model, ISA flags and "
+            "thread count") in text
+    assert "varies like another seed" in text
+    assert "of the final model of a run (its EMA model, where the card has one), never of a best epoch" in text
+    assert "Anything chosen — hyperparameters, a checkpoint, an early stop — is chosen on the val split" in text
+    assert "minimal detectable difference" in text and "wins/ties/losses" in text
+    for page in built_site.rglob("index.html"):
+        assert "deterministic for a seed" not in page.read_text(encoding="utf-8"), page
 
 
 def test_hostile_names_and_notes_are_escaped(built_site: Path) -> None:
@@ -124,18 +159,18 @@ def test_failed_run_is_listed_not_counted(built_site: Path) -> None:
 
 
 def test_reproduce_command_round_trips() -> None:
-    record = read_record(TEMPLATE)
+    record = make_record("classification", "kd", 0)
     record["spec"]["overrides"] = {"train.epochs": 5, "method.temperature": 2.5, "data.dataset": "on"}
     cmd = pages.reproduce_command(record)
     assert cmd.startswith("kdbench run --task classification --method kd --protocol small --seed 0")
     sets = re.findall(r"--set (\S+)", cmd)
     assert parse_sets([s.strip("'") for s in sets]) == record["spec"]["overrides"]
-    teacher = read_record(RESULTS / "detection" / "small" / "teacher" / "seed0.json")
+    teacher = make_record("detection", "teacher", 0, 0.4)
     assert pages.reproduce_command(teacher) == "kdbench teacher --task detection --protocol small --seed 0"
 
 
 def test_fast_validation_agrees_with_the_schema() -> None:
-    good = read_record(RESULTS / "detection" / "small" / "gold" / "seed0.json")
+    good = make_record("detection", "gold", 0, 0.3)
     mutations = [
         lambda r: r.update(extra=1), lambda r: r["protocol"].update(sha256="abc"),
         lambda r: r.update(error="x"), lambda r: r.update(status="failed"),
@@ -153,7 +188,7 @@ def test_fast_validation_agrees_with_the_schema() -> None:
 
 def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
     results = tmp_path / "results"
-    record = read_record(TEMPLATE)
+    record = make_record()
     write_record(results / "classification" / "small" / "kd" / "seed0.json", record)
     (results / "classification" / "small" / "kd" / "submission.yaml").write_text("who: me\n")
     with pytest.raises(UsageError, match="unknown key 'who'; valid: by, contact, url, paper, note"):
@@ -175,9 +210,10 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
 
 def test_smoke_records_are_not_on_the_leaderboard(tmp_path: Path) -> None:
     results = tmp_path / "results"
-    record = read_record(TEMPLATE)
+    record = make_record()
     write_record(results / "classification" / "small" / "kd" / "seed0.json", record)
-    smoke = {**record, "tier": "smoke", "protocol": {**record["protocol"], "name": "smoke"}}
+    smoke = make_record(name="smoke", tier="smoke")
+    assert validation_errors(smoke) == []
     write_record(results / "classification" / "smoke" / "kd" / "seed0.json", smoke)
     done = build_site(results, tmp_path / "site", jobs=1)
     assert done.records == 1
@@ -196,11 +232,11 @@ def test_parallel_build_is_identical(site_results: Path, built_site: Path, tmp_p
         assert (built_site / f).read_bytes() == (tmp_path / "site" / f).read_bytes(), f
 
 
-def test_build_and_serve_never_import_torch(tmp_path: Path) -> None:
+def test_build_and_serve_never_import_torch(site_results: Path, tmp_path: Path) -> None:
     code = (
         "import sys\n"
         "from kdbench.cli import main\n"
-        f"rc = main(['site', 'build', '--results', {str(RESULTS)!r}, '--out', {str(tmp_path / 'site')!r}])\n"
+        f"rc = main(['site', 'build', '--results', {str(site_results)!r}, '--out', {str(tmp_path / 'site')!r}])\n"
         "from kdbench.site.serve import make_server\n"
         f"make_server({str(tmp_path / 'site')!r}, 0).server_close()\n"
         "assert rc == 0, rc\n"
@@ -209,7 +245,7 @@ def test_build_and_serve_never_import_torch(tmp_path: Path) -> None:
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "site: 57 records" in run.stdout or "site:" in run.stdout
+    assert f"site: {len(site_records()) + 3} records, 4 settings" in run.stdout
 
 
 def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -224,3 +260,18 @@ def test_catalog_matches_the_registries() -> None:
 
     assert dumps(generate()) == dumps(load_catalog()), \
         "kdbench/site/catalog.json is out of date: run `python -m kdbench.site.catalog`"
+
+
+def test_card_match_uses_the_effective_card_sha(tmp_path: Path) -> None:
+    """"matches" when the records carry the shipped card's identity (kdbench.runner.protocol's), else "changed"."""
+    from kdbench.runner.protocol import load_protocol
+
+    for task in ("classification", "detection"):
+        card = load_protocol(task, "small")
+        assert pages.effective_sha(task, yaml.safe_load(card.path.read_text())) == card.sha256
+    sha = load_protocol("classification", "small").sha256
+    write_record(tmp_path / "r" / "classification" / "small" / "kd" / "seed0.json", make_record(sha=sha))
+    write_record(tmp_path / "r" / "detection" / "small" / "kd" / "seed0.json", make_record("detection", value=0.3))
+    build_site(tmp_path / "r", tmp_path / "site", jobs=1)
+    assert '<span class="badge rep">matches</span>' in _html(tmp_path / "site", "task/classification/small")
+    assert '<span class="badge warnb">changed</span>' in _html(tmp_path / "site", "task/detection/small")
