@@ -39,6 +39,18 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--teacher", type=Path, default=None,
                      help="the teacher checkpoint, for records of a given teacher")
 
+    tune = sub.add_parser("tune", help="a method's declared grid on one seed, chosen on val; writes the tune "
+                          "file a card cites")
+    tune.add_argument("--task", required=True, help="a task (kdbench list tasks)")
+    tune.add_argument("--protocol", default="small", help="a tier, card name or card path (default: small)")
+    tune.add_argument("--method", required=True, help="a method with a tuning grid (kdbench list methods)")
+    tune.add_argument("--seed", type=int, default=0, help="the one seed tuning trains (default: 0)")
+    tune.add_argument("--out", type=Path, default=None,
+                      help="the tune file (default: tuning/<card>-<method>.json beside the card)")
+    tune.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    _data_root_arg(tune)
+    _results_arg(tune)
+
     proto = sub.add_parser("protocol", help="protocol tools: check that a card can measure distillation")
     proto_sub = proto.add_subparsers(dest="protocol_command", required=True, parser_class=_Parser)
     check = proto_sub.add_parser("check", help="baseline at 1× and 2× epochs, teacher at 1× and 1.5×, baseline "
@@ -229,6 +241,15 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0 if report.status == "ok" else 1
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from kdbench.runner.tune import tune
+
+    result = tune(args.task, args.protocol, args.method, args.results, out=args.out, device=args.device,
+                  data_root=args.data_root, seed=args.seed)
+    print(result.text)
+    return 0
+
+
 def cmd_protocol(args: argparse.Namespace) -> int:
     from kdbench.runner.protocol_check import protocol_check
 
@@ -308,7 +329,7 @@ def cmd_site(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "reproduce": cmd_reproduce, "protocol": cmd_protocol, "sweep": cmd_sweep,
+COMMANDS = {"run": cmd_run, "reproduce": cmd_reproduce, "tune": cmd_tune, "protocol": cmd_protocol, "sweep": cmd_sweep,
             "teacher": cmd_teacher, "list": cmd_list, "validate": cmd_validate,
             "compare": cmd_compare, "site": cmd_site}
 

@@ -84,6 +84,6 @@ class Card:
     train: Train
     metrics: Metrics
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # the seeds a table of this card runs
-    methods: dict[str, dict[str, Any]] = field(default_factory=dict)  # tuned overrides (kdbench tune)
-    tuning: str | None = None  # the committed `kdbench tune` file the overrides come from
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method settings of this card
+    tuning: dict[str, str] = field(default_factory=dict)  # method → its `kdbench tune` file (card folder)
     reference: Any = None  # published numbers quoted for context; never compared automatically

@@ -5,7 +5,7 @@ constructors take; a value left out keeps the constructor's default."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from kdbench.cards.sections import Card, TeacherTrain
 from kdbench.cards.typed import bounded

@@ -80,6 +80,10 @@ class MethodContext:
     epochs: int
 
 
+#: Runs every method's tuning grid gets (kdbench.runner.tune): equal budgets, or the comparison is not fair.
+TUNE_BUDGET = 4
+
+
 class Method(nn.Module, metaclass=ABCMeta):
     """Base class of every registered method.
 
@@ -93,6 +97,9 @@ class Method(nn.Module, metaclass=ABCMeta):
     teacher: ClassVar[TeacherKind]
     needs: ClassVar[frozenset[str]] = frozenset()
     requests: ClassVar[frozenset[str]] = frozenset()
+    #: `kdbench tune`'s grid: one or two key hyperparameters, TUNE_BUDGET points in all (the same
+    #: budget for every method), the paper default among them. Empty: nothing to tune.
+    tune_grid: ClassVar[dict[str, tuple[Any, ...]]] = {}
     #: Runner-served needs (`past_model`) this instance uses, decided once it has seen the
     #: Outputs: PS-KD keeps a per-sample table where heads are (B, K), else the previous epoch.
     runtime_needs: frozenset[str] = frozenset()

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import Tensor
 
@@ -19,6 +20,7 @@ class BDKD(Method):
     """BD-KD: CE + per-sample entropy-gap-weighted forward and reverse KL."""
 
     name = "bdkd"
+    tune_grid: ClassVar[dict[str, tuple[float, ...]]] = {"temperature": (1.0, 2.0, 4.0, 8.0)}
     paper = "Amara et al., BD-KD: Balancing the Divergences for Online Knowledge Distillation, 2022"
     teacher = "external"
 

@@ -4,6 +4,7 @@ Enhancing Logits Utilization with an Auxiliary Head", 2024)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import Tensor, nn
 
@@ -23,6 +24,7 @@ class DHKD(Method):
     """
 
     name = "dhkd"
+    tune_grid: ClassVar[dict[str, tuple[float, ...]]] = {"temperature": (1.0, 2.0, 4.0, 8.0)}
     paper = "Yang et al., Dual-Head Knowledge Distillation: Enhancing Logits Utilization with an Auxiliary Head, 2024"
     teacher = "external"
     needs = frozenset({"features", "sample_heads"})

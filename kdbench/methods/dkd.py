@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import Tensor
 
@@ -17,6 +18,7 @@ class DKD(Method):
     """DKD: CE + min(e/warmup, 1)·(α·TCKD + β·NCKD) (mdistiller's CIFAR-100 defaults)."""
 
     name = "dkd"
+    tune_grid: ClassVar[dict[str, tuple[float, ...]]] = {"beta": (1.0, 2.0, 4.0, 8.0)}
     paper = "Zhao et al., Decoupled Knowledge Distillation, CVPR 2022"
     teacher = "external"
 

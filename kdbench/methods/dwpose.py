@@ -4,6 +4,7 @@ Distillation", ICCV 2023 Workshops; official code IDEA-Research/DWPose)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import Tensor, nn
 
@@ -38,6 +39,7 @@ class DWPose(Method):
     """
 
     name = "dwpose"
+    tune_grid: ClassVar[dict[str, tuple[float, ...]]] = {"stage2_fraction": (0.2, 0.3, 0.4, 0.5)}
     paper = "Yang et al., Effective Whole-body Pose Estimation with Two-stages Distillation, ICCVW 2023"
     teacher = "external"
     needs = frozenset({"features", "head_stage"})

@@ -4,6 +4,7 @@ Regression Task of DETRs as Fine-grained Distribution Refinement", ICLR 2025).""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -29,6 +30,7 @@ class GOLD(Method):
     """
 
     name = "gold"
+    tune_grid: ClassVar[dict[str, tuple[float, ...]]] = {"weight": (0.5, 1.0, 1.5, 3.0)}
     paper = "Peng et al., D-FINE: Redefine Regression Task of DETRs as Fine-grained Distribution Refinement, ICLR 2025"
     teacher = "self"
     needs = frozenset({"layers"})

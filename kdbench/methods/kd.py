@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import Tensor
 
@@ -17,6 +18,7 @@ class KD(Method):
     """Hinton KD: w_ce·CE + w_kd·T²·KL(σ(z_T/T) ‖ σ(z_S/T)) (mdistiller's CIFAR defaults)."""
 
     name = "kd"
+    tune_grid: ClassVar[dict[str, tuple[float, ...]]] = {"temperature": (1.0, 2.0, 4.0, 8.0)}
     paper = "Hinton, Vinyals & Dean, Distilling the Knowledge in a Neural Network, 2015"
     teacher = "external"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import Tensor
 
@@ -17,6 +18,7 @@ class LabelSmoothing(Method):
     """Label smoothing: CE to (1−ε)·onehot + ε/K in place of the hard-label CE."""
 
     name = "ls"
+    tune_grid: ClassVar[dict[str, tuple[float, ...]]] = {"epsilon": (0.05, 0.1, 0.2, 0.3)}
     paper = "Szegedy et al., Rethinking the Inception Architecture for Computer Vision, CVPR 2016"
     teacher = "none"
     needs = frozenset({"ce_heads"})

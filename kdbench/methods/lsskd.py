@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import ClassVar
 
 from torch import Tensor
 
@@ -25,6 +26,7 @@ class LSSKD(Method):
     """LSSKD: one-to-one KD from each stage's head to the stage before it (kdbench reading)."""
 
     name = "lsskd"
+    tune_grid: ClassVar[dict[str, tuple[float, ...]]] = {"temperature": (1.0, 2.0, 3.0, 4.0)}
     paper = "Layered self-supervised knowledge distillation (auxiliary classifiers); no official code"
     teacher = "self"
     needs = frozenset({"layers"})

@@ -4,6 +4,7 @@ of Pre-Trained Transformers", NeurIPS 2020), v1: last-layer attention and value 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import Tensor
 
@@ -35,6 +36,7 @@ class MiniLM(Method):
     """
 
     name = "minilm"
+    tune_grid: ClassVar[dict[str, tuple[float, ...]]] = {"weight": (0.5, 1.0, 2.0, 4.0)}
     paper = ("Wang et al., MiniLM: Deep Self-Attention Distillation for Task-Agnostic Compression "
              "of Pre-Trained Transformers, NeurIPS 2020")
     teacher = "external"

@@ -4,6 +4,7 @@ Out-of-Distribution Detection in Text", ACL 2023)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +33,7 @@ class MLKD(Method):
     """
 
     name = "mlkd"
+    tune_grid: ClassVar[dict[str, tuple[float, ...]]] = {"temperature": (0.25, 0.5, 1.0, 2.0)}
     paper = "Wu et al., Multi-Level Knowledge Distillation for Out-of-Distribution Detection in Text, ACL 2023"
     teacher = "external"
     needs = frozenset({"features"})

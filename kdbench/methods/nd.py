@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +26,7 @@ class ND(Method):
     """
 
     name = "nd"
+    tune_grid: ClassVar[dict[str, tuple[float, ...]]] = {"nd_weight": (0.5, 1.0, 2.0, 4.0)}
     paper = "Wang et al., Improving Knowledge Distillation via Regularizing Feature Norm and Direction, 2023"
     teacher = "external"
     needs = frozenset({"features", "teacher_pass", "sample_heads"})

@@ -4,6 +4,7 @@ A Unified Approach with Normalized Loss and Customized Soft Labels", ICCV 2023).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import Tensor
 
@@ -18,6 +19,7 @@ class NKD(Method):
     """NKD: CE + normalized target and non-target KD (ImageNet CNN defaults λ 1, γ 1.5)."""
 
     name = "nkd"
+    tune_grid: ClassVar[dict[str, tuple[float, ...]]] = {"temperature": (1.0, 2.0, 3.0, 4.0)}
     paper = "Yang et al., Normalized Loss and Customized Soft Labels (NKD/USKD), ICCV 2023"
     teacher = "external"
 

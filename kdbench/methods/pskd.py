@@ -4,6 +4,7 @@ ICCV 2021; official code lgcnsai/PS-KD-Pytorch)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,7 @@ class PSKD(Method):
     """
 
     name = "pskd"
+    tune_grid: ClassVar[dict[str, tuple[float, ...]]] = {"alpha_T": (0.2, 0.4, 0.6, 0.8)}
     paper = "Kim et al., Self-Knowledge Distillation with Progressive Refinement of Targets, ICCV 2021"
     teacher = "self"
     needs = frozenset({"label_heads"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -25,6 +26,7 @@ class TAID(Method):
     """
 
     name = "taid"
+    tune_grid: ClassVar[dict[str, tuple[float, ...]]] = {"alpha": (1e-4, 5e-4, 1e-3, 5e-3)}
     paper = "Shing et al., TAID: Temporally Adaptive Interpolated Distillation, ICLR 2025"
     teacher = "external"
 

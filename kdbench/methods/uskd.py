@@ -5,6 +5,7 @@ Labels", ICCV 2023; official code yzd-v/cls_KD)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import Tensor, nn
 
@@ -25,6 +26,7 @@ class USKD(Method):
     """
 
     name = "uskd"
+    tune_grid: ClassVar[dict[str, tuple[float, ...]]] = {"alpha": (0.05, 0.1, 0.2, 0.5)}
     paper = "Yang et al., Normalized Loss and Customized Soft Labels (NKD/USKD), ICCV 2023"
     teacher = "self"
     needs = frozenset({"features", "sample_heads"})

@@ -165,6 +165,9 @@ def card_sha256(plain: dict[str, Any]) -> str:
 def _load(path: Path, task: str) -> Protocol:
     raw = _read(path)
     typed, plain, sha = _typed(raw, task, f"protocol card {path}: ")
+    from kdbench.runner.tune import check_citations
+
+    check_citations(typed.methods, typed.tuning, path.parent, f"protocol card {path}: ")
     shipped = task_cards(task).get(typed.name)
     if shipped is not None and shipped.resolve() == path.resolve():
         shipped_sha: str | None = sha

@@ -129,3 +129,51 @@ def test_protocol_check_runs_on_every_smoke_card(task: str, results: Path, capsy
         (1 if check["direction"] == "higher" else -1) * (check["teacher"]["val"] - check["baseline"]["mean"]))
     card_records = sorted(p.parent.parent.name for p in (results / task).glob("*/*/seed*.json"))
     assert "smoke" in card_records and any(k.startswith("smoke+") for k in card_records)
+
+
+def test_every_tuning_grid_has_the_same_budget_and_holds_the_paper_default() -> None:
+    import dataclasses
+
+    from kdbench.methods import registry
+    from kdbench.methods.base import TUNE_BUDGET
+    from kdbench.runner.tune import grid_points
+
+    for name, cls in registry().items():
+        if not cls.tune_grid:
+            continue
+        assert len(grid_points(cls.tune_grid)) == TUNE_BUDGET, name
+        assert 1 <= len(cls.tune_grid) <= 2, name
+        defaults = {f.name: f.default for f in dataclasses.fields(cls.Config)}
+        assert all(defaults[k] in values for k, values in cls.tune_grid.items()), name
+
+
+def test_a_card_cites_its_tuning_file_and_must_agree_with_it(tmp_path: Path) -> None:
+    tuning = tmp_path / "tuning"
+    tuning.mkdir()
+    (tuning / "mine-kd.json").write_text(json.dumps({"method": "kd", "choice": {"temperature": 2.0}}))
+    good = _card(tmp_path, name="mine", methods={"kd": {"temperature": 2.0}}, tuning={"kd": "tuning/mine-kd.json"})
+    assert load_protocol("classification", str(good)).method_hparams("kd") == {"temperature": 2.0}
+    bad = _card(tmp_path, name="mine", methods={"kd": {"temperature": 4.0}}, tuning={"kd": "tuning/mine-kd.json"})
+    with pytest.raises(UsageError, match=r"tuning\.kd: the card sets \{'temperature': 4\.0\}, the tune file chose"):
+        load_protocol("classification", str(bad))
+    outside = _card(tmp_path, name="mine", tuning={"kd": "../../etc/passwd"})
+    with pytest.raises(UsageError, match="outside the card's folder"):
+        load_protocol("classification", str(outside))
+
+
+@pytest.mark.slow
+def test_tune_chooses_on_val_and_writes_the_file(results: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "tuning" / "smoke-kd.json"
+    assert main(["tune", "--task", "classification", "--protocol", "smoke", "--method", "kd",
+                 "--results", str(results), "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["split"] == "val" and data["budget"] == 4 and len(data["runs"]) == 4
+    best = max(data["runs"], key=lambda r: (r["val"], -data["runs"].index(r)))
+    assert data["choice"] == best["hparams"]
+    for row in data["runs"]:  # every grid point is an ablation record, never the card's own
+        record = json.loads((results / row["record"]).read_text())
+        assert record["protocol"]["shipped"] is False and record["metrics"]["val"]["top1"] == row["val"]
+    assert not (results / "classification" / "smoke" / "kd").exists()
+    assert main(["tune", "--task", "classification", "--protocol", "smoke", "--method", "baseline",
+                 "--results", str(results)]) == 2
