@@ -107,12 +107,12 @@ def test_cifar100_standard_card_on_a_fixture(tmp_path: Path, capsys: pytest.Capt
     record = _record(tmp_path / "res", "kd", protocol="cifar100")
     assert record["tier"] == "standard" and record["student"]["arch"] == "resnet8x4"
     assert record["teacher"]["arch"] == "resnet32x4" and record["teacher"]["source"] == "given"
-    assert record["spec"]["overrides"] == {"train.epochs": 1, "train.batch_size": 12}
+    assert record["spec"]["overrides"] == {"train.epochs": 1, "train.batch_size": 12, "data.val_size": 6}
     assert set(record["metrics"]["values"]) == {"top1", "top5", "nll", "ece", "aurc"}
     capsys.readouterr()
     assert main([*common, "--method", "pskd", "--teacher", str(teacher)]) == 2
     assert "--teacher is for methods with an external teacher" in capsys.readouterr().err
-    assert main([*common[:-4], "--method", "baseline", "--data-root", str(tmp_path / "empty")]) == 1
+    assert main([*common[:-6], "--method", "baseline", "--data-root", str(tmp_path / "empty")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cifar-100-python" in err[0] and "cifar-100-python.tar.gz" in err[0]
 
