@@ -265,7 +265,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         for task in TASKS:
             adapter = get_adapter(task)
             parts = ", ".join(sorted(adapter.provides))
-            print(f"{task:<16} primary {adapter.primary_metric:<6} provides {parts}")
+            print(f"{task:<16} provides {parts}")
     elif args.what == "methods":
         from kdbench.adapters import TASKS, get_adapter
         from kdbench.methods import registry

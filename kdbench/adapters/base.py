@@ -23,7 +23,6 @@ class Adapter(ABC):
     Attributes:
         task: the task's name on the command line.
         provides: which method needs (kdbench.methods.base.NEEDS) this adapter can supply.
-        primary_metric: the metric tables rank by (its direction is in kdbench.metrics).
         evaluation_version: bumped whenever data preparation, splits or metric code change what a
             number means; tables never mix versions.
 
@@ -34,7 +33,6 @@ class Adapter(ABC):
 
     task: ClassVar[str]
     provides: ClassVar[frozenset[str]]
-    primary_metric: ClassVar[str]
     evaluation_version: ClassVar[int]
     """Bumped whenever data preparation, splits or metric code change what a number means; tables
     never mix versions."""

@@ -28,10 +28,13 @@ class Flip:
 
 @dataclass(frozen=True, kw_only=True)
 class ClassificationData:
-    """digits: stratified train/val/test fractions; cifar100: val_size images held out of the
+    """digits: stratified train/val/test fractions; mnist1d: the same of a pool of num_samples
+    signals generated with the generator's seed; cifar100: val_size images held out of the
     official training file (test = the official test file)."""
 
-    dataset: Literal["digits", "cifar100"]
+    dataset: Literal["digits", "mnist1d", "cifar100"]
+    num_samples: int | None = bounded(None, ge=10)
+    seed: int | None = bounded(None, ge=0)
     val_fraction: float | None = bounded(None, gt=0, lt=1)
     test_fraction: float | None = bounded(None, gt=0, lt=1)
     val_size: int | None = bounded(None, ge=1)
@@ -55,7 +58,7 @@ class ClassificationTeacher(ClassificationModel, TeacherOf):
 @dataclass(frozen=True, kw_only=True)
 class ClassificationCard(Card):
     data: ClassificationData
-    augmentation: Literal["none", "shift", "crop_flip"] = "none"
+    augmentation: Literal["none", "shift", "crop_flip", "shift1d"] = "none"
     student: ClassificationModel
     teacher: ClassificationTeacher
 

@@ -80,7 +80,6 @@ def generate() -> dict[str, Any]:
     for task in TASKS:
         adapter = get_adapter(task)
         tasks[task] = {
-            "primary": adapter.primary_metric,
             "provides": sorted(adapter.provides),
             "doc": inspect.cleandoc(adapter.__doc__ or "").split("\n\n")[0],
         }

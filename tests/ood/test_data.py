@@ -90,7 +90,7 @@ def test_clinc150_real_file_split_sizes() -> None:
 def test_primary_metric_comes_from_the_card_and_must_be_an_ood_metric() -> None:
     adapter = OODAdapter(apply_overrides(load_protocol("ood", "smoke"), {"metrics.primary": "fpr95_energy_far"}),
                          None, torch.device("cpu"))
-    assert adapter.primary_metric == "fpr95_energy_far"
+    assert adapter.protocol.typed.metrics.primary == "fpr95_energy_far"
     with pytest.raises(UsageError, match="not an OOD metric"):
         OODAdapter(apply_overrides(load_protocol("ood", "smoke"), {"metrics.primary": "top1"}),
                    None, torch.device("cpu"))

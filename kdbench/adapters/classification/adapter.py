@@ -1,4 +1,4 @@
-"""Image classification: digits (embedded) and CIFAR-100 (the user's files)."""
+"""Classification: digits (embedded), MNIST-1D signals (generated offline) and CIFAR-100 (the user's files)."""
 
 from __future__ import annotations
 
@@ -18,15 +18,16 @@ from kdbench.adapters.classification.models import build_model
 from kdbench.adapters.splits import check_split
 from kdbench.errors import KDBenchError, UsageError
 from kdbench.outputs import Head, Outputs
+from kdbench.runner.checkpoint import cache_dir
 from kdbench.runner.protocol import Protocol
 
-DATASETS = ("digits", "cifar100")
+DATASETS = ("digits", "mnist1d", "cifar100")
 _MODEL_KEYS = ("arch", "seed", "train")  # card keys that are not model arguments
 
 
 @dataclass
 class Batch:
-    images: Tensor  # (B, C, H, W) on the device
+    images: Tensor  # (B, C, H, W), or (B, C, L) signals, on the device
     labels: Tensor  # (B,)
     ids: Tensor  # (B,) indices into the training set
 
@@ -36,7 +37,6 @@ class ClassificationAdapter(Adapter):
 
     task = "classification"
     provides = frozenset({"layers", "features", "ids", "teacher_pass", "sample_heads", "ce_heads", "label_heads"})
-    primary_metric = "top1"
     evaluation_version = 2  # 2: train/val/test (val held out of the training data), test scored once
     teacher_inputs_fixed = True  # batches and augmentation derive from (seed, epoch) alone
 
@@ -47,6 +47,10 @@ class ClassificationAdapter(Adapter):
         if self.augmentation not in D.AUGMENT_KINDS:
             raise UsageError(f"unknown augmentation {self.augmentation!r}; "
                              f"valid: {', '.join(D.AUGMENT_KINDS)}")
+        signals = self.train_set.images.dim() == 3
+        if self.augmentation != "none" and signals != (self.augmentation in D.AUGMENT_1D):
+            raise UsageError(f"protocol {self.protocol.name!r}: augmentation {self.augmentation!r} does not apply "
+                             f"to inputs of shape {tuple(self.train_set.images.shape[1:])}")
 
     def _load(self, spec: dict[str, Any]) -> tuple[D.ArrayDataset, D.ArrayDataset, D.ArrayDataset]:
         name = spec.get("dataset")
@@ -56,6 +60,15 @@ class ClassificationAdapter(Adapter):
                     float(spec.get("val_fraction", 0.15)), float(spec.get("test_fraction", 0.25)),
                     int(spec.get("split_seed", 0)), spec.get("limit_train"), spec.get("limit_val"),
                     spec.get("limit_test"))
+            except ValueError as e:
+                raise UsageError(f"protocol {self.protocol.name!r} data: {e}") from None
+        if name == "mnist1d":
+            try:
+                return D.load_mnist1d_split(
+                    int(spec.get("num_samples", 10000)), float(spec.get("val_fraction", 0.2)),
+                    float(spec.get("test_fraction", 0.3)), int(spec.get("split_seed", 0)),
+                    int(spec.get("seed", 42)), spec.get("limit_train"), spec.get("limit_val"),
+                    spec.get("limit_test"), cache=cache_dir() / "data")
             except ValueError as e:
                 raise UsageError(f"protocol {self.protocol.name!r} data: {e}") from None
         if name == "cifar100":

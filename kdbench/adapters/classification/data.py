@@ -1,4 +1,5 @@
-"""Classification data: scikit-learn's digits (embedded) and CIFAR-100 (user's files), in memory.
+"""Classification data: scikit-learn's digits (embedded), MNIST-1D (generated offline) and
+CIFAR-100 (user's files), in memory.
 
 Datasets are held as normalised float32 tensors; augmentation runs on batches of tensors and
 is deterministic given a `torch.Generator`. No code here downloads anything.
@@ -6,7 +7,9 @@ is deterministic given a `torch.Generator`. No code here downloads anything.
 
 from __future__ import annotations
 
+import importlib.metadata
 import pickle
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kdbench.adapters.generated import materialise
 from kdbench.adapters.splits import stratified_holdout
 
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
@@ -23,15 +27,17 @@ CIFAR100_DIR = "cifar-100-python"
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 
-AUGMENT_KINDS: tuple[str, ...] = ("none", "shift", "crop_flip")
+AUGMENT_KINDS: tuple[str, ...] = ("none", "shift", "crop_flip", "shift1d")
+AUGMENT_1D: frozenset[str] = frozenset({"shift1d"})  # the kinds for (N, C, L) signals ("none" fits all)
+MNIST1D_VERSION = 1  # bump when the cached pool's layout or generation changes
 
 
 @dataclass
 class ArrayDataset:
-    """An in-memory labelled image set.
+    """An in-memory labelled image (or 1-D signal) set.
 
     Attributes:
-        images: (N, C, H, W) float32, already normalised.
+        images: (N, C, H, W) images or (N, C, L) signals, float32, already normalised.
         labels: (N,) int64 class indices in [0, num_classes).
         num_classes: K.
         class_names: K names, index-aligned with the labels.
@@ -47,9 +53,9 @@ class ArrayDataset:
     source_ids: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        if self.images.dim() != 4 or self.labels.shape != (self.images.shape[0],):
+        if self.images.dim() not in (3, 4) or self.labels.shape != (self.images.shape[0],):
             raise ValueError(
-                f"ArrayDataset expects images (N, C, H, W) and labels (N,), got "
+                f"ArrayDataset expects images (N, C, H, W) or signals (N, C, L) and labels (N,), got "
                 f"{tuple(self.images.shape)} and {tuple(self.labels.shape)}"
             )
         if len(self.class_names) != self.num_classes:
@@ -106,14 +112,28 @@ def load_digits_split(
         ValueError: the fractions leave no training images.
     """
     from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.data.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)  # (1797, 1, 8, 8)
+    y = digits.target.astype(np.int64)
+    return _split_three(x, y, val_fraction, test_fraction, split_seed, (limit_train, limit_val, limit_test))
+
+
+def _split_three(
+    x: np.ndarray,
+    y: np.ndarray,
+    val_fraction: float,
+    test_fraction: float,
+    split_seed: int,
+    limits: tuple[int | None, int | None, int | None],
+) -> tuple[ArrayDataset, ArrayDataset, ArrayDataset]:
+    """Stratified train/val/test of a pool of 10 classes (see `load_digits_split`), normalised with
+    the training set's mean and std (one channel); each set ordered round-robin over classes."""
     from sklearn.model_selection import train_test_split
 
     if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ValueError(f"need 0 < val_fraction, 0 < test_fraction, val_fraction + test_fraction < 1; "
                          f"got {val_fraction}, {test_fraction}")
-    digits = load_digits()
-    x = (digits.data.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)  # (1797, 1, 8, 8)
-    y = digits.target.astype(np.int64)
     idx_rest, idx_test = train_test_split(
         np.arange(len(y)), test_size=test_fraction, stratify=y, random_state=split_seed
     )
@@ -121,9 +141,9 @@ def load_digits_split(
     idx_train, idx_val = train_test_split(
         idx_rest, test_size=n_val, stratify=y[idx_rest], random_state=split_seed
     )
-    idx_train = idx_train[_interleave_classes(y[idx_train])][:limit_train]
-    idx_val = idx_val[_interleave_classes(y[idx_val])][:limit_val]
-    idx_test = idx_test[_interleave_classes(y[idx_test])][:limit_test]
+    idx_train = idx_train[_interleave_classes(y[idx_train])][:limits[0]]
+    idx_val = idx_val[_interleave_classes(y[idx_val])][:limits[1]]
+    idx_test = idx_test[_interleave_classes(y[idx_test])][:limits[2]]
     mean, std = float(x[idx_train].mean()), float(x[idx_train].std())
     names = [str(c) for c in range(10)]
 
@@ -132,6 +152,94 @@ def load_digits_split(
         return ArrayDataset(images, torch.from_numpy(y[idx]), 10, names, idx.astype(np.int64))
 
     return make(idx_train), make(idx_val), make(idx_test)
+
+
+def _generate_mnist1d(num_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The MNIST-1D generator (Greydanus, 2020) with its default arguments: a pool of
+    ⌊num_samples / 10⌋ signals per class, (N, 40) float64 and (N,) labels.
+
+    `make_dataset` is procedural and offline (its download path, `get_dataset`, is never used);
+    it reseeds Python's and NumPy's global generators, whose states are restored afterwards.
+    """
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples, args.seed, args.train_split = num_samples, seed, 1.0  # all in 'x': split here
+    states = random.getstate(), np.random.get_state()
+    try:
+        pool = make_dataset(args)
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+    return np.asarray(pool["x"], dtype=np.float64), np.asarray(pool["y"], dtype=np.int64)
+
+
+def mnist1d_pool(num_samples: int, seed: int, cache: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The generated MNIST-1D pool, (N, 40) float32 signals and (N,) int64 labels.
+
+    Generating takes about 0.4 ms a signal; with `cache` the pool is written once to
+    `cache/mnist1d-<key>/pool.npz` (key: the parameters and the mnist1d version) and read back.
+    """
+    if cache is None:
+        x, y = _generate_mnist1d(num_samples, seed)
+        return x.astype(np.float32), y
+    params = {"version": MNIST1D_VERSION, "mnist1d": importlib.metadata.version("mnist1d"),
+              "num_samples": num_samples, "seed": seed}
+    from kdbench.runner.checkpoint import sha256_json
+
+    def write(folder: Path) -> None:
+        x, y = _generate_mnist1d(num_samples, seed)
+        np.savez(folder / "pool.npz", x=x.astype(np.float32), y=y)
+
+    root = materialise(Path(cache) / f"mnist1d-{sha256_json(params)[:16]}", params, write)
+    with np.load(root / "pool.npz") as f:
+        return f["x"], f["y"]
+
+
+def load_mnist1d_split(
+    num_samples: int = 10000,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.3,
+    split_seed: int = 0,
+    seed: int = 42,
+    limit_train: int | None = None,
+    limit_val: int | None = None,
+    limit_test: int | None = None,
+    cache: Path | None = None,
+) -> tuple[ArrayDataset, ArrayDataset, ArrayDataset]:
+    """MNIST-1D (Greydanus, 2020): 10 classes of 40-sample 1-D signals, generated offline by the
+    `mnist1d` package, split stratified in three like `load_digits_split`.
+
+    One pool of ⌊num_samples / 10⌋ signals per class is generated with the generator's own
+    `seed` (its default arguments otherwise: template length 12, padding 36–60, translation up to
+    48, correlated and iid noise, shear); test, then val are split off it with `split_seed`.
+    Signals are normalised with the training set's mean and std.
+
+    Args:
+        num_samples: pool size (rounded down to a multiple of 10).
+        val_fraction: fraction of the pool held out for validation, in (0, 1).
+        test_fraction: fraction of the pool held out for testing, in (0, 1).
+        split_seed: `random_state` of both stratified splits.
+        seed: the generator's seed.
+        limit_train: keep at most this many training signals.
+        limit_val: keep at most this many validation signals.
+        limit_test: keep at most this many test signals.
+        cache: folder where the generated pool is written once and reused (None: regenerate).
+
+    Returns:
+        (train, val, test) datasets with signals (N, 1, 40); `source_ids` index the pool.
+
+    Raises:
+        ValueError: fewer than 10 samples, or the fractions leave no training signals.
+    """
+    if num_samples < 10:
+        raise ValueError(f"MNIST-1D num_samples must be ≥ 10 (one per class), got {num_samples}")
+    if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(f"need 0 < val_fraction, 0 < test_fraction, val_fraction + test_fraction < 1; "
+                         f"got {val_fraction}, {test_fraction}")
+    x, y = mnist1d_pool(num_samples, seed, cache)
+    return _split_three(x[:, None, :], y, val_fraction, test_fraction, split_seed,
+                        (limit_train, limit_val, limit_test))
 
 
 def _missing_message(path: Path, root: Path) -> str:
@@ -286,23 +394,38 @@ def _random_crop(images: Tensor, pad: int, flip: bool, generator: torch.Generato
     return padded[batch, chans, rows[:, None, :, None], cols[:, None, None, :]]  # (N, C, H, W)
 
 
+def _random_shift1d(signals: Tensor, pad: int, generator: torch.Generator) -> Tensor:
+    """Shift each (C, L) signal by a random offset in [-pad, pad], zero-filled; one gather."""
+    n, c, length = signals.shape
+    dev = generator.device
+    offset = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=dev)  # (N,)
+    idx = (offset[:, None] + torch.arange(length, device=dev)).to(signals.device)  # (N, L)
+    padded = torch.nn.functional.pad(signals, (pad, pad))  # (N, C, L+2p)
+    return padded.gather(2, idx[:, None, :].expand(n, c, length))  # (N, C, L)
+
+
 def augment(images: Tensor, kind: str, generator: torch.Generator) -> Tensor:
     """Augment a batch; deterministic given the generator's state.
 
     Padding is with zeros of the (already normalised) images, i.e. the dataset's mean colour.
 
     Args:
-        images: (N, C, H, W) batch.
+        images: (N, C, H, W) batch, or (N, C, L) signals for "none" and "shift1d".
         kind: "none" (identity: the input itself is returned), "shift" (random shift by up to
-            1 pixel, for digits) or "crop_flip" (random crop with 4-pixel padding and a
-            horizontal flip with p = 0.5: the standard CIFAR augmentation).
+            1 pixel, for digits), "crop_flip" (random crop with 4-pixel padding and a
+            horizontal flip with p = 0.5: the standard CIFAR augmentation) or "shift1d" (a 1-D
+            signal shifted by up to 2 samples, for MNIST-1D).
         generator: source of randomness; its device is where offsets are drawn.
 
     Returns:
-        (N, C, H, W) augmented batch.
+        The augmented batch, shaped as `images`.
     """
     if kind == "none":
         return images
+    if (images.dim() == 3) != (kind in AUGMENT_1D):
+        raise ValueError(f"augmentation {kind!r} does not apply to a batch of shape {tuple(images.shape)}")
+    if kind == "shift1d":
+        return _random_shift1d(images, pad=2, generator=generator)
     if kind == "shift":
         return _random_crop(images, pad=1, flip=False, generator=generator)
     if kind == "crop_flip":

@@ -1,4 +1,5 @@
-"""Classification students and teachers: a small ConvNet and the CIFAR ResNets of the KD literature.
+"""Classification students and teachers: a small ConvNet, its 1-D form for signals (MNIST-1D)
+and the CIFAR ResNets of the KD literature.
 
 Every model returns a `ClassifierOutput`: the final logits, the logits of optional auxiliary
 heads (earliest first) and named features ("stage1".."stage3" maps and the pooled "embedding").
@@ -27,7 +28,8 @@ class ClassifierOutput:
     Attributes:
         logits: (B, K) final logits; never depend on the auxiliary heads.
         aux_logits: (B, K) logits of each auxiliary head, earliest stage first; empty if none.
-        features: "stage1", "stage2", "stage3" maps (B, C, H, W) after each stage and
+        features: "stage1", "stage2", "stage3" maps (B, C, H, W), or (B, C, L) for the 1-D
+            models, after each stage and
             "embedding" (B, D), the pooled vector fed to the final linear layer.
     """
 
@@ -44,13 +46,21 @@ def _conv_bn_relu(c_in: int, c_out: int, kernel: int = 3, stride: int = 1) -> nn
     )
 
 
+def _conv_bn_relu1d(c_in: int, c_out: int, kernel: int = 5) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2, bias=False),
+        nn.BatchNorm1d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
 def _init_weights(modules: Sequence[nn.Module]) -> None:
     """Kaiming-normal convs, BN weight 1 and bias 0 (as torchvision's ResNet)."""
     for root in modules:
         for m in root.modules():
-            if isinstance(m, nn.Conv2d):
+            if isinstance(m, (nn.Conv2d, nn.Conv1d)):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
+            elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
@@ -77,6 +87,25 @@ class AuxHead(nn.Module):
         return self.fc(x.mean(dim=(2, 3)))
 
 
+class AuxHead1d(nn.Module):
+    """`AuxHead` for (B, C, L) maps: conv3 (stride 2; 1 when L ≤ 2) → BN → ReLU → conv1 to
+    `out_channels` → BN → ReLU → global average pool → Linear to K."""
+
+    def __init__(self, in_channels: int, out_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(in_channels, in_channels, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm1d(in_channels)
+        self.proj = _conv_bn_relu1d(in_channels, out_channels, kernel=1)
+        self.fc = nn.Linear(out_channels, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Map a (B, C, L) stage output to (B, K) logits."""
+        stride = 1 if x.shape[-1] <= 2 else 2
+        x = F.conv1d(x, self.conv.weight, stride=stride, padding=1)
+        x = self.proj(F.relu(self.bn(x)))  # (B, C_out, L')
+        return self.fc(x.mean(dim=2))
+
+
 class StagedClassifier(nn.Module):
     """A stem, three stages, global average pooling and a linear classifier.
 
@@ -93,6 +122,7 @@ class StagedClassifier(nn.Module):
         widths: Sequence[int],
         num_classes: int,
         aux_heads: bool,
+        aux_head: Callable[[int, int, int], nn.Module] = AuxHead,
     ) -> None:
         super().__init__()
         if len(stages) != len(STAGES) or len(widths) != len(STAGES):
@@ -103,7 +133,7 @@ class StagedClassifier(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.fc = nn.Linear(widths[-1], num_classes)
         _init_weights([self.stem, self.stages])
-        heads = [AuxHead(w, widths[-1], num_classes) for w in widths[:2]] if aux_heads else []
+        heads = [aux_head(w, widths[-1], num_classes) for w in widths[:2]] if aux_heads else []
         self.aux_heads = nn.ModuleList(heads)
         _init_weights([self.aux_heads])
 
@@ -114,13 +144,13 @@ class StagedClassifier(nn.Module):
         return dims
 
     def forward(self, x: Tensor) -> ClassifierOutput:
-        """Classify a (B, C_in, H, W) batch; see `ClassifierOutput`."""
+        """Classify a (B, C_in, H, W) batch, or (B, C_in, L) for the 1-D models; see `ClassifierOutput`."""
         features: dict[str, Tensor] = {}
         x = self.stem(x)
         for name, stage in zip(STAGES, self.stages, strict=True):
-            x = stage(x)  # (B, C_i, H_i, W_i)
+            x = stage(x)  # (B, C_i, H_i, W_i) or (B, C_i, L_i)
             features[name] = x
-        embedding = x.mean(dim=(2, 3))  # (B, D) global average pool
+        embedding = x.mean(dim=tuple(range(2, x.dim())))  # (B, D) global average pool
         features["embedding"] = embedding
         aux = [head(features[name]) for name, head in zip(STAGES[:2], self.aux_heads, strict=False)]
         return ClassifierOutput(logits=self.fc(embedding), aux_logits=aux, features=features)
@@ -155,6 +185,37 @@ class ConvNet(StagedClassifier):
             stages.append(nn.Sequential(*pool, _conv_bn_relu(c_in, w), _conv_bn_relu(w, w)))
             c_in = w
         super().__init__(nn.Identity(), stages, widths, num_classes, aux_heads)
+
+
+class ConvNet1d(StagedClassifier):
+    """`ConvNet` for 1-D signals: 3 stages of two conv5-BN-ReLU, max-pool by 2 between stages.
+
+    For MNIST-1D's 40-sample signals the stages run at lengths 40, 20 and 10; the auxiliary
+    heads are `AuxHead1d`.
+
+    Args:
+        widths: channels of the three stages.
+        num_classes: K.
+        in_channels: input channels.
+        aux_heads: add auxiliary classifiers after stage1 and stage2.
+    """
+
+    def __init__(
+        self,
+        widths: Sequence[int] = (16, 32, 64),
+        num_classes: int = 10,
+        in_channels: int = 1,
+        aux_heads: bool = False,
+    ) -> None:
+        if len(widths) != len(STAGES):
+            raise ValueError(f"ConvNet1d needs {len(STAGES)} widths, got {tuple(widths)}")
+        stages: list[nn.Module] = []
+        c_in = in_channels
+        for i, w in enumerate(widths):
+            pool: list[nn.Module] = [nn.MaxPool1d(2)] if i > 0 else []
+            stages.append(nn.Sequential(*pool, _conv_bn_relu1d(c_in, w), _conv_bn_relu1d(w, w)))
+            c_in = w
+        super().__init__(nn.Identity(), stages, widths, num_classes, aux_heads, AuxHead1d)
 
 
 class BasicBlock(nn.Module):
@@ -236,6 +297,7 @@ def register(name: str) -> Callable[[ModelFactory], ModelFactory]:
 
 
 register("convnet")(ConvNet)
+register("convnet1d")(ConvNet1d)
 
 _RESNETS: dict[str, tuple[int, tuple[int, ...]]] = {
     "resnet8": (8, (16, 16, 32, 64)),
@@ -266,9 +328,9 @@ def build_model(
     Args:
         arch: registered name, e.g. "convnet" or "resnet32x4".
         num_classes: K.
-        in_channels: input channels (1 for digits, 3 for CIFAR).
+        in_channels: input channels (1 for digits and MNIST-1D, 3 for CIFAR).
         aux_heads: add auxiliary classifiers after stage1 and stage2.
-        **kwargs: architecture options, e.g. `widths` for "convnet".
+        **kwargs: architecture options, e.g. `widths` for "convnet" and "convnet1d".
 
     Returns:
         The model, with freshly initialised weights.

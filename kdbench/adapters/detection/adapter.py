@@ -42,7 +42,6 @@ class DetectionAdapter(Adapter):
 
     task = "detection"
     provides = frozenset({"layers", "features", "ids"})
-    primary_metric = "ap"
     evaluation_version = 2  # 2: train/val/test (shapes: n_test scenes; COCO: val held out of train2017)
 
     def __init__(self, protocol: Protocol, data_root: Path | None, device: torch.device) -> None:

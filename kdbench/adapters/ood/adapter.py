@@ -50,19 +50,17 @@ class OODAdapter(Adapter):
     task = "ood"
     provides = frozenset({"layers", "features", "attentions", "ids", "teacher_pass",
                           "sample_heads", "ce_heads", "label_heads"})
-    primary_metric = "auroc_msp"
     evaluation_version = 2  # 2: ID and OOD val splits (langid: generated, disjoint; CLINC150: val, oos_val)
 
     def __init__(self, protocol: Protocol, data_root: Path | None, device: torch.device) -> None:
         super().__init__(protocol, data_root, device)
         self.data = self._load(protocol.card["data"])
         self.max_chars = int(protocol.card["data"].get("max_chars", 64 if self._langid else 96))
-        primary = str(protocol.card["metrics"].get("primary", self.primary_metric))
+        primary = protocol.typed.metrics.primary  # the card is the one place that defines it
         if primary not in METRICS or not (primary == "id_acc" or primary.startswith(
                 tuple(f"{m}_" for m in OOD_DETECTION_METRICS))):
             raise UsageError(f"protocol {protocol.name!r}: metrics.primary {primary!r} is not an OOD "
                              "metric; valid: id_acc or {auroc,aupr_in,aupr_out,fpr95}_<score>[_<set>]")
-        self.primary_metric = primary  # type: ignore[misc]
         self.teacher: nn.Module | None = None
         self._teacher_logits: dict[tuple[str, str], np.ndarray] = {}
 

@@ -66,7 +66,6 @@ class PoseAdapter(Adapter):
 
     task = "pose"
     provides = frozenset({"features", "ids", "head_stage", "label_heads"})
-    primary_metric = "ap"
     evaluation_version = 2  # 2: train/val/test (figures: n_test images; COCO: val held out of train2017)
 
     def __init__(self, protocol: Protocol, data_root: Path | None, device: torch.device) -> None:

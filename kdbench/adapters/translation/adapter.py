@@ -49,7 +49,6 @@ class TranslationAdapter(Adapter):
     task = "translation"
     provides = frozenset({"layers", "attentions", "ids", "ce_heads", "label_heads", "sequence_targets"})
     teacher_inputs_fixed = True  # batches derive from (seed, epoch) alone; SeqKD's targets go online
-    primary_metric = "bleu"
     evaluation_version = 2  # 2: the datasets' valid splits are scored as "val", test only at the end
 
     def __init__(self, protocol: Protocol, data_root: Path | None, device: torch.device) -> None:
