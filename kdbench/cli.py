@@ -123,7 +123,8 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 def _sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", default="all", help="'all' or a comma list")
     p.add_argument("--methods", default="all", help="'all' (every method each task serves) or a comma list")
-    p.add_argument("--seeds", default="0-2", help="ranges and lists: 0-2, 0,3,5")
+    p.add_argument("--seeds", default="card", help="'card' (each card's seeds: list), or ranges and lists: "
+                   "0-4, 0,3,5 (default: card)")
     p.add_argument("--protocol", "--protocols", dest="protocols", default="small",
                    help="tiers, card names or card paths, comma-separated, or 'all'")
     p.add_argument("--executor", default="local", help="local, ray or slurm")

@@ -103,7 +103,8 @@ def make_plan(tasks: str, methods: str, seeds: str, protocols: str, sets: dict[s
     from kdbench.runner.teachers import teacher_path
 
     plan = Plan()
-    seed_list = parse_seeds(seeds)
+    by_card = seeds.strip() == "card"  # each card's own `seeds:`
+    seed_list = [] if by_card else parse_seeds(seeds)
     frozen_sets = tuple(sorted(sets.items()))
     teachers: dict[str, Item] = {}
     for task in _names(tasks, TASKS, "task"):
@@ -118,8 +119,9 @@ def make_plan(tasks: str, methods: str, seeds: str, protocols: str, sets: dict[s
                 plan.not_served.append((task, method, why))
                 continue
             for choice in _protocol_names(task, protocols, task_cards, TIERS):
-                card = load_protocol(task, choice).name
-                for seed in seed_list:
+                loaded = load_protocol(task, choice)
+                card = loaded.name
+                for seed in (loaded.typed.seeds if by_card else seed_list):
                     item = Item(task, choice, seed, method, frozen_sets, card)
                     spec = resolve(RunOptions(task=task, method=method, protocol=choice, seed=seed,
                                               data_root=data_root, results=results, sets=dict(sets)))

@@ -101,3 +101,14 @@ def test_ray_and_submitit_sweeps(kind: str, tmp_path: Path) -> None:
     assert outcomes["smoke"].status == "ok", outcomes["smoke"].message
     assert outcomes["broken"].status == "failed" and "ConvNet needs" in outcomes["broken"].message
     _check(results, ["smoke/baseline/seed0.json"])
+
+
+def test_seeds_default_to_each_cards_own(tmp_path: Path) -> None:
+    from kdbench.runner.protocol import load_protocol
+
+    plan = make_plan("classification", "baseline", "card", "smoke,small", {}, tmp_path, None)
+    by_card: dict[str, list[int]] = {}
+    for item in plan.runs:
+        by_card.setdefault(item.card, []).append(item.seed)
+    for card, seeds in by_card.items():
+        assert seeds == list(load_protocol("classification", card).typed.seeds)
