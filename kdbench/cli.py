@@ -16,7 +16,9 @@ class _Parser(argparse.ArgumentParser):
     """argparse whose errors are one line and exit 2 (the same as every other usage error)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(message)
+        from kdbench.record_checks import cut
+
+        raise UsageError(cut(message, 300))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -152,7 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(argv)
         return int(COMMANDS[args.command](args) or 0)
     except KDBenchError as e:
-        print(f"kdbench: error: {e}", file=sys.stderr)
+        from kdbench.records import printable
+
+        print(f"kdbench: error: {printable(str(e), one_line=False)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("kdbench: interrupted", file=sys.stderr)
@@ -291,16 +295,17 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from kdbench.records import validate_paths
+    from kdbench.records import printable, validate_paths
 
     bad = total = 0
     for path, errors in validate_paths(args.paths):
         total += 1
         if errors:
             bad += 1
-            print(f"{path}: invalid: {errors[0]}" + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""))
+            more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+            print(f"{printable(path)}: invalid: {printable(errors[0])}{more}")
         else:
-            print(f"{path}: ok")
+            print(f"{printable(path)}: ok")
     if total == 0:
         print("kdbench: error: no .json records found under the given paths", file=sys.stderr)
         return 2
@@ -325,8 +330,9 @@ def cmd_site(args: argparse.Namespace) -> int:
     from kdbench.site.build import build_site
 
     done = build_site(args.results, args.out, alpha=args.alpha, jobs=args.jobs)
+    skipped = f", {len(done.skipped)} entries skipped (listed above)" if done.skipped else ""
     print(f"site: {done.records} records, {done.settings} settings, {done.methods} methods, {done.pages} pages "
-          f"in {done.seconds:.1f} s → {done.out / 'index.html'}")
+          f"in {done.seconds:.1f} s{skipped} → {done.out / 'index.html'}")
     return 0
 
 

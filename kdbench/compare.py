@@ -22,7 +22,7 @@ import pandas as pd
 
 from kdbench.errors import UsageError, unknown
 from kdbench.metrics import METRICS
-from kdbench.records import read_record, validation_errors
+from kdbench.records import printable, read_record, record_files, validation_errors
 from kdbench.stats import (
     holm,
     minimal_detectable_difference,
@@ -55,7 +55,10 @@ def direction_of(metric: str, fallback: str = "higher") -> str:
 
 def _read_all(results: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
     """Every record under `results` (the files `iter_records` reads); a bad one is a usage error."""
-    for file in sorted(Path(results).rglob("seed*.json")):
+    for file, problem in record_files(Path(results)):
+        if problem is not None:
+            print(f"kdbench: warning: skipped {printable(file)}: {problem}", file=sys.stderr)
+            continue
         try:
             record = read_record(file)
         except (OSError, ValueError) as e:

@@ -5,6 +5,7 @@ Imported by the runner, `kdbench compare` and the leaderboard; it never imports 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -78,3 +79,17 @@ def ceiling(name: str) -> float | None:
 def better(name: str, a: float, b: float) -> bool:
     """True when value `a` is strictly better than `b` for metric `name`."""
     return a > b if metric(name).direction == "higher" else a < b
+
+
+def bounds(name: str) -> tuple[float, float]:
+    """The range a metric's values lie in (a record outside it is refused): [0, 100] for
+    percentages, BLEU and chrF, [0, 1] for COCO AP/AR, [0, 1000] for AURC (×1000), [0, ∞) for a
+    loss."""
+    m = metric(name)
+    if m.unit == "%" or name in ("bleu", "chrf"):
+        return 0.0, 100.0
+    if name.startswith(("ap", "ar")):
+        return 0.0, 1.0
+    if m.unit == "×1000":
+        return 0.0, 1000.0
+    return 0.0, math.inf

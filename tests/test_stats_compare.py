@@ -268,9 +268,9 @@ def test_an_ablation_is_its_own_table(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 #: seed → per-seed difference to baseline of five methods over six seeds (baseline 50 … 55)
-MDD_DELTAS = {"A": [5.0, 0.0, 4.5, 0.5, 3.5, 1.5],  # large but noisy: ≈, and large enough to be resolvable
-              "B": [0.1, -0.1, 0.05, 0.0, -0.05, 0.0], "C": [0.2, 0.1, 0.0, -0.1, 0.15, 0.05],
-              "D": [-0.1, 0.0, 0.1, 0.05, -0.05, 0.0], "E": [0.3, 0.2, 0.25, 0.35, 0.3, 0.2]}
+MDD_DELTAS = {"ma": [5.0, 0.0, 4.5, 0.5, 3.5, 1.5],  # large but noisy: ≈, and large enough to be resolvable
+              "mb": [0.1, -0.1, 0.05, 0.0, -0.05, 0.0], "mc": [0.2, 0.1, 0.0, -0.1, 0.15, 0.05],
+              "md": [-0.1, 0.0, 0.1, 0.05, -0.05, 0.0], "me": [0.3, 0.2, 0.25, 0.35, 0.3, 0.2]}
 
 
 def test_minimal_detectable_difference_of_a_table(tmp_path: Path) -> None:
@@ -288,9 +288,9 @@ def test_minimal_detectable_difference_of_a_table(tmp_path: Path) -> None:
     assert mdd["value"] == pytest.approx(minimal_detectable_difference(pooled, 6, 0.01))  # 2.0067
     assert 2.0 < mdd["value"] < 2.5
     rows = table.set_index("method")
-    assert (rows.loc["A", "verdict"], rows.loc["A", "resolution"]) == ("≈", "resolvable")  # |2.5| ≥ 2.007
-    assert (rows.loc["C", "verdict"], rows.loc["C", "resolution"]) == ("≈", "below MDD")  # |0.067| < 2.007
-    assert (rows.loc["E", "verdict"], rows.loc["E", "resolution"]) == ("better", "")
+    assert (rows.loc["ma", "verdict"], rows.loc["ma", "resolution"]) == ("≈", "resolvable")  # |2.5| ≥ 2.007
+    assert (rows.loc["mc", "verdict"], rows.loc["mc", "resolution"]) == ("≈", "below MDD")  # |0.067| < 2.007
+    assert (rows.loc["me", "verdict"], rows.loc["me", "resolution"]) == ("better", "")
     assert rows.loc["baseline", "resolution"] == rows.loc["teacher", "resolution"] == ""
     text = render(table)
     base = float(np.mean([50.0 + s for s in range(6)]))
@@ -299,7 +299,7 @@ def test_minimal_detectable_difference_of_a_table(tmp_path: Path) -> None:
     assert "≈ resolvable" in text and "≈ below MDD" in text
     data = json.loads(render(table, "json"))
     assert data["mdd"]["value"] == pytest.approx(mdd["value"]) and data["mdd"]["pooled_sd"] == pytest.approx(pooled)
-    a = next(r for r in data["rows"] if r["method"] == "A")
+    a = next(r for r in data["rows"] if r["method"] == "ma")
     # the unadjusted 95% interval excludes 0 (p 0.034), Holm over five tests does not reject
     assert 0 < a["delta_ci_low"] < a["delta"] < a["delta_ci_high"] and a["p"] < 0.05 < a["p_holm"]
     csv = render(table, "csv").splitlines()

@@ -12,9 +12,13 @@ from typing import Any
 import torch
 
 from kdbench.metrics import metric
+from kdbench.record_checks import cut
 from kdbench.records import SCHEMA_VERSION
 from kdbench.runner.env import environment, hardware, peak_memory_mb
 from kdbench.runner.spec import RunSpec
+
+#: A failed record's error and traceback tail are cut to fit the schema's bounds.
+ERROR_CHARS, TRACEBACK_CHARS = 4000, 19000
 
 
 @dataclass
@@ -69,7 +73,8 @@ def build_record(spec: RunSpec, outcome: Outcome, *, device: torch.device, world
         "cost": {"train_seconds": outcome.train_seconds, "peak_memory_mb": peak_memory_mb(device),
                  "device": device.type, "hardware": hardware(device)},
         "environment": environment(),
-        "status": "ok" if outcome.error is None else "failed", "error": outcome.error,
+        "status": "ok" if outcome.error is None else "failed",
+        "error": None if outcome.error is None else cut(outcome.error, ERROR_CHARS),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "evaluation": {**(evaluation or {}), "version": spec.adapter_cls.evaluation_version, "split": "test"},
         "spec": {
@@ -83,5 +88,5 @@ def build_record(spec: RunSpec, outcome: Outcome, *, device: torch.device, world
         },
     }
     if outcome.traceback is not None:
-        record["traceback"] = outcome.traceback
+        record["traceback"] = outcome.traceback[-TRACEBACK_CHARS:]
     return record

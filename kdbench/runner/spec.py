@@ -13,6 +13,7 @@ from kdbench.errors import UsageError
 from kdbench.methods import get_method
 from kdbench.methods.base import NEEDS, Method, make_config
 from kdbench.metrics import METRICS
+from kdbench.record_checks import SEED_LIMIT
 from kdbench.records import default_results, record_path
 from kdbench.runner.protocol import Protocol, apply_overrides, load_protocol
 
@@ -80,8 +81,10 @@ def resolve(options: RunOptions) -> RunSpec:
         what = "; ".join(f"{n} ({NEEDS.get(n, n)})" for n in sorted(missing))
         raise UsageError(f"task {options.task!r} cannot serve method {options.method!r}: it needs "
                          f"{what}, which this task does not provide")
-    if options.seed < 0:
-        raise UsageError(f"--seed must be a non-negative integer, got {options.seed}")
+    if not 0 <= options.seed < SEED_LIMIT:
+        shown = str(options.seed) if len(str(options.seed)) <= 40 else f"an integer of {len(str(options.seed))} digits"
+        raise UsageError(f"--seed must be an integer in [0, 2**32), got {shown} (torch seeds with 32 bits: "
+                         "a larger seed would train the same model as a smaller one)")
     if options.teacher is not None and not options.teacher.is_file():
         raise UsageError(f"--teacher {options.teacher}: no such file")
     if options.teacher is not None and method_cls.teacher != "external":

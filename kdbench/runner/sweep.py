@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from kdbench.errors import UsageError, unknown
+from kdbench.record_checks import SEED_LIMIT, cut
 from kdbench.records import read_record
 
 
@@ -62,6 +63,10 @@ class Outcome:
     message: str = ""
 
 
+#: A sweep's seed list is at most this long.
+MAX_SEEDS = 10_000
+
+
 def parse_seeds(text: str) -> list[int]:
     """`0-2` → [0, 1, 2]; `0,3,5`; `1`; mixtures `0-2,7`."""
     seeds: list[int] = []
@@ -70,15 +75,16 @@ def parse_seeds(text: str) -> list[int]:
         try:
             if "-" in part:
                 lo, hi = (int(x) for x in part.split("-", 1))
-                if hi < lo:
+                if hi < lo or hi - lo >= MAX_SEEDS:
                     raise ValueError
                 seeds += range(lo, hi + 1)
             else:
                 seeds.append(int(part))
         except ValueError:
-            raise UsageError(f"--seeds {text!r}: expected integers and ranges such as 0-2 or 0,3,5") from None
-    if any(s < 0 for s in seeds):
-        raise UsageError(f"--seeds {text!r}: seeds must be non-negative")
+            raise UsageError(f"--seeds {cut(repr(text))}: expected integers and ranges such as 0-2 or 0,3,5 "
+                             f"(at most {MAX_SEEDS} seeds)") from None
+    if any(not 0 <= s < SEED_LIMIT for s in seeds):
+        raise UsageError(f"--seeds {cut(repr(text))}: seeds must lie in [0, 2**32)")
     return sorted(set(seeds))
 
 

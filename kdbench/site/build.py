@@ -21,7 +21,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
@@ -33,6 +33,7 @@ from kdbench.compare import BASELINE
 from kdbench.compare_render import render
 from kdbench.errors import UsageError
 from kdbench.metrics import METRICS
+from kdbench.records import printable
 from kdbench.runner.protocol import task_cards
 from kdbench.site import data, pages, plots
 from kdbench.site.data import Setting
@@ -46,6 +47,7 @@ class BuildSummary:
     methods: int
     pages: int
     seconds: float
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why): entries that are not records
 
 
 def _env() -> jinja2.Environment:
@@ -128,6 +130,8 @@ def _build(results: Path, out: Path, alpha: float, warn: TextIO | None, jobs: in
         # while each record is at hand (no second pass over 10,000 records in other processes).
         workers = _workers(jobs)
         loaded = data.load(results, warn or sys.stderr, workers, hook=_RunPages(w, results))
+        for path, why in loaded.skipped:
+            print(f"kdbench: warning: skipped {printable(path)}: {why}", file=warn or sys.stderr)
         for rid in loaded.set_aside_ids:
             shutil.rmtree(tmp / "run" / rid)
         w.pages += len(loaded.records)
@@ -145,7 +149,7 @@ def _build(results: Path, out: Path, alpha: float, warn: TextIO | None, jobs: in
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return BuildSummary(out, len(loaded.records), len(sets), len(site.method_names), w.pages,
-                        time.perf_counter() - start)
+                        time.perf_counter() - start, loaded.skipped)
 
 
 # ------------------------------------------------------------------------------------- pages

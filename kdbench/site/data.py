@@ -9,7 +9,6 @@ module arranges their results for the pages.
 from __future__ import annotations
 
 import hashlib
-import json
 import multiprocessing
 import os
 import re
@@ -27,7 +26,8 @@ import yaml
 
 from kdbench.compare import BASELINE, TEACHER, compare_table, frame_from_records, tables_of
 from kdbench.errors import UsageError
-from kdbench.records import schema, validation_errors
+from kdbench.record_checks import cut, semantic_errors, shown, structural_errors
+from kdbench.records import RecordReadError, printable, read_record_text, record_files, schema, validation_errors
 from kdbench.runner.protocol import TIERS
 from kdbench.site.catalog import family, load_catalog
 from kdbench.stats import WinsTiesLosses, wins_ties_losses
@@ -35,6 +35,7 @@ from kdbench.stats import WinsTiesLosses, wins_ties_losses
 #: The file that marks a method's records of one (task, protocol) as submitted, not reproduced here.
 SUBMISSION_FILE = "submission.yaml"
 SUBMISSION_KEYS = ("by", "contact", "url", "paper", "note")
+SUBMISSION_BYTES = 64 << 10
 #: Tiers shown on the leaderboard (smoke runs prove the pipeline and are never on it: DESIGN §4).
 LEADERBOARD_TIERS = tuple(t for t in TIERS if t != "smoke")
 _SAFE = re.compile(r"^[a-z0-9_-]+$")
@@ -51,12 +52,14 @@ def _fast_validator() -> Any:
 
 
 def is_valid(record: Any) -> bool:
-    """The shipped record schema's verdict, fast."""
+    """`not records.validation_errors(record)`, fast."""
+    if structural_errors(record):
+        return False
     try:
         _fast_validator()(record)
     except fastjsonschema.JsonSchemaException:
         return not validation_errors(record)
-    return True
+    return not semantic_errors(record)
 
 
 def slug(name: str) -> str:
@@ -94,29 +97,38 @@ class Loaded:
     skipped_smoke: int = 0
     root: Path = Path()  # the results folder
     warnings: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why) of entries that are not records
     set_aside_ids: list[str] = field(default_factory=list)  # run ids read but not used (other card versions)
 
 
 def _read_submission(path: Path, results: Path) -> Submission:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = path.read_bytes()
+        if len(raw) > SUBMISSION_BYTES:
+            raise UsageError(f"{path}: over {SUBMISSION_BYTES >> 10} KiB, not a submission file")
+        data = yaml.safe_load(raw.decode("utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise UsageError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+        raise UsageError(f"{path}: not valid YAML: {cut(str(e).splitlines()[0])}") from None
+    except RecursionError:
+        raise UsageError(f"{path}: not valid YAML: nested too deeply") from None
+    except OSError as e:
+        raise UsageError(f"{path}: unreadable: {e.strerror or e}") from None
     if not isinstance(data, dict):
         raise UsageError(f"{path}: expected a mapping with keys {', '.join(SUBMISSION_KEYS)}")
-    bad = [str(k) for k in data if k not in SUBMISSION_KEYS]
+    bad = [shown(k) for k in data if k not in SUBMISSION_KEYS]
     if bad:
-        raise UsageError(f"{path}: unknown key {bad[0]!r}; valid: {', '.join(SUBMISSION_KEYS)}")
+        raise UsageError(f"{path}: unknown key {bad[0]}; valid: {', '.join(SUBMISSION_KEYS)}")
+    for key, value in data.items():
+        if not isinstance(value, (str, int, float, type(None))) or len(str(value)) > 2000:
+            raise UsageError(f"{path}: {key}: expected a line of text (at most 2000 characters)")
     return Submission(str(path.relative_to(results)), {k: str(v) for k, v in data.items() if v is not None})
 
 
 def _read(file: str) -> tuple[str, dict[str, Any]]:
     """One record file's text and its parsed, schema-valid record."""
     try:
-        with open(file, encoding="utf-8") as f:
-            text = f.read()
-        record = json.loads(text)
-    except (OSError, ValueError) as e:
+        text, record = read_record_text(Path(file))
+    except (OSError, RecordReadError) as e:
         raise UsageError(f"{file}: not a readable JSON record: {e}") from None
     if not is_valid(record):
         raise UsageError(f"{file}: invalid record: {validation_errors(record)[0]} (check with `kdbench validate`)")
@@ -184,14 +196,23 @@ def load(results: Path, warn: TextIO | None = None, workers: int = 1, hook: Reco
     if not results.is_dir():
         raise UsageError(f"no results folder at {results} (expected <task>/<key>/<method>/seed<N>.json)")
     by_folder = {}
-    for path in sorted(results.rglob(SUBMISSION_FILE)):
+    for path, problem in record_files(results, SUBMISSION_FILE):
+        if problem is not None:
+            raise UsageError(f"{path}: {problem}")
         if len(path.relative_to(results).parts) != 4:
             raise UsageError(f"{path}: a submission file belongs in <task>/<key>/<method>/{SUBMISSION_FILE}")
         by_folder[str(path.parent.relative_to(results))] = _read_submission(path, results)
     records: list[dict[str, Any]] = []
     files: dict[str, str] = {}
     smoke = 0
-    paths = sorted(str(p) for p in results.rglob("seed*.json"))
+    paths, skipped = [], []
+    for path, problem in record_files(results):
+        if problem is None and printable(path) != str(path):
+            problem = "a file name with undecodable bytes or control characters"
+        if problem is None:
+            paths.append(str(path))
+        else:
+            skipped.append((str(path), problem))
     _READER.update(root=str(results), hook=hook, submissions=by_folder)
     try:
         read = _read_all(paths, workers)
@@ -220,7 +241,7 @@ def load(results: Path, warn: TextIO | None = None, workers: int = 1, hook: Reco
             submissions[(r["task"], r["protocol"]["key"], r["method"]["name"])] = by_folder[folder]
     return Loaded(frame, used, {i: f for i, f in files.items() if i in ids}, submissions,
                   set_aside=sum(frame.attrs["set_aside"].values()), skipped_smoke=smoke, root=results,
-                  set_aside_ids=sorted(set(files) - ids))
+                  set_aside_ids=sorted(set(files) - ids), skipped=skipped)
 
 
 # --------------------------------------------------------------------------------- the model

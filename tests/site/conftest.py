@@ -14,8 +14,10 @@ from kdbench.site.build import build_site
 
 from .fixtures import make_record, write_site_results
 
-#: A hostile method name and notes: rendered anywhere, they must stay text.
-EVIL_METHOD = "<script>window.__xss=1</script>evil"
+#: A submitted method (names are [a-z0-9_-]+ by the schema: markup cannot be one) and hostile
+#: notes: rendered anywhere, they must stay text.
+EVIL_METHOD = "evil"
+EVIL_NAME = "<script>window.__xss=1</script>evil"  # refused by the schema (test_build)
 EVIL_NOTE = '<img src=x onerror="window.__xss=2">'
 EVIL_BY = "<script>window.__xss=3</script>"
 
@@ -33,7 +35,7 @@ def hostile_records() -> list[dict[str, Any]]:
 
 
 def write_hostile(results: Path) -> Path:
-    folder = results / "classification" / "small" / "evil"  # the name holds a "/": not a folder name
+    folder = results / "classification" / "small" / "evil"
     for r in hostile_records():
         write_record(folder / f"seed{r['seed']}.json", r)
     (folder / "submission.yaml").write_text(json.dumps({"by": EVIL_BY, "note": EVIL_NOTE}))
