@@ -1,4 +1,4 @@
-"""The contract between task adapters and distillation methods (DESIGN §3).
+"""The contract between task adapters and distillation methods (docs/architecture.md, Outputs).
 
 Every distillation loss acts on categorical distributions (a `Head`), stacks of them
 (`Outputs.layers`), or intermediate features and attention inputs. Adapters expose their

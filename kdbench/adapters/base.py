@@ -1,4 +1,4 @@
-"""What a task pipeline provides to the runner (DESIGN §3, Adapters)."""
+"""What a task pipeline provides to the runner (docs/architecture.md, Adapters)."""
 
 from __future__ import annotations
 

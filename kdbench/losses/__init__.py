@@ -1,4 +1,4 @@
-"""kdbench's loss library: pure tensor functions, no task knowledge (DESIGN §3).
+"""kdbench's loss library: pure tensor functions, no task knowledge (docs/architecture.md, Layers).
 
 Distributions are on the last dimension with any leading position dimensions; losses sum
 over the last dimension and average over valid positions (`mask`, bool over the leading

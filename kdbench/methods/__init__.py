@@ -1,6 +1,6 @@
 """The method registry. Every module in this package is imported at start-up; a method is one
 file that decorates its class with `@register`. Duplicate names raise; an unknown name lists
-the registered ones (STYLE 4).
+the registered ones (docs/architecture.md, Methods).
 """
 
 from __future__ import annotations

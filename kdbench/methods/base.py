@@ -1,5 +1,5 @@
 """What a distillation method is: a declared teacher, declared needs, typed hyperparameters,
-and named loss terms (DESIGN §3, STYLE 1-5).
+and named loss terms (docs/architecture.md, Methods).
 
 A method is an `nn.Module` so that what it learns (an auxiliary head, a projector, learnable
 layer weights) is optimised with the student, and what it remembers (PS-KD's past predictions,

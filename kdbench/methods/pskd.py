@@ -27,7 +27,7 @@ class PSKD(Method):
 
     Sequence outputs (translation's (B, T, V) next-token heads): a per-token table over the
     vocabulary is impractical (training tokens × V floats), so p_{t−1} comes from the previous
-    epoch's model instead, as METHODS.md prescribes (PS-KD's translation code is unreleased):
+    epoch's model instead, the paper's own definition of p_{t−1} (PS-KD's translation code is unreleased):
     the runner keeps the student as it was at the end of the previous epoch (`past_model`),
     runs it in eval mode on each batch and hands its outputs in as the teacher; during the
     first epoch there is none and the target is the one-hot, as the table's initial value.

@@ -1,5 +1,5 @@
 """The train/eval loop. Adapters return Outputs, methods return named terms; this only sums,
-logs and steps (STYLE 3). Every epoch ends in an atomic checkpoint; a run restarted with the
+logs and steps (docs/architecture.md, Layers). Every epoch ends in an atomic checkpoint; a run restarted with the
 same spec resumes from it and ends with the same metrics, because each epoch's data order and
 random state derive from (seed, epoch) alone."""
 

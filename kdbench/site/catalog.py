@@ -1,6 +1,6 @@
 """What the leaderboard knows about methods and tasks without importing them.
 
-The method classes and the adapters import torch; the site must not (STYLE 7). So their
+The method classes and the adapters import torch; the site must not (docs/architecture.md, Leaderboard). So their
 metadata — paper, docstring (which states the formula), teacher kind, needs, hyperparameter
 defaults, family; each task's primary metric and what its Outputs provide — is written once
 from the live registries into `catalog.json` beside this file, and the site reads only that.

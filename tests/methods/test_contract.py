@@ -1,4 +1,4 @@
-"""Contract tests parametrized over the registry (STYLE 8): for every method the classification
+"""Contract tests parametrized over the registry (docs/architecture.md, Code rules): for every method the classification
 task serves, one tiny step is finite, gradients reach the student only, the teacher stays frozen
 in eval mode; and the registry is loud."""
 
