@@ -23,6 +23,9 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="kdbench", description="Knowledge-distillation benchmark and leaderboard.")
+    from kdbench import __version__
+
+    p.add_argument("--version", action="version", version=f"kdbench {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="train and evaluate one method on one task; write a record")

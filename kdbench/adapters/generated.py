@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,8 @@ def materialise(root: Path, params: dict[str, Any], write: Callable[[Path], None
     if read_done(root) == params:
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
+    print(f"generating {root.name} once into {root.parent} ...", file=sys.stderr, flush=True)
+    started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
         write(tmp)
@@ -40,6 +44,7 @@ def materialise(root: Path, params: dict[str, Any], write: Callable[[Path], None
             if root.exists():
                 shutil.rmtree(root)
             os.rename(tmp, root)
+        print(f"generated {root.name} in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
     except OSError:
         if read_done(root) != params:  # lost a race to a concurrent writer of the same set: fine
             raise

@@ -6,6 +6,7 @@ random state derive from (seed, epoch) alone."""
 from __future__ import annotations
 
 import copy
+import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
@@ -70,16 +71,7 @@ def fit(job: Job) -> FitResult:
     clip = cfg.get("grad_clip")
     ema_cfg = cfg.get("ema") or {}
     ema = EMA(job.student, float(ema_cfg["decay"]), int(ema_cfg.get("warmup_steps", 2000))) if ema_cfg else None
-    result = FitResult()
-    if job.checkpoint is not None and job.checkpoint.is_file():
-        state = checkpoint.load(job.checkpoint, job.adapter.device)
-        job.student.load_state_dict(state["student"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        job.method.load_state_dict(state["method"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        result = FitResult(state["history"], state["train_seconds"], state["epoch"])
+    result = _resume(job, ema, optimizer, schedule) or FitResult()
     if job.teacher is not None:
         job.teacher.eval()
     bar = tqdm(range(result.resumed_from, epochs), desc=job.label, unit="epoch",
@@ -97,9 +89,12 @@ def fit(job: Job) -> FitResult:
         if main and _should_eval(cfg, epoch, epochs):
             entry["metrics"] = job.adapter.evaluate(ema.model if ema else job.student, "val")
         result.history.append(entry)
-        bar.set_postfix(loss=f"{entry['loss']:.3f}", **{
-            k: f"{v:.2f}" for k, v in entry.get("metrics", {}).items()
-            if k == job.primary and v is not None})
+        shown = {k: f"{v:.4g}" for k, v in entry.get("metrics", {}).items() if k == job.primary and v is not None}
+        bar.set_postfix(loss=f"{entry['loss']:.3f}", **shown)
+        if bar.disable and main:  # no terminal (CI, a pipe, nohup): one plain line an epoch instead of the bar
+            val = "".join(f", val {k} {v}" for k, v in shown.items())
+            print(f"{job.label}: epoch {epoch + 1}/{epochs}, loss {entry['loss']:.4f}{val}, {seconds:.1f} s",
+                  file=sys.stderr, flush=True)
         if job.checkpoint is not None and main:
             checkpoint.save(job.checkpoint, {
                 "epoch": epoch + 1, "stage": job.method.stage, "student": job.student.state_dict(),
@@ -110,6 +105,38 @@ def fit(job: Job) -> FitResult:
     if ema is not None:  # what is evaluated and saved from here on is the averaged model
         job.student.load_state_dict(ema.model.state_dict())
     return result
+
+
+def _resume(job: Job, ema: EMA | None, optimizer: torch.optim.Optimizer, schedule: Any) -> FitResult | None:
+    """Load `job.checkpoint` into the run's modules and return where it stopped; None when there
+    is none or it is damaged (then it is moved aside, said on stderr, and every module is as it
+    was: the run starts from scratch)."""
+    path = job.checkpoint
+    if path is None or not path.is_file():
+        return None
+    parts: dict[str, Any] = {"student": job.student, "method": job.method, "optimizer": optimizer,
+                             "schedule": schedule, **({"ema": ema} if ema is not None else {})}
+    fresh = {name: copy.deepcopy(part.state_dict()) for name, part in parts.items()}
+    try:
+        state = checkpoint.load(path, job.adapter.device)
+        for name, part in parts.items():
+            part.load_state_dict(state[name])
+        return FitResult(list(state["history"]), float(state["train_seconds"]), int(state["epoch"]))
+    except (checkpoint.CheckpointError, KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        for name, part in parts.items():
+            part.load_state_dict(fresh[name])
+        discard(path, e, "training from scratch")
+        return None
+
+
+def discard(path: Path, error: BaseException, then: str) -> None:
+    """Move a damaged checkpoint aside and say so (one line on stderr)."""
+    aside = checkpoint.move_aside(path)
+    what = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if isinstance(error, KeyError):
+        what = f"no {error} entry"
+    print(f"kdbench: warning: resume checkpoint {path} is unusable ({what[:300]}); moved to {aside.name}; "
+          f"{then}", file=sys.stderr)
 
 
 def fit_stages(job: Job) -> FitResult:
@@ -133,12 +160,8 @@ def fit_stages(job: Job) -> FitResult:
     for i in range(len(stages) + 1):
         done = folder / f"stage{i}.pt" if folder is not None else None
         job.method.stage = i
-        if done is not None and done.is_file():
-            state = checkpoint.load(done, job.adapter.device)
-            model.load_state_dict(state["student"])
-            job.method.load_state_dict(state["method"])
-            result = FitResult(state["history"], state["train_seconds"])
-        else:
+        result = _finished_stage(done, model, job) if done is not None and done.is_file() else None
+        if result is None:
             ckpt = job.checkpoint if i == 0 or folder is None else folder / f"last-stage{i}.pt"
             epochs = int(job.train["epochs"]) if i == 0 else \
                 max(1, round(stages[i - 1].epochs_fraction * int(job.train["epochs"])))
@@ -161,6 +184,21 @@ def fit_stages(job: Job) -> FitResult:
         for path in [*folder.glob("stage*.pt"), *folder.glob("last-stage*.pt")]:
             path.unlink(missing_ok=True)
     return total
+
+
+def _finished_stage(path: Path, model: nn.Module, job: Job) -> FitResult | None:
+    """A finished stage read back from `stage<i>.pt`; None (the stage trains again) when damaged."""
+    fresh = copy.deepcopy(model.state_dict()), copy.deepcopy(job.method.state_dict())
+    try:
+        state = checkpoint.load(path, job.adapter.device)
+        model.load_state_dict(state["student"])
+        job.method.load_state_dict(state["method"])
+        return FitResult(list(state["history"]), float(state["train_seconds"]))
+    except (checkpoint.CheckpointError, KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        model.load_state_dict(fresh[0])
+        job.method.load_state_dict(fresh[1])
+        discard(path, e, "training the stage again")
+        return None
 
 
 def _should_eval(cfg: dict[str, Any], epoch: int, epochs: int) -> bool:
