@@ -53,6 +53,26 @@ class Plan:
     runs: list[Item] = field(default_factory=list)
     skipped: list[Item] = field(default_factory=list)
     not_served: list[tuple[str, str, str]] = field(default_factory=list)  # (task, method, why)
+    estimates: dict[str, float | None] = field(default_factory=dict)  # item label → training seconds
+
+
+def estimate_seconds(results: Path, task: str, key: str, method: str) -> float | None:
+    """Mean measured training time of the ok records of (task, card key, method) under `results`,
+    else of any method of that card (a method's cost is close to the baseline's), else None."""
+    for pattern in (f"{method}/seed*.json", "*/seed*.json"):
+        seconds = []
+        for file in sorted((Path(results) / task / key).glob(pattern)):
+            try:
+                record = read_record(file)
+            except (OSError, ValueError):
+                continue
+            if isinstance(record, dict) and record.get("status") == "ok":
+                value = (record.get("cost") or {}).get("train_seconds")
+                if isinstance(value, (int, float)):
+                    seconds.append(float(value))
+        if seconds:
+            return sum(seconds) / len(seconds)
+    return None
 
 
 @dataclass
@@ -135,11 +155,14 @@ def make_plan(tasks: str, methods: str, seeds: str, protocols: str, sets: dict[s
                         plan.skipped.append(item)
                         continue
                     plan.runs.append(item)
+                    plan.estimates[item.label] = estimate_seconds(results, task, spec.protocol.key, method)
                     if spec.method_cls.teacher == "external" and spec.protocol.get("teacher.train") is not False:
                         key = str(teacher_path(spec.protocol, task, spec.teacher_seed))
                         teacher_sets = tuple((k, v) for k, v in frozen_sets if not k.startswith("method."))
                         if key not in teachers and not Path(key).is_file():
                             teachers[key] = Item(task, choice, spec.teacher_seed, None, teacher_sets, card)
+                            plan.estimates[teachers[key].label] = estimate_seconds(
+                                results, task, spec.protocol.key, "teacher")
     plan.teachers = list(teachers.values())
     return plan
 
@@ -176,13 +199,24 @@ def _done(spec: Any, results: Path) -> bool:
 def describe(plan: Plan, out: TextIO | None = None) -> None:
     """The `--dry-run` listing."""
     out = out or sys.stdout
+    def cost(item: Item) -> str:
+        seconds = plan.estimates.get(item.label)
+        return f"  ~{seconds:.0f} s" if seconds is not None else "  (no measured cost yet)"
+
     for item in plan.teachers:
-        print(f"teacher  {item.label}", file=out)
+        print(f"teacher  {item.label}{cost(item)}", file=out)
     for item in plan.runs:
-        print(f"run      {item.label}", file=out)
+        print(f"run      {item.label}{cost(item)}", file=out)
     for item in plan.skipped:
         print(f"skip     {item.label} (ok record with the same protocol hash)", file=out)
     for task, method, why in plan.not_served:
         print(f"n/a      {task}/{method} ({why})", file=out)
     print(f"{len(plan.teachers)} teachers to train, {len(plan.runs)} runs, {len(plan.skipped)} "
           f"already done, {len(plan.not_served)} pairs not served", file=out)
+    todo = [plan.estimates.get(i.label) for i in (*plan.teachers, *plan.runs)]
+    known = [s for s in todo if s is not None]
+    if todo:
+        print(f"estimated training time: {sum(known) / 60:.1f} min of one worker for {len(known)} of {len(todo)} "
+              "items, from the measured cost of records under the results folder"
+              + (f" ({len(todo) - len(known)} items have no measured cost yet)" if len(known) < len(todo) else ""),
+              file=out)

@@ -112,3 +112,21 @@ def test_seeds_default_to_each_cards_own(tmp_path: Path) -> None:
         by_card.setdefault(item.card, []).append(item.seed)
     for card, seeds in by_card.items():
         assert seeds == list(load_protocol("classification", card).typed.seeds)
+
+
+def test_dry_run_estimates_from_measured_costs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from kdbench.records import write_record
+    from kdbench.runner.sweep import describe, estimate_seconds
+    from tests.recordkit import valid_record
+
+    for seed, seconds in ((0, 10.0), (1, 20.0)):
+        record = valid_record(seed=seed, method={"name": "baseline", "teacher": "none", "hparams": {}})
+        record["cost"]["train_seconds"] = seconds
+        record["protocol"]["key"] = "smoke"
+        write_record(tmp_path / "classification" / "smoke" / "baseline" / f"seed{seed}.json", record)
+    assert estimate_seconds(tmp_path, "classification", "smoke", "baseline") == 15.0
+    assert estimate_seconds(tmp_path, "classification", "smoke", "kd") == 15.0  # another method of the card
+    assert estimate_seconds(tmp_path, "classification", "small", "kd") is None
+    plan = make_plan("classification", "kd", "3", "smoke", {}, tmp_path, None)
+    describe(plan)
+    assert "~15 s" in capsys.readouterr().out
