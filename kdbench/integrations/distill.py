@@ -269,9 +269,41 @@ class Distiller(BaseModel):
         return self.student
 
 
+def _mm_safe_globals() -> list[Any]:
+    """The classes an mmengine checkpoint's `meta` holds besides tensors (its message hub's
+    history buffers, numpy arrays and scalars) and `getattr` (a history buffer pickles its
+    statistics methods as `getattr(HistoryBuffer, "min")`; the weights-only loader calls only
+    allowed callables, so what `getattr` returns is never called): nothing else."""
+    import numpy as np
+
+    allowed: list[Any] = [np.ndarray, np.dtype, *{type(np.dtype(t)) for t in np.typecodes["All"] if t not in "OM"}]
+    try:
+        from numpy.core.multiarray import _reconstruct, scalar  # type: ignore[attr-defined]
+    except ImportError:  # numpy 2 moved them
+        from numpy._core.multiarray import _reconstruct, scalar  # type: ignore[no-redef]
+    allowed += [_reconstruct, scalar, getattr]
+    try:
+        from mmengine.logging.history_buffer import HistoryBuffer
+
+        allowed.append(HistoryBuffer)
+    except ImportError:
+        pass
+    return allowed
+
+
 def load_weights(path: str | Path) -> dict[str, Tensor]:
-    """A model state dict from an mmengine checkpoint; from a distiller's, its `student.` part."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    """A model state dict from an mmengine checkpoint; from a distiller's, its `student.` part.
+    Loaded weights-only (mmengine's history buffers and numpy values allowed besides tensors):
+    a checkpoint that would import anything else is refused, not run."""
+    from kdbench.runner.checkpoint import CheckpointError, describe
+
+    try:
+        with torch.serialization.safe_globals(_mm_safe_globals()):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a loadable mmengine checkpoint: {describe(Path(path), e)}") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: holds a {type(ckpt).__name__}, not a checkpoint")
     state: dict[str, Tensor] = ckpt.get("state_dict", ckpt)
     if state and all(k.startswith(("student.", "teacher.", "distill_loss.", "data_preprocessor."))
                      for k in state):

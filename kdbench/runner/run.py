@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from kdbench.errors import UsageError
 from kdbench.methods.base import MethodContext
 from kdbench.records import read_record, record_path, write_record
 from kdbench.runner import checkpoint
@@ -17,7 +21,7 @@ from kdbench.runner.record import Outcome, build_record
 from kdbench.runner.spec import RunOptions, RunSpec, refuse_existing, resolve
 from kdbench.runner.teacher_cache import TeacherCache, why_online
 from kdbench.runner.teachers import Teacher, get_teacher
-from kdbench.runner.train import FitResult, Job, NonFiniteLoss, fit_stages, probe_outputs
+from kdbench.runner.train import FitResult, Job, NonFiniteLoss, clean_checkpoints, fit_stages, probe_outputs
 
 
 def prepare(options: RunOptions) -> tuple[RunSpec, torch.device]:
@@ -25,6 +29,7 @@ def prepare(options: RunOptions) -> tuple[RunSpec, torch.device]:
     spec = resolve(options)
     refuse_existing(spec.record_path, options.overwrite)
     device = resolve_device(options.device)
+    check_writable(spec.record_path)
     torch.set_num_threads(int(spec.protocol.typed.train.threads))  # the card fixes it: CPU results depend on it
     torch.use_deterministic_algorithms(True, warn_only=True)
     return spec, device
@@ -77,7 +82,6 @@ def run(options: RunOptions) -> tuple[dict[str, Any], Path]:
             student_sha = checkpoint.save(run_dir / "student.pt", {
                 "arch": adapter.arch_name("student"), "state_dict": student.state_dict(),
                 "method": method.state_dict()})
-            (run_dir / "last.pt").unlink(missing_ok=True)
         if result.history:
             result.history[-1]["metrics"] = outcome.val
     model_info = {"arch": adapter.arch_name("student"), "params": count_params(student),
@@ -87,8 +91,40 @@ def run(options: RunOptions) -> tuple[dict[str, Any], Path]:
                           teacher_outputs=teacher_outputs, evaluation=_evaluation(adapter))
     if main:
         write_record(spec.record_path, record)
+        if outcome.error is None:  # only now: a rerun after a failed write resumes instead of training again
+            clean_checkpoints(run_dir)
     barrier(world)
     return record, spec.record_path
+
+
+#: A results folder needs at least this much free space for a record.
+RECORD_SPACE = 1 << 20
+
+
+def check_writable(record: Path) -> None:
+    """Before any work: the record's folder can be created and written and has room for a record
+    (a file is created and removed in its nearest existing folder; nothing else is made).
+
+    Raises:
+        UsageError: one line naming the folder and why not.
+    """
+    folder = Path(record).parent
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"cannot write records under {folder}: {existing} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".kdbench-write-test.", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+        free = shutil.disk_usage(existing).free
+    except OSError as e:
+        raise UsageError(f"cannot write records under {folder}: {e.strerror or e} (choose another --results "
+                         "or fix its permissions)") from None
+    if free < RECORD_SPACE:
+        raise UsageError(f"cannot write records under {folder}: {free} bytes free, a record needs up to "
+                         f"{RECORD_SPACE >> 20} MiB")
 
 
 def _teacher_entry(teacher: Teacher | None) -> dict[str, Any] | None:
@@ -178,6 +214,7 @@ def train_teacher(options: RunOptions) -> tuple[dict[str, Any], Path]:
     path = record_path(options.results, spec.protocol.task, spec.protocol.key, "teacher", spec.teacher_seed)
     refuse_existing(path, options.overwrite)
     device = resolve_device(options.device)
+    check_writable(path)
     torch.set_num_threads(int(spec.protocol.typed.train.threads))
     torch.use_deterministic_algorithms(True, warn_only=True)
     adapter = spec.adapter_cls(spec.protocol, options.data_root, device)

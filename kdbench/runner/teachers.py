@@ -3,6 +3,7 @@ content hash (smoke, small, medium), or given by path (standard)."""
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from torch import nn
 from kdbench.adapters.base import Adapter
 from kdbench.methods.base import MethodContext
 from kdbench.methods.baseline import Baseline
+from kdbench.records import atomic_write_bytes, printable
 from kdbench.runner import checkpoint
 from kdbench.runner.env import count_flops, count_params
 from kdbench.runner.protocol import Protocol
@@ -29,12 +31,38 @@ class Teacher:
 
 
 def load_state_dict(path: Path) -> dict[str, Any]:
-    """A state dict from kdbench's format, mdistiller's `{"model": ...}`, or a bare one."""
+    """A state dict from kdbench's format, mdistiller's `{"model": ...}`, a bare one or a
+    `.safetensors` file, loaded weights-only (kdbench.runner.checkpoint.load).
+
+    Raises:
+        CheckpointError: the file is not a checkpoint, or holds no tensors.
+    """
     payload = checkpoint.load(path)
     for key in ("state_dict", "model"):
-        if isinstance(payload, dict) and isinstance(payload.get(key), dict):
-            return payload[key]  # type: ignore[no-any-return]
+        if isinstance(payload.get(key), dict):
+            payload = payload[key]
+            break
+    if not any(isinstance(v, torch.Tensor) for v in payload.values()):
+        raise checkpoint.CheckpointError(f"{printable(path)}: holds no tensors (keys: "
+                                         f"{', '.join(map(str, list(payload)[:5])) or 'none'}), not a state dict")
     return payload
+
+
+def check_architecture(model: nn.Module, state: dict[str, Any], arch: str, path: Path) -> None:
+    """Raise a one-line CheckpointError when `state` does not fit `model` (the card's teacher
+    `arch`): the first missing, unexpected and wrongly shaped keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {list(state[k].shape)} (expected {list(v.shape)})" for k, v in own.items()
+              if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != v.shape]
+    if not (missing or unexpected or shapes):
+        return
+    parts = [f"{label} {', '.join(keys[:3])}" + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
+             for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape of", shapes)) if keys]
+    raise checkpoint.CheckpointError(
+        f"--teacher {printable(path)}: not a checkpoint of this card's teacher {arch} "
+        f"({len(own)} tensors): {'; '.join(parts)}")
 
 
 #: Card sections that cannot change the teacher kdbench trains (the student's, the methods').
@@ -63,21 +91,25 @@ def get_teacher(adapter: Adapter, seed: int, given: Path | None) -> Teacher:
                             "flops": count_flops(model, adapter.example_input())}
     trained = None
     if given is not None:
-        model.load_state_dict(load_state_dict(given))
+        state = load_state_dict(given)
+        check_architecture(model, state, info["arch"], given)
+        model.load_state_dict(state)
         info |= {"checkpoint_sha256": checkpoint.sha256_file(given), "source": "given"}
         info["metrics"] = {"val": adapter.evaluate(model, "val"), "test": adapter.evaluate(model, "test")}
     else:
         path = teacher_path(adapter.protocol, adapter.task, seed)
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock"):  # two workers of a sweep never train the same teacher
-            if not path.is_file():
+            cached = _cached(model, path, adapter) if path.is_file() else None
+            if cached is None:
                 trained = _train(adapter, model, seed, path)
-        payload = checkpoint.load(path, adapter.device)
-        model.load_state_dict(payload["state_dict"])
+                cached = _cached(model, path, adapter)
+            assert cached is not None, "a teacher just trained reads back"
+        model.load_state_dict(cached)
+        meta = _meta(path, adapter, model)
         info |= {"checkpoint_sha256": checkpoint.sha256_file(path), "source": "trained by kdbench",
-                 "metrics": payload["metrics"]}
-        trained = trained or {"history": payload["history"],
-                              "train_seconds": payload["train_seconds"], "cached": True}
+                 "metrics": meta["metrics"]}
+        trained = trained or {"history": meta["history"], "train_seconds": meta["train_seconds"], "cached": True}
     for p in model.parameters():
         p.requires_grad_(False)
     return Teacher(model.eval(), info, trained)
@@ -97,8 +129,48 @@ def _train(adapter: Adapter, model: nn.Module, seed: int, path: Path) -> dict[st
               label="teacher")
     result = fit(job)
     metrics = {"val": adapter.evaluate(model, "val"), "test": adapter.evaluate(model, "test")}
-    checkpoint.save(path, {"arch": adapter.arch_name("teacher"), "state_dict": model.state_dict(),
-                           "metrics": metrics, "history": result.history,
-                           "train_seconds": result.train_seconds})
+    # The weights alone in the .pt (its sha256 is the teacher's identity: the same weights, the
+    # same hash); metrics, history and wall-clock seconds beside it.
+    _write_meta(path, {"metrics": metrics, "history": result.history, "train_seconds": result.train_seconds})
+    checkpoint.save(path, {"arch": adapter.arch_name("teacher"), "state_dict": model.state_dict()})
     path.with_suffix(".partial.pt").unlink(missing_ok=True)
     return {"history": result.history, "train_seconds": result.train_seconds, "cached": False}
+
+
+def _cached(model: nn.Module, path: Path, adapter: Adapter) -> dict[str, Any] | None:
+    """The cached teacher's state dict, or None after moving a damaged file aside (it is retrained)."""
+    try:
+        state = checkpoint.load(path, adapter.device)["state_dict"]
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise checkpoint.CheckpointError(f"{path}: not this card's teacher (missing {missing[:3]}, "
+                                             f"unexpected {unexpected[:3]})")
+        return state  # type: ignore[no-any-return]
+    except (checkpoint.CheckpointError, KeyError, TypeError, RuntimeError) as e:
+        aside = checkpoint.move_aside(path)
+        print(f"kdbench: warning: cached teacher unreadable ({str(e).splitlines()[0][:300]}); moved to "
+              f"{aside} and trained again", file=sys.stderr)
+        return None
+
+
+def _meta_path(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def _write_meta(path: Path, meta: dict[str, Any]) -> None:
+    atomic_write_bytes(_meta_path(path), json.dumps(checkpoint.plain(meta), allow_nan=False).encode())
+
+
+def _meta(path: Path, adapter: Adapter, model: nn.Module) -> dict[str, Any]:
+    """The cached teacher's metrics, history and seconds (its .json); evaluated again when the file
+    is missing or unreadable (the history is then lost)."""
+    try:
+        meta = json.loads(_meta_path(path).read_text())
+        if isinstance(meta, dict) and {"metrics", "history", "train_seconds"} <= set(meta):
+            return meta
+    except (OSError, ValueError):
+        pass
+    meta = {"metrics": {"val": adapter.evaluate(model, "val"), "test": adapter.evaluate(model, "test")},
+            "history": [], "train_seconds": 0.0}
+    _write_meta(path, meta)
+    return meta

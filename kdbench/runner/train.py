@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from kdbench.adapters.base import Adapter
 from kdbench.errors import KDBenchError
 from kdbench.methods.base import Method, RunState
+from kdbench.records import printable
 from kdbench.runner import checkpoint
 from kdbench.runner.distributed import World, all_finite, average_gradients, average_terms, gather_heads, shard
 from kdbench.runner.ema import EMA
@@ -133,6 +134,7 @@ def discard(path: Path, error: BaseException, then: str) -> None:
     """Move a damaged checkpoint aside and say so (one line on stderr)."""
     aside = checkpoint.move_aside(path)
     what = str(error).splitlines()[0] if str(error) else type(error).__name__
+    what = what.removeprefix(f"{printable(path)}: ")
     if isinstance(error, KeyError):
         what = f"no {error} entry"
     print(f"kdbench: warning: resume checkpoint {path} is unusable ({what[:300]}); moved to {aside.name}; "
@@ -146,7 +148,8 @@ def fit_stages(job: Job) -> FitResult:
     with the previous stage's final model, frozen, as its teacher; `job.student` ends as the
     last stage's model. A finished stage is saved as `stage<i>.pt` beside `job.checkpoint`
     (with its index, model, method state and history) and stage i checkpoints every epoch to
-    `last-stage<i>.pt`, so a rerun after a crash resumes in the stage it was in.
+    `last-stage<i>.pt`, so a rerun after a crash resumes in the stage it was in; the runner
+    removes them once the record is written (clean_checkpoints).
     """
     stages = job.method.later_stages()
     if not stages:
@@ -180,10 +183,13 @@ def fit_stages(job: Job) -> FitResult:
             model = head_stage(teacher)
             job = replace(job, teacher=teacher)
     job.student.load_state_dict(model.state_dict())
-    if folder is not None:
-        for path in [*folder.glob("stage*.pt"), *folder.glob("last-stage*.pt")]:
-            path.unlink(missing_ok=True)
-    return total
+    return total  # the stage files stay until the run's record is written (clean_checkpoints)
+
+
+def clean_checkpoints(folder: Path) -> None:
+    """Remove a finished run's resume checkpoints (`last.pt`, `stage*.pt`, `last-stage*.pt`)."""
+    for path in [folder / "last.pt", *folder.glob("stage*.pt"), *folder.glob("last-stage*.pt")]:
+        path.unlink(missing_ok=True)
 
 
 def _finished_stage(path: Path, model: nn.Module, job: Job) -> FitResult | None:
