@@ -192,11 +192,37 @@ def _terminal(table: pd.DataFrame) -> str:
     return "\n".join([*caption(table), "", *body]) + "\n"
 
 
+#: What a spreadsheet reads as the start of a formula in a CSV cell.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+_MARKDOWN = {"\\": "\\\\", "|": "\\|", "*": "\\*", "`": "\\`", "[": "\\[", "]": "\\]",
+             "<": "&lt;", ">": "&gt;", "&": "&amp;", "\n": " ", "\r": " "}
+
+
+def markdown_text(text: str) -> str:
+    """`text` as literal Markdown table-cell text: no markup, links, HTML or cell breaks."""
+    return "".join(_MARKDOWN.get(c, c) for c in str(text))
+
+
+def csv_cell(value: Any) -> Any:
+    """A string cell that a spreadsheet would run as a formula gets a leading `'`; others as they are."""
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
+def csv_text(frame: pd.DataFrame) -> str:
+    """`frame.to_csv(index=False)` with every string cell and column name formula-safe (csv_cell)."""
+    out = frame.copy()
+    out.columns = [csv_cell(str(c)) for c in out.columns]
+    for i in range(out.shape[1]):
+        if not pd.api.types.is_numeric_dtype(out.dtypes.iloc[i]):
+            out.isetitem(i, out.iloc[:, i].map(csv_cell))
+    return str(out.to_csv(index=False))
+
+
 def _markdown(table: pd.DataFrame) -> str:
     header, rows, right = _cells(table)
-
-    def esc(c: str) -> str:
-        return c.replace("\\", "\\\\").replace("|", "\\|").replace("*", "\\*")
+    esc = markdown_text
 
     lines = [f"### {esc(title(table))}", ""]
     lines += [esc(x) + "  " for x in caption(table)[1:]] + [""]
@@ -236,7 +262,7 @@ def _csv(table: pd.DataFrame) -> str:
                                        ("mdd", a["mdd"]["value"]), ("mdd_alpha", a["mdd"]["alpha"]),
                                        ("mdd_n", a["mdd"]["n"]), ("pooled_sd", a["mdd"]["pooled_sd"])]):
         out.insert(i, name, value)
-    return str(out.to_csv(index=False))
+    return csv_text(out)
 
 
 def render(table: pd.DataFrame, fmt: str = "terminal") -> str:

@@ -30,7 +30,7 @@ import jinja2
 import pandas as pd
 
 from kdbench.compare import BASELINE
-from kdbench.compare_render import render
+from kdbench.compare_render import csv_text, render
 from kdbench.errors import UsageError
 from kdbench.metrics import METRICS
 from kdbench.records import printable
@@ -167,9 +167,9 @@ def _overview(w: _Writer, site: pages.SiteContext) -> None:
                              "settings": [{k: c[k] for k in ("key", "task", "protocol", "tier", "primary",
                                                             "direction")} for c in columns],
                              "rows": flat})
-    w.text("overview.csv", pd.DataFrame(flat).to_csv(index=False))
+    w.text("overview.csv", csv_text(pd.DataFrame(flat)))
     w.text("overview.md", pages.overview_markdown(rows, columns, site))
-    w.text("runs.csv", site.loaded.frame.to_csv(index=False))
+    w.text("runs.csv", csv_text(site.loaded.frame))
 
 
 def _task_page(w: _Writer, site: pages.SiteContext, s: Setting) -> None:

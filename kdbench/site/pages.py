@@ -18,7 +18,7 @@ import yaml
 
 from kdbench import __version__
 from kdbench.compare import BASELINE, TEACHER
-from kdbench.compare_render import hardware_line, mdd_line, teacher_line, title, verdict_text
+from kdbench.compare_render import hardware_line, markdown_text, mdd_line, teacher_line, title, verdict_text
 from kdbench.errors import UsageError
 from kdbench.metrics import METRICS
 from kdbench.site import data
@@ -241,14 +241,12 @@ def overview_rows(site: SiteContext) -> tuple[list[dict[str, Any]], list[dict[st
 
 def overview_markdown(rows: list[dict[str, Any]], columns: list[dict[str, Any]], site: SiteContext) -> str:
     """The overview matrix as a GitHub table (for the README): bold where significant."""
-    def esc(text: str) -> str:
-        return text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;")
-
-    head = ["method", *(f"{c['task']}/{c['protocol']} ({c['primary']})" for c in columns), "W/T/L"]
+    esc = markdown_text
+    head = ["method", *(esc(f"{c['task']}/{c['protocol']} ({c['primary']})") for c in columns), "W/T/L"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [f"**{c['text']}**" if c["cls"] in ("better", "worse") else c["text"] for c in r["cells"]]
-        lines.append("| " + " | ".join([esc(r["name"]), *map(esc, cells), str(r["wtl"] or "—")]) + " |")
+        cells = [f"**{esc(c['text'])}**" if c["cls"] in ("better", "worse") else esc(c["text"]) for c in r["cells"]]
+        lines.append("| " + " | ".join([esc(r["name"]), *cells, esc(str(r["wtl"] or "—"))]) + " |")
     return "\n".join(lines) + "\n"
 
 
