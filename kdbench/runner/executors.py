@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,7 @@ from typing import Any
 
 from kdbench.errors import UsageError, unknown
 from kdbench.runner.sweep import Item, Outcome, Plan
+from kdbench.runner.worker import record_crash
 
 EXECUTORS = ("local", "ray", "slurm")
 
@@ -84,27 +86,68 @@ def run_local(items: list[Item], opts: ExecutorOptions) -> Iterator[Outcome]:
                 yield f.result()
 
 
+def worker_command() -> list[str]:
+    """`python -m kdbench.runner.worker` with a safe sys.path: the working directory is not put
+    first (`-P`), so a folder named `kdbench` there cannot shadow the installed package."""
+    if sys.version_info >= (3, 11):
+        return [sys.executable, "-P", "-m", "kdbench.runner.worker"]
+    return [sys.executable, "-c", "import sys; del sys.path[0]; from kdbench.runner.worker import main; "
+            "sys.exit(main())"]
+
+
+def _die_with_parent(parent: int) -> None:
+    """In a forked worker: be killed when the sweep's process dies (Linux PR_SET_PDEATHSIG), so
+    that a `kill -9` of the sweep leaves no orphans training on."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+
 def _subprocess(item: Item, cpus: list[int], threads: int, opts: ExecutorOptions, logs: Path) -> Outcome:
     stem = item.label.replace("/", "_")
     outcome_file, log_file = logs / f"{stem}.outcome.json", logs / f"{stem}.log"
     outcome_file.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "kdbench.runner.worker", item.to_json(), "--results", str(opts.results),
+    cmd = [*worker_command(), item.to_json(), "--results", str(opts.results),
            "--device", opts.device, "--threads", str(threads), "--outcome", str(outcome_file)]
     if opts.data_root:
         cmd += ["--data-root", str(opts.data_root)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONSAFEPATH": "1"}
+    parent = os.getpid()
 
-    def pin() -> None:
+    def prepare() -> None:
+        _die_with_parent(parent)
         if hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, cpus)
 
     started = time.perf_counter()
     with open(log_file, "wb") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=pin, check=False)
-    raw = json.loads(outcome_file.read_text()) if outcome_file.is_file() else None
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=prepare, check=False)
+    try:
+        raw = json.loads(outcome_file.read_text()) if outcome_file.is_file() else None
+    except (OSError, ValueError):
+        raw = None
+    if raw is not None:
+        return _outcome(item, raw, time.perf_counter() - started, "")
     tail = log_file.read_text(errors="replace").splitlines()[-5:]
-    return _outcome(item, raw, time.perf_counter() - started,
-                    f"worker exited with {proc.returncode} without an outcome: {' | '.join(tail)}")
+    code = proc.returncode
+    why = f"worker killed by signal {_signal_name(-code)}" if code < 0 else f"worker exited with {code}"
+    why = record_crash(item, opts.results, opts.data_root, opts.device,
+                       f"{why} without an outcome: {' | '.join(tail)}"[:2000], "\n".join(tail))
+    return _outcome(item, None, time.perf_counter() - started, why)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
 
 
 def run_ray(items: list[Item], opts: ExecutorOptions) -> Iterator[Outcome]:
@@ -134,7 +177,8 @@ def run_ray(items: list[Item], opts: ExecutorOptions) -> Iterator[Outcome]:
                 try:
                     raw = ray.get(ref)
                 except Exception as e:  # the worker process itself died
-                    raw, why = None, f"ray task failed: {e}"
+                    raw = None
+                    why = record_crash(refs[ref], results, data_root, opts.device, f"ray task failed: {e}"[:2000])
                 else:
                     why = ""
                 yield _outcome(refs[ref], raw, time.perf_counter() - started, why)
@@ -173,7 +217,9 @@ def run_slurm(items: list[Item], opts: ExecutorOptions) -> Iterator[Outcome]:
             try:
                 raw, why = job.result(), ""
             except Exception as e:  # the job itself failed (killed, timed out)
-                raw, why = None, f"job {job.job_id} failed: {str(e).splitlines()[0] if str(e) else e}"
+                raw = None
+                why = record_crash(item, results, data_root, opts.device,
+                                   f"job {job.job_id} failed: {str(e).splitlines()[0] if str(e) else e}"[:2000])
             yield _outcome(item, raw, time.perf_counter() - started, why)
         if pending:
             time.sleep(0.5)

@@ -30,12 +30,7 @@ def execute(item: Item, results: str, data_root: str | None, device: str = "auto
 
         torch.set_num_threads(threads)
     started = time.perf_counter()
-    from kdbench.runner.spec import RunOptions
-
-    options = RunOptions(task=item.task, method=item.method or "kd", protocol=item.protocol,
-                         seed=item.seed, device=device,
-                         data_root=Path(data_root) if data_root else None,
-                         results=Path(results), sets=dict(item.sets), overwrite=True)  # the plan chose it
+    options = options_for(item, results, data_root, device)
     try:
         if item.method is None:
             from kdbench.runner.run import train_teacher
@@ -55,6 +50,31 @@ def execute(item: Item, results: str, data_root: str | None, device: str = "auto
         print(tail, file=sys.stderr)
     return {"label": item.label, "status": status, "seconds": time.perf_counter() - started,
             "message": message}
+
+
+def options_for(item: Item, results: str | Path, data_root: str | Path | None, device: str = "auto") -> Any:
+    """The RunOptions of a sweep item (`--overwrite`: the plan chose to run it)."""
+    from kdbench.runner.spec import RunOptions
+
+    return RunOptions(task=item.task, method=item.method or "kd", protocol=item.protocol,
+                      seed=item.seed, device=device, data_root=Path(data_root) if data_root else None,
+                      results=Path(results), sets=dict(item.sets), overwrite=True)
+
+
+def record_crash(item: Item, results: str | Path, data_root: str | Path | None, device: str, why: str,
+                 tail: str | None = None) -> str:
+    """The `failed` record of a run whose worker died without one (killed by a signal, out of
+    memory, ...), written by the sweep's own process; returns `why`, with what went wrong if
+    the record could not be written. Teachers have no failed record."""
+    if item.method is None:
+        return why
+    from kdbench.runner.run import failure_record
+
+    try:
+        failure_record(options_for(item, results, data_root, device), why, tail)
+    except Exception as e:  # the card itself cannot be read any more, the folder is gone, ...
+        return f"{why} (and its failed record could not be written: {type(e).__name__}: {e})"
+    return why
 
 
 def _write_failure(options: Any, message: str, tail: str) -> None:
