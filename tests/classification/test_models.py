@@ -22,7 +22,7 @@ def _build(arch: str, aux_heads: bool = False) -> models.StagedClassifier:
 
 
 def test_registry_holds_every_arch() -> None:
-    assert set(models.MODELS) == {"convnet", *RESNETS}
+    assert set(models.MODELS) == {"convnet", "convnet1d", *RESNETS}
 
 
 @pytest.mark.parametrize("arch", ["convnet", *RESNETS])
