@@ -1,4 +1,4 @@
-"""Result records (DESIGN §5): the schema shipped in the package, atomic writes, validation."""
+"""Result records (docs/architecture.md, Records): the schema shipped in the package, atomic writes, validation."""
 
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ from kdbench.stats import WinsTiesLosses, wins_ties_losses
 SUBMISSION_FILE = "submission.yaml"
 SUBMISSION_KEYS = ("by", "contact", "url", "paper", "note")
 SUBMISSION_BYTES = 64 << 10
-#: Tiers shown on the leaderboard (smoke runs prove the pipeline and are never on it: DESIGN §4).
+#: Tiers shown on the leaderboard (smoke runs prove the pipeline and are never on it).
 LEADERBOARD_TIERS = tuple(t for t in TIERS if t != "smoke")
 _SAFE = re.compile(r"^[a-z0-9_-]+$")
 #: Below this many record files, reading them in this process is faster than forking readers.
