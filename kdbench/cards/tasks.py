@@ -48,6 +48,8 @@ class ClassificationData:
 class ClassificationModel:
     arch: str
     widths: list[int] | None = None
+    depth: int | None = bounded(None, ge=1)  # convnet1d: convolutions per stage
+    kernel: int | None = bounded(None, ge=1)  # convnet1d: odd kernel size
 
 
 @dataclass(frozen=True, kw_only=True)

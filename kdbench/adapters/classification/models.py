@@ -188,7 +188,8 @@ class ConvNet(StagedClassifier):
 
 
 class ConvNet1d(StagedClassifier):
-    """`ConvNet` for 1-D signals: 3 stages of two conv5-BN-ReLU, max-pool by 2 between stages.
+    """`ConvNet` for 1-D signals: 3 stages of `depth` conv-BN-ReLU (kernel `kernel`, same
+    padding), max-pool by 2 at the start of stages 2 and 3.
 
     For MNIST-1D's 40-sample signals the stages run at lengths 40, 20 and 10; the auxiliary
     heads are `AuxHead1d`.
@@ -198,6 +199,8 @@ class ConvNet1d(StagedClassifier):
         num_classes: K.
         in_channels: input channels.
         aux_heads: add auxiliary classifiers after stage1 and stage2.
+        depth: convolutions per stage, ≥ 1.
+        kernel: odd kernel size of the convolutions.
     """
 
     def __init__(
@@ -206,14 +209,19 @@ class ConvNet1d(StagedClassifier):
         num_classes: int = 10,
         in_channels: int = 1,
         aux_heads: bool = False,
+        depth: int = 2,
+        kernel: int = 5,
     ) -> None:
         if len(widths) != len(STAGES):
             raise ValueError(f"ConvNet1d needs {len(STAGES)} widths, got {tuple(widths)}")
+        if depth < 1 or kernel < 1 or kernel % 2 == 0:
+            raise ValueError(f"ConvNet1d needs depth ≥ 1 and an odd kernel, got depth {depth}, kernel {kernel}")
         stages: list[nn.Module] = []
         c_in = in_channels
         for i, w in enumerate(widths):
             pool: list[nn.Module] = [nn.MaxPool1d(2)] if i > 0 else []
-            stages.append(nn.Sequential(*pool, _conv_bn_relu1d(c_in, w), _conv_bn_relu1d(w, w)))
+            convs = [_conv_bn_relu1d(c_in if j == 0 else w, w, kernel) for j in range(depth)]
+            stages.append(nn.Sequential(*pool, *convs))
             c_in = w
         super().__init__(nn.Identity(), stages, widths, num_classes, aux_heads, AuxHead1d)
 
