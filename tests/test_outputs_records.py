@@ -99,7 +99,7 @@ def test_cards_ship_inside_the_package_and_resolve_by_tier() -> None:
     standard = load_protocol("classification", "standard")
     assert standard.name == "cifar100" and standard.tier == "standard"
     small = load_protocol("classification", "small")
-    assert len(small.sha256) == 64 and small.get("data.dataset") == "digits"
+    assert len(small.sha256) == 64 and small.get("data.dataset") == "mnist1d"
     again = load_protocol("classification", str(small.path))
     assert again.sha256 == small.sha256
 
