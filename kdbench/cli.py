@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--task", required=True, help="a task (kdbench list tasks)")
     check.add_argument("--protocol", default="small", help="a tier, card name or card path (default: small)")
     check.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    check.add_argument("--records-only", action="store_true",
+                       help="judge the records already in --results; train nothing (a missing record is an error)")
     _data_root_arg(check)
     _results_arg(check)
 
@@ -261,9 +263,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def cmd_protocol(args: argparse.Namespace) -> int:
     from kdbench.runner.protocol_check import protocol_check
 
-    report = protocol_check(args.task, args.protocol, args.results, device=args.device, data_root=args.data_root)
+    report = protocol_check(args.task, args.protocol, args.results, device=args.device, data_root=args.data_root,
+                            records_only=args.records_only)
     print(report.text)
-    return 0
+    return 1 if report.data["passed"] is False else 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -13,7 +13,14 @@ scored on **val**, and reports:
   seeds, over the gap, and the seeds that would bring it to a quarter of the gap. The paired
   SD is estimated as √2 × the baseline's seed SD, i.e. a method uncorrelated with the baseline
   on a seed; methods that share the seed's data order correlate and do better than this;
-- the measured cost per run.
+- the measured cost per run;
+
+and a verdict on each rule a small or medium card must pass (`RULES`): R1 converged (both
+convergence changes ≤ 10 % of the gap), R2 a real teacher with headroom (gap ≥ 3 baseline seed
+SDs; the baseline at most 95 % of the way to the metric's ceiling), R3 power (≥ 5 seeds and an
+MDD ≤ 25 % of the gap), R4 cost (a baseline run's training ≤ 120 s, 240 s for detection and pose,
+on small cards). R5 (real data is credible: reference models beside the teacher) is stated in the
+medium cards and not computed here. Smoke cards are reported, never judged.
 
 The 2× and 1.5× runs are ablations (stored under `<card>+<sha8>`), never the card's records.
 """
@@ -34,6 +41,13 @@ from kdbench.stats import minimal_detectable_difference, seeds_needed, summarize
 
 POWER = 0.8
 ALPHA = 0.05
+CONVERGED = 0.10  # R1: the most a longer run may move, as a fraction of the gap
+GAP_SDS = 3.0  # R2: the least gap, in baseline seed SDs
+CEILING_FRACTION = 0.95  # R2: the baseline at most this far from the metric's floor to its ceiling
+MDD_FRACTION = 0.25  # R3
+MIN_SEEDS = 5  # R3
+RUN_SECONDS = {"detection": 240.0, "pose": 240.0}  # R4, small cards; other tasks 120 s
+RULES = ("R1", "R2", "R3", "R4")
 
 
 @dataclass
@@ -43,8 +57,9 @@ class CheckReport:
     path: Path
 
 
-def _reuse_or_run(options: Any) -> dict[str, Any]:
-    """The ok record of exactly this run if one exists, else a fresh run's record."""
+def _reuse_or_run(options: Any, records_only: bool = False) -> dict[str, Any]:
+    """The ok record of exactly this run if one exists, else a fresh run's record (with
+    `records_only`, a missing record is an error instead)."""
     from kdbench.runner.run import run, train_teacher
     from kdbench.runner.spec import resolve
     from kdbench.runner.sweep import _done
@@ -61,12 +76,20 @@ def _reuse_or_run(options: Any) -> dict[str, Any]:
             record = read_record(path)
             if record.get("protocol", {}).get("sha256") == spec.protocol.sha256:
                 return record
+        _missing(records_only, path)
         options.overwrite = True
         return train_teacher(options)[0]
     if _done(spec, options.results):
         return read_record(spec.record_path)
+    _missing(records_only, spec.record_path)
     options.overwrite = True
     return run(options)[0]
+
+
+def _missing(records_only: bool, path: Path) -> None:
+    if records_only:
+        raise UsageError(f"--records-only: no ok record of this card's current content at {path}; run "
+                         "`kdbench protocol check` without --records-only to train it")
 
 
 def _val(record: dict[str, Any], primary: str) -> float:
@@ -78,7 +101,7 @@ def _val(record: dict[str, Any], primary: str) -> float:
 
 
 def protocol_check(task: str, protocol: str, results: Path, *, device: str = "auto",
-                   data_root: Path | None = None, alpha: float = ALPHA) -> CheckReport:
+                   data_root: Path | None = None, alpha: float = ALPHA, records_only: bool = False) -> CheckReport:
     from kdbench.adapters import get_adapter
     from kdbench.methods import registry
     from kdbench.runner.protocol import load_protocol
@@ -101,11 +124,12 @@ def protocol_check(task: str, protocol: str, results: Path, *, device: str = "au
     print(f"protocol check {task}/{card.key}: baseline × {len(seeds)} seeds, baseline at {2 * epochs} epochs, "
           f"teacher at {teacher_epochs} and {math.ceil(1.5 * teacher_epochs)} epochs (reusing records in {results})",
           file=sys.stderr)
-    base = {s: _reuse_or_run(opts("baseline", s)) for s in seeds}
-    base2 = _reuse_or_run(opts("baseline", seeds[0], {"train.epochs": 2 * epochs}))
+    base = {s: _reuse_or_run(opts("baseline", s), records_only) for s in seeds}
+    base2 = _reuse_or_run(opts("baseline", seeds[0], {"train.epochs": 2 * epochs}), records_only)
     tseed = int(typed.teacher.seed)  # type: ignore[attr-defined]
-    teacher = _reuse_or_run(opts("teacher", tseed))
-    teacher15 = _reuse_or_run(opts("teacher", tseed, {"teacher.train.epochs": math.ceil(1.5 * teacher_epochs)}))
+    teacher = _reuse_or_run(opts("teacher", tseed), records_only)
+    teacher15 = _reuse_or_run(opts("teacher", tseed, {"teacher.train.epochs": math.ceil(1.5 * teacher_epochs)}),
+                              records_only)
 
     b_vals = {s: _val(r, primary) for s, r in base.items()}
     b = summarize(b_vals.values())
@@ -141,10 +165,46 @@ def protocol_check(task: str, protocol: str, results: Path, *, device: str = "au
         "cost_seconds": {"baseline": summarize(r["cost"]["train_seconds"] for r in base.values()).mean,
                          "teacher": teacher["cost"]["train_seconds"]},
     }
+    data["rules"] = verdicts(data, typed.tier)
+    data["passed"] = None if typed.tier == "smoke" else all(r["pass"] for r in data["rules"].values())
     path = Path(results) / task / card.key / "protocol-check.json"
     data = _finite(data)
     atomic_write_bytes(path, (json.dumps(data, indent=2, allow_nan=False) + "\n").encode())
     return CheckReport(_text(data), data, path)
+
+
+def verdicts(d: dict[str, Any], tier: str) -> dict[str, dict[str, Any]]:
+    """Each rule's pass/fail and the figures it was judged on (module docstring)."""
+    def le(x: float | None, bound: float) -> bool:
+        return x is not None and math.isfinite(x) and x <= bound
+
+    p, gap = d["power"], d["gap"]
+    floor = 0.0 if d["direction"] == "higher" else None
+    best, mean = d["ceiling"], d["baseline"]["mean"]
+    if best is None or floor is None:
+        below_ceiling, reach = True, None
+    else:
+        reach = (mean - floor) / (best - floor)
+        below_ceiling = reach <= CEILING_FRACTION
+    run_s = d["cost_seconds"]["baseline"]
+    limit = RUN_SECONDS.get(d["task"], 120.0)
+    r1 = [d["convergence_baseline"], d["convergence_teacher"]]
+    return {
+        "R1": {"pass": gap > 0 and all(le(abs(x) if x is not None else None, CONVERGED) for x in r1),
+               "rule": f"|baseline 2x - 1x| and |teacher 1.5x - 1x| <= {CONVERGED:g} of the gap",
+               "values": r1},
+        "R2": {"pass": gap > 0 and (d["gap_over_sd"] or 0.0) >= GAP_SDS and below_ceiling,
+               "rule": f"gap >= {GAP_SDS:g} baseline seed SDs, baseline <= {CEILING_FRACTION:g} of the way "
+                       "to the ceiling",
+               "values": [d["gap_over_sd"], reach]},
+        "R3": {"pass": p["n"] >= MIN_SEEDS and le(p["mdd_over_gap"], MDD_FRACTION),
+               "rule": f">= {MIN_SEEDS} seeds and MDD <= {MDD_FRACTION:g} of the gap",
+               "values": [p["n"], p["mdd_over_gap"]]},
+        "R4": {"pass": tier != "small" or le(run_s, limit),
+               "rule": f"small cards: a baseline run trains in <= {limit:g} s"
+                       + ("" if tier == "small" else " (not a small card)"),
+               "values": [run_s]},
+    }
 
 
 def _finite(node: Any) -> Any:
@@ -178,4 +238,8 @@ def _text(d: dict[str, Any]) -> str:
         f"  seeds for MDD ≤ gap/4           {p['n_for_quarter_gap'] if p['n_for_quarter_gap'] else 'n/a'}",
         f"  cost per run (train s)          baseline {_fmt(d['cost_seconds']['baseline'], '.1f')}, "
         f"teacher {_fmt(d['cost_seconds']['teacher'], '.1f')}",
+        *[f"  {name} {'pass' if r['pass'] else 'FAIL'}: {r['rule']}" for name, r in d["rules"].items()],
+        "  verdict: " + ("smoke card, not judged" if d["passed"] is None else
+                         "passes R1-R4" if d["passed"] else "FAILS " + ", ".join(
+                             n for n, r in d["rules"].items() if not r["pass"])),
     ])

@@ -1,0 +1,89 @@
+"""Protocol v2, part 2: the rules a small or medium card must pass, and the committed evidence
+that the shipped cards pass them (judged from the committed records, training nothing)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kdbench.cli import main
+from kdbench.errors import UsageError
+from kdbench.runner.protocol_check import protocol_check, verdicts
+
+ROOT = Path(__file__).resolve().parents[2]
+CHECKS = sorted((ROOT / "results").glob("*/*/protocol-check.json"))
+
+PASSING: dict[str, Any] = {
+    "task": "classification", "direction": "higher", "gap": 4.0, "ceiling": 100.0,
+    "baseline": {"mean": 90.0}, "convergence_baseline": 0.05, "convergence_teacher": -0.02,
+    "gap_over_sd": 8.0, "power": {"n": 8, "mdd_over_gap": 0.2}, "cost_seconds": {"baseline": 60.0},
+}
+
+
+def _with(path: str, value: Any) -> dict[str, Any]:
+    d = copy.deepcopy(PASSING)
+    *parents, leaf = path.split(".")
+    node = d
+    for key in parents:
+        node = node[key]
+    node[leaf] = value
+    return d
+
+
+def test_a_card_meeting_every_rule_passes() -> None:
+    assert all(r["pass"] for r in verdicts(PASSING, "small").values())
+
+
+@pytest.mark.parametrize("path, value, rule", [
+    ("convergence_baseline", 0.11, "R1"),  # the baseline still climbs: a Δ would be training speed
+    ("convergence_teacher", -0.15, "R1"),  # a teacher that moves either way is not converged
+    ("convergence_teacher", None, "R1"),
+    ("gap_over_sd", 2.9, "R2"),
+    ("baseline.mean", 96.0, "R2"),  # saturated: more than 95 % of the way to the ceiling
+    ("gap", -1.0, "R2"),  # the teacher below the baseline
+    ("power.n", 4, "R3"),
+    ("power.mdd_over_gap", 0.26, "R3"),
+    ("power.mdd_over_gap", None, "R3"),
+    ("cost_seconds.baseline", 121.0, "R4"),
+])
+def test_each_rule_fails_on_its_own_figure(path: str, value: Any, rule: str) -> None:
+    failed = {name for name, r in verdicts(_with(path, value), "small").items() if not r["pass"]}
+    assert failed == ({"R1", "R2"} if path == "gap" else {rule})
+
+
+def test_detection_and_pose_runs_may_take_four_minutes_and_medium_cards_any() -> None:
+    slow = _with("cost_seconds.baseline", 200.0)
+    assert not verdicts(slow, "small")["R4"]["pass"]
+    assert verdicts(dict(slow, task="pose"), "small")["R4"]["pass"]
+    assert verdicts(_with("cost_seconds.baseline", 900.0), "medium")["R4"]["pass"]
+
+
+def test_lower_is_better_metrics_have_no_ceiling_fraction() -> None:
+    d = dict(PASSING, direction="lower", ceiling=0.0)
+    assert verdicts(d, "small")["R2"]["pass"]
+
+
+def test_records_only_trains_nothing(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="--records-only: no ok record"):
+        protocol_check("classification", "smoke", tmp_path, records_only=True)
+    assert not list(tmp_path.rglob("*.json"))
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=[f"{p.parent.parent.name}/{p.parent.name}" for p in CHECKS])
+def test_the_committed_cards_pass_from_their_committed_records(check: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    task, card = check.parent.parent.name, check.parent.name
+    shutil.copytree(ROOT / "results" / task, tmp_path / task)
+    argv = ["protocol", "check", "--task", task, "--protocol", card, "--records-only", "--results", str(tmp_path)]
+    assert main(argv) == 0, capsys.readouterr().out
+    fresh = json.loads((tmp_path / task / card / "protocol-check.json").read_text())
+    assert fresh["passed"] is True
+    committed = json.loads(check.read_text())
+    assert committed["sha256"] == fresh["sha256"], "the committed protocol-check.json is of another card content"
+    assert committed.get("rules") == fresh["rules"], "re-run `kdbench protocol check` and commit its output"
+
