@@ -214,11 +214,14 @@ class OODData:
     ood_per_lang: int | None = bounded(None, ge=1)
     max_chars: int | None = bounded(None, ge=1)
     seed: int | None = bounded(None, ge=0)
+    tokens: Literal["chars", "words"] | None = None  # clinc150 only; langid is characters
+    min_count: int | None = bounded(None, ge=1)  # words: rarer training words become UNK
+    max_tokens: int | None = bounded(None, ge=1)  # words: the cut per utterance
 
 
 @dataclass(frozen=True, kw_only=True)
 class OODModel:
-    arch: Literal["char_transformer"]
+    arch: Literal["char_transformer", "word_transformer"]  # the TextEncoder over data.tokens
     dim: int | None = bounded(None, ge=1)
     depth: int | None = bounded(None, ge=1)
     heads: int | None = bounded(None, ge=1)

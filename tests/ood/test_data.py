@@ -59,6 +59,25 @@ def test_characters_unseen_in_training_are_unknown() -> None:
     assert vocab.encode("abab", 2).tolist() == [2, 3]
 
 
+def test_words_are_lower_cased_tokens_and_rare_or_unseen_ones_unknown() -> None:
+    assert D.words_of("What's my balance? Pay $20") == ["what", "'", "s", "my", "balance", "?", "pay", "$", "20"]
+    vocab = D.WordVocab(["pay the bill", "Pay rent", "the rent"], min_count=2)
+    assert sorted(vocab.index) == ["pay", "rent", "the"] and len(vocab) == 5  # "bill" seen once
+    assert vocab.encode("PAY the bill now", 10).tolist() == [vocab.index["pay"], vocab.index["the"], D.UNK, D.UNK]
+    assert vocab.encode("pay the rent", 2).tolist() == [vocab.index["pay"], vocab.index["the"]]
+    assert vocab.encode("", 5).tolist() == [D.UNK]  # never an empty sequence
+
+
+def test_tokens_and_arch_must_agree() -> None:
+    with pytest.raises(UsageError, match="langid is read as characters"):
+        OODAdapter(apply_overrides(load_protocol("ood", "smoke"), {"data.tokens": "words"}), None,
+                   torch.device("cpu"))
+    adapter = OODAdapter(apply_overrides(load_protocol("ood", "smoke"), {"student.arch": "word_transformer"}),
+                         None, torch.device("cpu"))
+    with pytest.raises(UsageError, match=r"does not read data\.tokens chars; valid: char_transformer"):
+        adapter.build_model("student", frozenset())
+
+
 def test_clinc150_missing_file_and_root_say_what_is_needed(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"data_full\.json"):
         D.load_clinc150(tmp_path)

@@ -55,7 +55,10 @@ class OODAdapter(Adapter):
     def __init__(self, protocol: Protocol, data_root: Path | None, device: torch.device) -> None:
         super().__init__(protocol, data_root, device)
         self.data = self._load(protocol.card["data"])
-        self.max_chars = int(protocol.card["data"].get("max_chars", 64 if self._langid else 96))
+        data = protocol.card["data"]
+        self.words = data.get("tokens") == "words"
+        self.max_chars = int(data.get("max_tokens", 32)) if self.words else int(
+            data.get("max_chars", 64 if self._langid else 96))  # positions of the encoder
         primary = protocol.typed.metrics.primary  # the card is the one place that defines it
         if primary not in METRICS or not (primary == "id_acc" or primary.startswith(
                 tuple(f"{m}_" for m in OOD_DETECTION_METRICS))):
@@ -71,6 +74,9 @@ class OODAdapter(Adapter):
     def _load(self, spec: dict[str, Any]) -> D.OODData:
         name = spec.get("dataset")
         if name == "langid":
+            if spec.get("tokens", "chars") != "chars":
+                raise UsageError(f"protocol {self.protocol.name!r} data: langid is read as characters; "
+                                 "data.tokens words is for clinc150")
             try:
                 return D.load_langid(spec)
             except (KeyError, ValueError) as e:
@@ -80,7 +86,9 @@ class OODAdapter(Adapter):
                 raise UsageError("CLINC150 needs --data-root (or KDBENCH_DATA_ROOT): the folder that "
                                  f"holds {D.CLINC_DIR}/{D.CLINC_FILE} (download {D.CLINC_URL})")
             try:
-                return D.load_clinc150(self.data_root, int(spec.get("max_chars", 96)))
+                return D.load_clinc150(self.data_root, int(spec.get("max_chars", 96)),
+                                       str(spec.get("tokens", "chars")), int(spec.get("min_count", 1)),
+                                       int(spec.get("max_tokens", 32)))
             except (FileNotFoundError, ValueError) as e:
                 raise KDBenchError(str(e)) from None
         raise UsageError(f"unknown ood dataset {name!r}; valid: {', '.join(DATASETS)}")
@@ -103,9 +111,10 @@ class OODAdapter(Adapter):
     def build_model(self, role: Role, needs: frozenset[str]) -> nn.Module:
         spec = dict(self.protocol.card[role])
         kwargs = {k: v for k, v in spec.items() if k not in _MODEL_KEYS}
-        if spec.get("arch") != "char_transformer":
-            raise UsageError(f"protocol {self.protocol.name!r} {role}: unknown arch {spec.get('arch')!r}; "
-                             "valid: char_transformer")
+        arch = "word_transformer" if self.words else "char_transformer"
+        if spec.get("arch") != arch:
+            raise UsageError(f"protocol {self.protocol.name!r} {role}: arch {spec.get('arch')!r} does not read "
+                             f"data.tokens {'words' if self.words else 'chars'}; valid: {arch}")
         try:
             return TextEncoder(len(self.data.vocab), self.data.num_classes, max_chars=self.max_chars,
                                aux_heads=role == "student" and "layers" in needs, **kwargs)

@@ -15,14 +15,19 @@ Prediction", EMNLP 2019): `<data-root>/clinc150/data_full.json`; ID = the 150 in
 file's official lists. `oos_train` is not used for training (no outlier exposure), as in
 MLKD's setting.
 
-Text is encoded as characters: ids 0 = padding, 1 = unknown (a character absent from the ID
-training set), then the training set's characters in sorted order.
+Text is encoded as characters (`data.tokens: chars`, the default): ids 0 = padding, 1 = unknown
+(a character absent from the ID training set), then the training set's characters in sorted
+order; or as words (`tokens: words`, CLINC150): lower-cased runs of letters and digits and
+single punctuation marks, ids 0 = padding, 1 = unknown (a word seen fewer than `min_count`
+times in the ID training set, or never), then the kept words in sorted order.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import zlib
+from collections import Counter
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,7 +73,7 @@ class OODData:
     ood_val: dict[str, TextSet]
     ood: dict[str, TextSet]
     classes: list[str]
-    vocab: CharVocab
+    vocab: CharVocab | WordVocab
 
     def eval_sets(self, split: str) -> tuple[TextSet, dict[str, TextSet]]:
         """The ID set and the OOD sets scored on `split` ("val" or "test")."""
@@ -95,6 +100,33 @@ class CharVocab:
 
     def encode_all(self, texts: Sequence[str], labels: Sequence[int], max_chars: int) -> TextSet:
         return TextSet([self.encode(t, max_chars) for t in texts],
+                       torch.tensor(list(labels), dtype=torch.long), list(texts))
+
+
+WORD = re.compile(r"\w+|[^\w\s]")
+
+
+def words_of(text: str) -> list[str]:
+    """Lower-cased word tokens: runs of letters/digits, and every other non-space character."""
+    return WORD.findall(text.lower())
+
+
+class WordVocab:
+    """Word ids from the ID training texts; rarer (< `min_count`) and unseen words map to UNK."""
+
+    def __init__(self, texts: Sequence[str], min_count: int = 1) -> None:
+        counts = Counter(w for t in texts for w in words_of(t))
+        self.index = {w: i + 2 for i, w in enumerate(sorted(w for w, c in counts.items() if c >= min_count))}
+
+    def __len__(self) -> int:
+        return len(self.index) + 2
+
+    def encode(self, text: str, max_tokens: int) -> Tensor:
+        ids = [self.index.get(w, UNK) for w in words_of(text)[:max_tokens]] or [UNK]
+        return torch.tensor(ids, dtype=torch.long)
+
+    def encode_all(self, texts: Sequence[str], labels: Sequence[int], max_tokens: int) -> TextSet:
+        return TextSet([self.encode(t, max_tokens) for t in texts],
                        torch.tensor(list(labels), dtype=torch.long), list(texts))
 
 
@@ -184,9 +216,11 @@ def load_langid(spec: dict[str, Any]) -> OODData:
 
 # ---------------------------------------------------------------- CLINC150
 
-def load_clinc150(root: Path, max_chars: int = 96) -> OODData:
-    """CLINC150's `data_full.json` under `root/clinc150/`; raises FileNotFoundError/ValueError
-    naming what is missing or malformed."""
+def load_clinc150(root: Path, max_chars: int = 96, tokens: str = "chars", min_count: int = 1,
+                  max_tokens: int = 32) -> OODData:
+    """CLINC150's `data_full.json` under `root/clinc150/`, as characters (cut at `max_chars`) or
+    words (cut at `max_tokens`); raises FileNotFoundError/ValueError naming what is missing or
+    malformed."""
     path = root / CLINC_DIR / CLINC_FILE
     if not path.is_file():
         raise FileNotFoundError(f"CLINC150 not found: expected {path} (download {CLINC_URL})")
@@ -197,11 +231,13 @@ def load_clinc150(root: Path, max_chars: int = 96) -> OODData:
                              f"expected {size} (is it data_full.json?)")
     classes = sorted({intent for _, intent in data["train"]})
     index = {c: i for i, c in enumerate(classes)}
-    vocab = CharVocab([t for t, _ in data["train"]])
+    texts = [t for t, _ in data["train"]]
+    vocab = WordVocab(texts, min_count) if tokens == "words" else CharVocab(texts)
+    length = max_tokens if tokens == "words" else max_chars
 
     def encode(items: list[list[str]], in_scope: bool) -> TextSet:
         labels = [index[i] if in_scope else -1 for _, i in items]
-        return vocab.encode_all([t for t, _ in items], labels, max_chars)
+        return vocab.encode_all([t for t, _ in items], labels, length)
 
     return OODData(encode(data["train"], True), encode(data["val"], True), encode(data["test"], True),
                    {"oos": encode(data["oos_val"], False)}, {"oos": encode(data["oos_test"], False)},
