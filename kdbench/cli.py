@@ -72,7 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     _sweep_args(sweep)
 
     lst = sub.add_parser("list", help="list tasks, methods or protocols")
-    lst.add_argument("what", choices=["tasks", "methods", "protocols"])
+    lst.add_argument("what", choices=["tasks", "methods", "protocols"],
+                     help="tasks (what each provides), methods (teacher, needs, the tasks that serve it) or "
+                          "protocols (every shipped card and its tier)")
     val = sub.add_parser("validate", help="check result records against the schema")
     val.add_argument("paths", nargs="+", type=Path)
 
@@ -270,33 +272,9 @@ def cmd_protocol(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    if args.what == "tasks":
-        from kdbench.adapters import TASKS, get_adapter
+    from kdbench.listing import LISTS
 
-        for task in TASKS:
-            adapter = get_adapter(task)
-            parts = ", ".join(sorted(adapter.provides))
-            print(f"{task:<16} provides {parts}")
-    elif args.what == "methods":
-        from kdbench.adapters import TASKS, get_adapter
-        from kdbench.methods import registry
-
-        provides = {task: get_adapter(task).provides for task in TASKS}
-        rows = sorted(registry().values(), key=lambda c: c.name)
-        print(f"{'name':<10} {'teacher':<9} {'needs':<36} {'tasks':<28} paper")
-        for cls in rows:
-            needs = ", ".join(sorted(cls.needs)) or "-"
-            tasks = ", ".join(t for t, p in provides.items() if cls.needs <= p) or "-"
-            print(f"{cls.name:<10} {cls.teacher:<9} {needs:<36} {tasks:<28} {cls.paper}")
-    else:
-        from kdbench.adapters import TASKS
-        from kdbench.runner.protocol import load_protocol, task_cards
-
-        for task in TASKS:
-            for name in task_cards(task):
-                p = load_protocol(task, name)
-                desc = str(p.card.get("description", "")).strip().splitlines()
-                print(f"{task:<16} {name:<12} {p.tier:<9} {desc[0] if desc else ''}")
+    sys.stdout.write(LISTS[args.what]())
     return 0
 
 
