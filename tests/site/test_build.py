@@ -266,8 +266,18 @@ def test_catalog_matches_the_registries() -> None:
     """The committed catalog.json is what the live registries say (regenerate when it is not)."""
     from kdbench.site.catalog import dumps, generate
 
-    assert dumps(generate()) == dumps(load_catalog()), \
-        "kdbench/site/catalog.json is out of date: run `python -m kdbench.site.catalog`"
+    live, committed = json.loads(dumps(generate())), json.loads(dumps(load_catalog()))
+    if live == committed:
+        return
+    what = []
+    for part in ("methods", "tasks"):
+        new, old = live[part], committed.get(part, {})
+        what += [f"new {part[:-1]} {k}" for k in sorted(set(new) - set(old))]
+        what += [f"{part[:-1]} {k} gone" for k in sorted(set(old) - set(new))]
+        what += [f"{part[:-1]} {k} changed" for k in sorted(set(new) & set(old)) if new[k] != old[k]]
+    what += [k for k in ("needs", "generated_by") if live.get(k) != committed.get(k)]
+    pytest.fail(f"kdbench/site/catalog.json is out of date ({'; '.join(what)}): run "
+                "`python -m kdbench.site.catalog` and commit the file", pytrace=False)
 
 
 def test_card_match_uses_the_effective_card_sha(tmp_path: Path) -> None:
