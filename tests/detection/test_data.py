@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from kdbench.adapters.detection.data import (
     make_shapes_dataset,
 )
 from kdbench.adapters.detection.evaluate import coco_detection_metrics, to_coco_results
+from tests.datafiles import data_root
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +29,7 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _coco_fixture() -> Path:
-    root = os.environ.get("KDBENCH_DATA_ROOT")
-    if not root:
-        pytest.skip("COCO keypoints fixture (coco-fixtures/test_coco.json) needs KDBENCH_DATA_ROOT")
-    path = Path(root) / "coco-fixtures" / "test_coco.json"
-    if not path.is_file():
-        pytest.skip(f"COCO keypoints fixture not found at {path}")
-    return path
+    return data_root("coco-fixtures") / "coco-fixtures" / "test_coco.json"
 
 
 def _perfect_results(data: DetectionSet) -> list[dict[str, object]]:

@@ -12,6 +12,7 @@ from kdbench.adapters.detection.adapter import DetectionAdapter
 from kdbench.cli import main
 from kdbench.records import validation_errors
 from kdbench.runner.protocol import load_protocol
+from tests.datafiles import data_root
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +79,7 @@ def test_methods_detection_cannot_serve_are_refused_before_training(
 
 
 def test_standard_card_reads_coco_format_files(tmp_path: Path) -> None:
-    import os
-
-    root = os.environ.get("KDBENCH_DATA_ROOT")
-    if not root:
-        pytest.skip("COCO keypoints fixture (coco-fixtures/) needs KDBENCH_DATA_ROOT")
-    fixtures = Path(root).resolve() / "coco-fixtures"  # links in tmp_path need an absolute target
+    fixtures = data_root("coco-fixtures") / "coco-fixtures"  # resolved: links in tmp_path need an absolute target
     data = tmp_path / "coco"
     (data / "annotations").mkdir(parents=True)
     for split in ("train", "val"):

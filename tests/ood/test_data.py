@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from kdbench.adapters.ood import data as D
 from kdbench.adapters.ood.adapter import OODAdapter
 from kdbench.errors import KDBenchError, UsageError
 from kdbench.runner.protocol import apply_overrides, load_protocol
+from tests.datafiles import data_root
 
 SPEC = {"dataset": "langid", "id": ["en", "de"], "near": ["nl"], "far": ["fi"], "vocab_words": 200,
         "words": [2, 4], "train_per_lang": 10, "val_per_lang": 3, "test_per_lang": 5, "ood_val_per_lang": 2,
@@ -93,10 +93,8 @@ def test_unknown_dataset_names_the_valid_ones() -> None:
         apply_overrides(load_protocol("ood", "smoke"), {"data.dataset": "imdb"})
 
 
-@pytest.mark.skipif("KDBENCH_DATA_ROOT" not in os.environ, reason="CLINC150 needs KDBENCH_DATA_ROOT "
-                    "(the folder holding clinc150/data_full.json)")
 def test_clinc150_real_file_split_sizes() -> None:
-    data = D.load_clinc150(Path(os.environ["KDBENCH_DATA_ROOT"]))
+    data = D.load_clinc150(data_root("clinc150"))
     assert (len(data.train), len(data.val), len(data.test)) == (15_000, 3_000, 4_500)
     assert (len(data.ood_val["oos"]), len(data.ood["oos"])) == (100, 1_000)
     assert data.num_classes == 150 and "oos" not in data.classes

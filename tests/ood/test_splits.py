@@ -4,8 +4,6 @@ evaluate per split (langid generated; CLINC150's official val and oos_val lists)
 from __future__ import annotations
 
 import copy
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +12,7 @@ from kdbench.adapters.ood import data as D
 from kdbench.adapters.ood.adapter import OODAdapter
 from kdbench.errors import UsageError
 from kdbench.runner.protocol import load_protocol
+from tests.datafiles import data_root
 
 
 def _by_lang(texts: D.TextSet, classes: int) -> list[set[str]]:
@@ -71,12 +70,10 @@ def test_unknown_split_names_the_valid_ones(adapter: OODAdapter) -> None:
         adapter.evaluate(model, "train")
 
 
-@pytest.mark.skipif("KDBENCH_DATA_ROOT" not in os.environ, reason="CLINC150 needs KDBENCH_DATA_ROOT "
-                    "(the folder holding clinc150/data_full.json)")
 def test_clinc150_val_is_the_official_val_and_oos_val_lists() -> None:
     import json
 
-    root = Path(os.environ["KDBENCH_DATA_ROOT"])
+    root = data_root("clinc150")
     raw = json.loads((root / "clinc150" / "data_full.json").read_text())
     protocol = copy.deepcopy(load_protocol("ood", "clinc150"))
     data = OODAdapter(protocol, root, torch.device("cpu")).data

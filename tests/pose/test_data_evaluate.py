@@ -4,7 +4,6 @@ files when KDBENCH_DATA_ROOT is set) and OKS AP against pycocotools where the an
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from kdbench.adapters.pose.data import PoseSet, hflip, load_coco_keypoints
 from kdbench.adapters.pose.evaluate import keypoint_results, oks_metrics
 from kdbench.adapters.pose.skeleton import COCO_SIGMAS, WHOLEBODY_SIGMAS, flip_index
 from kdbench.adapters.pose.synthetic import make_figures_dataset
+from tests.datafiles import data_root
 
 INPUT = (48, 64)
 
@@ -25,10 +25,7 @@ def figures(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _fixtures() -> Path:
-    root = os.environ.get("KDBENCH_DATA_ROOT")
-    if not root or not (Path(root) / "coco-fixtures" / "test_coco.json").is_file():
-        pytest.skip("KDBENCH_DATA_ROOT unset or without coco-fixtures/ (mmpose's COCO test files)")
-    return Path(root) / "coco-fixtures"
+    return data_root("coco-fixtures") / "coco-fixtures"
 
 
 def test_figures_are_deterministic_and_flag_visibility(figures: Path, tmp_path: Path) -> None:

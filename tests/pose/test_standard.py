@@ -4,19 +4,16 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from kdbench.cli import main
+from tests.datafiles import data_root
 
 
 def _layout(tmp_path: Path, source: str, pattern: str) -> Path:
-    root = os.environ.get("KDBENCH_DATA_ROOT")
-    fixtures = Path(root or "").resolve() / "coco-fixtures"  # links in tmp_path need an absolute target
-    if not root or not (fixtures / source).is_file():
-        pytest.skip("KDBENCH_DATA_ROOT unset or without coco-fixtures/ (mmpose's COCO test files)")
+    fixtures = data_root("coco-fixtures") / "coco-fixtures"  # resolved: links in tmp_path need an absolute target
     (tmp_path / "annotations").mkdir(parents=True)
     for split in ("train", "val"):
         (tmp_path / "annotations" / pattern.format(split=split)).symlink_to(fixtures / source)

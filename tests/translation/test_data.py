@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from kdbench.adapters.translation import data as D
 from kdbench.adapters.translation.tokenizer import EOS, WordTokenizer, train_sentencepiece
 from kdbench.errors import KDBenchError
+from tests.datafiles import data_root
 
 
 def test_phrases_are_deterministic_and_sources_never_cross_splits() -> None:
@@ -67,9 +67,8 @@ def test_multi30k_missing_and_miscounted_files(tmp_path: Path) -> None:
         D.load_multi30k(tmp_path, "de", "en")
 
 
-@pytest.mark.skipif(not os.environ.get("KDBENCH_DATA_ROOT"), reason="KDBENCH_DATA_ROOT is not set")
 def test_real_multi30k_counts_and_alignment() -> None:
-    root = Path(os.environ["KDBENCH_DATA_ROOT"])
+    root = data_root("multi30k")
     splits = D.load_multi30k(root, "de", "en")
     assert {k: len(v) for k, v in splits.items()} == {"train": 29000, "val": 1014, "test": 1000}
     # line alignment: first pairs of Multi30k task 1 are translations of each other

@@ -4,7 +4,6 @@ official val files as "val"; evaluate and evaluation_info per split."""
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,6 +14,7 @@ from kdbench.adapters.translation import data as D
 from kdbench.adapters.translation.adapter import TranslationAdapter
 from kdbench.errors import UsageError
 from kdbench.runner.protocol import load_protocol
+from tests.datafiles import data_root
 
 
 @pytest.fixture(scope="module")
@@ -75,12 +75,10 @@ def test_iwslt14_valid_files_are_the_val_split(tmp_path: Path) -> None:
     assert adapter.evaluation_info("val")["dataset_split"] == "valid"
 
 
-@pytest.mark.skipif(not os.environ.get("KDBENCH_DATA_ROOT"), reason="Multi30k needs KDBENCH_DATA_ROOT "
-                    "(the folder holding multi30k/)")
 def test_multi30k_val_is_the_official_val_files() -> None:
     import gzip
 
-    root = Path(os.environ["KDBENCH_DATA_ROOT"])
+    root = data_root("multi30k")
     splits = D.load_multi30k(root, "de", "en")
     with gzip.open(root / D.MULTI30K_DIR / "val.en.gz", "rt", encoding="utf-8") as f:
         assert splits["val"].target == [line.rstrip("\n") for line in f]
