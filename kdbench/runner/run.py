@@ -142,7 +142,7 @@ def _attach_cache(job: Job, spec: RunSpec, teacher: Teacher | None, world: World
         return None
     reason = why_online(job.adapter, spec.method_cls)
     if reason is not None:
-        print(f"teacher outputs computed online: {reason}", file=sys.stderr)
+        print(f"teacher: run on every batch, not read from the teacher-output cache: {reason}", file=sys.stderr)
         return {"mode": "online", "reason": reason}
     topk = spec.protocol.typed.train.teacher_cache_topk
     key = checkpoint.sha256_json({

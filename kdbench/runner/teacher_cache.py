@@ -16,7 +16,8 @@ per card, and the record says so.
 
 The cache serves methods that read only the teacher's final heads; with a teacher's features,
 per-layer outputs or attentions (or an adapter that has not declared its teacher inputs
-method-independent) the runner says why and runs the teacher online.
+method-independent, `teacher_inputs_fixed`) the runner says why, in plain words, and runs the
+teacher on every batch.
 """
 
 from __future__ import annotations
@@ -42,14 +43,16 @@ _BEYOND_HEADS = frozenset({"layers", "features", "attentions", "teacher_pass"})
 def why_online(adapter: Any, method_cls: Any) -> str | None:
     """None when the teacher's outputs may be cached for this run, else the reason not to."""
     if os.environ.get("KDBENCH_TEACHER_CACHE", "1") == "0":
-        return "KDBENCH_TEACHER_CACHE=0"
+        return "the cache is turned off (KDBENCH_TEACHER_CACHE=0)"
     if not getattr(adapter, "teacher_inputs_fixed", False):
-        return f"task {adapter.task!r} has not declared its teacher inputs independent of the method"
+        return (f"the {adapter.task} task does not promise that the teacher sees the same batches whatever "
+                "the method, so another run's teacher outputs cannot be reused")
     if "sequence_targets" in method_cls.needs:
-        return f"method {method_cls.name!r} replaces the training targets the teacher reads"
+        return f"method {method_cls.name} trains on the teacher's translations instead of the references"
     beyond = set(method_cls.needs) & _BEYOND_HEADS
     if beyond:
-        return f"method {method_cls.name!r} reads the teacher's {', '.join(sorted(beyond))}"
+        return (f"method {method_cls.name} reads the teacher's {', '.join(sorted(beyond))}; the cache holds "
+                "only its final predictions")
     return None
 
 
