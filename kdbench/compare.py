@@ -21,7 +21,7 @@ from typing import Any, NamedTuple, TextIO
 import pandas as pd
 
 from kdbench.errors import UsageError, unknown
-from kdbench.metrics import METRICS
+from kdbench.metrics import METRICS, bounds
 from kdbench.records import printable, read_record, record_files, validation_errors
 from kdbench.stats import (
     holm,
@@ -398,6 +398,14 @@ def compare_table(frame: pd.DataFrame, task: str, protocol: str, alpha: float = 
     return table
 
 
+def _clip(value: float, metric: str) -> float:
+    """A bound of a mean's t-interval clipped to the metric's range (an AP interval never runs past 1)."""
+    if metric not in METRICS or math.isnan(value):
+        return value
+    low, high = bounds(metric)
+    return min(max(value, low), high)
+
+
 def _primary_rows(sub: pd.DataFrame, methods: list[str], primary: str, teacher: dict[str, Any],
                   alpha: float) -> list[dict[str, Any]]:
     """Summary, paired test vs baseline with its interval, Holm and gap closed on the primary metric."""
@@ -408,7 +416,8 @@ def _primary_rows(sub: pd.DataFrame, methods: list[str], primary: str, teacher: 
     for method in methods:
         s = summarize(by_seed.get(method, {}).values())
         row: dict[str, Any] = {"method": method, "n": s.n, f"{primary}_mean": s.mean, f"{primary}_std": s.std,
-                               f"{primary}_ci_low": s.ci_low, f"{primary}_ci_high": s.ci_high,
+                               f"{primary}_ci_low": _clip(s.ci_low, primary),
+                               f"{primary}_ci_high": _clip(s.ci_high, primary),
                                "delta": math.nan, "delta_ci_low": math.nan, "delta_ci_high": math.nan,
                                "delta_sd": math.nan, "n_paired": 0, "p": math.nan, "source": "records"}
         if method == TEACHER and teacher["source"] == "spec":

@@ -163,7 +163,7 @@ def caption(table: pd.DataFrame) -> list[str]:
         f"tier {a['tier']}, card {a['protocol_sha'][:12]}, evaluation v{a['eval_version']}"
     lines = [f"{a['task']} / {a['protocol']} ({what})",
              f"primary: {a['primary']} — {label} on the test split, {a['direction']} is better; mean ± std over "
-             f"seeds, 95% t-interval",
+             f"seeds, 95% t-interval (clipped to the metric's range)",
              f"Δ: mean paired difference to {BASELINE} over shared seeds, with its 95% t-interval (not Holm-adjusted); "
              f"p: paired t-test; "
              f"p_holm: Holm over {a['tests']} test(s); verdict at α = {a['alpha']:g} (≈ resolvable: |Δ| ≥ MDD, "

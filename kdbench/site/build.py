@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import multiprocessing
 import os
 import shutil
@@ -35,8 +36,9 @@ from kdbench.errors import UsageError
 from kdbench.metrics import METRICS
 from kdbench.records import printable
 from kdbench.runner.protocol import task_cards
-from kdbench.site import data, pages, plots
+from kdbench.site import data, pages, plots, provenance
 from kdbench.site.data import Setting
+from kdbench.site.provenance import committed_records
 
 
 @dataclass
@@ -158,7 +160,8 @@ def _build(results: Path, out: Path, alpha: float, warn: TextIO | None, jobs: in
 def _overview(w: _Writer, site: pages.SiteContext) -> None:
     rows, columns = pages.overview_rows(site)
     w.page("", "index.html.j2", site=site, rows=rows, columns=columns, title="Overview")
-    flat = [{"method": r["name"], "family": r["family"], "teacher": r["teacher"], "provenance": r["provenance"],
+    flat = [{"rank": r["rank"], "method": r["name"], "family": r["family"], "teacher": r["teacher"],
+             "provenance": r["provenance"],
              **{k: getattr(r["wtl"], k) if r["wtl"] else None for k in ("wins", "ties", "losses")},
              **{f"{c['key']}:{k}": pages.plain(cell[k]) for c, cell in zip(columns, r["cells"], strict=True)
                 for k in ("mean", "delta", "p_holm", "verdict", "gap_closed")}}
@@ -175,7 +178,9 @@ def _overview(w: _Writer, site: pages.SiteContext) -> None:
 def _task_page(w: _Writer, site: pages.SiteContext, s: Setting) -> None:
     rel = f"task/{data.slug(s.task)}/{data.slug(s.protocol)}"
     card = pages.card_info(s, task_cards(s.task))
-    w.page(rel, "task.html.j2", site=site, s=s, rows=pages.task_rows(site, s), card=card, facts=pages.table_facts(s),
+    rows = pages.task_rows(site, s)
+    show_flops = any(isinstance(r["flops"], (int, float)) and math.isfinite(r["flops"]) for r in rows)
+    w.page(rel, "task.html.j2", site=site, s=s, rows=rows, show_flops=show_flops, card=card, facts=pages.table_facts(s),
            metrics=s.table.attrs["metrics"], metric_info=METRICS,
            decs={m: pages.decimals(s.table[f"{m}_mean"]) for m in s.table.attrs["metrics"]},
            dec=pages.decimals(s.table[f"{s.primary}_mean"]),
@@ -225,6 +230,7 @@ class _RunPages:
         self.runs = os.path.join(w.out, "run")
         self.results = str(results)
         self.footer = pages.Footer()
+        self.committed = committed_records(results)
 
     def __call__(self, record: dict[str, Any], text: str, rel: str, submission: data.Submission | None) -> None:
         rid = data.run_id(record)
@@ -236,6 +242,7 @@ class _RunPages:
         task, proto, method = record["task"], record["protocol"]["key"], record["method"]["name"]
         html = self.tpl.render(root="../../", here=f"run/{rid}", site=self.footer, r=record, rid=rid, pretty=text,
                                command=pages.reproduce_command(record), file=rel, submission=submission,
+                               provenance=provenance.of_record(rel, submission is not None, self.committed),
                                setting_rel=f"task/{data.slug(task)}/{data.slug(proto)}",
                                method_rel=f"method/{data.slug(method)}", title=f"run {rid}")
         with open(os.path.join(folder, "index.html"), "w", encoding="utf-8") as f:

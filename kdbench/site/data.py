@@ -30,6 +30,7 @@ from kdbench.record_checks import cut, semantic_errors, shown, structural_errors
 from kdbench.records import RecordReadError, printable, read_record_text, record_files, schema, validation_errors
 from kdbench.runner.protocol import TIERS
 from kdbench.site.catalog import family, load_catalog
+from kdbench.site.provenance import committed_records
 from kdbench.stats import WinsTiesLosses, wins_ties_losses
 
 #: The file that marks a method's records of one (task, protocol) as submitted, not reproduced here.
@@ -98,6 +99,7 @@ class Loaded:
     root: Path = Path()  # the results folder
     warnings: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why) of entries that are not records
+    committed: frozenset[str] = frozenset()  # files committed in the leaderboard's folder (site.provenance)
     set_aside_ids: list[str] = field(default_factory=list)  # run ids read but not used (other card versions)
 
 
@@ -241,7 +243,7 @@ def load(results: Path, warn: TextIO | None = None, workers: int = 1, hook: Reco
             submissions[(r["task"], r["protocol"]["key"], r["method"]["name"])] = by_folder[folder]
     return Loaded(frame, used, {i: f for i, f in files.items() if i in ids}, submissions,
                   set_aside=sum(frame.attrs["set_aside"].values()), skipped_smoke=smoke, root=results,
-                  set_aside_ids=sorted(set(files) - ids), skipped=skipped)
+                  set_aside_ids=sorted(set(files) - ids), skipped=skipped, committed=committed_records(results))
 
 
 # --------------------------------------------------------------------------------- the model

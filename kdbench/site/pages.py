@@ -21,7 +21,7 @@ from kdbench.compare import BASELINE, TEACHER
 from kdbench.compare_render import hardware_line, markdown_text, mdd_line, teacher_line, title, verdict_text
 from kdbench.errors import UsageError
 from kdbench.metrics import METRICS
-from kdbench.site import data
+from kdbench.site import data, provenance
 from kdbench.site.catalog import load_catalog
 from kdbench.site.data import Loaded, Setting, Submission
 from kdbench.stats import WinsTiesLosses
@@ -146,7 +146,13 @@ class SiteContext:
         return self.loaded.submissions.get((task, protocol, method))
 
     def provenance(self, task: str, protocol: str, method: str) -> str:
-        return "submitted" if self.submission(task, protocol, method) else "reproduced here"
+        """A row's provenance (kdbench.site.provenance): submitted, reproduced here or local."""
+        files = [self.loaded.files[r["id"]] for r in self.runs_by_key.get((task, protocol, method), [])
+                 if r["id"] in self.loaded.files]
+        if not files:  # a teacher row taken from the students' records: theirs
+            files = [self.loaded.files[r["id"]] for (t, p, _), runs in self.runs_by_key.items()
+                     if (t, p) == (task, protocol) for r in runs if r["id"] in self.loaded.files]
+        return provenance.of_row(files, self.submission(task, protocol, method) is not None, self.loaded.committed)
 
     def task_rel(self, s: Setting) -> str:
         return f"task/{data.slug(s.task)}/{data.slug(s.protocol)}"
@@ -231,22 +237,45 @@ def overview_rows(site: SiteContext) -> tuple[list[dict[str, Any]], list[dict[st
         if name not in present:
             continue
         info = data.method_info(name, site.loaded.records)
-        submitted = any(site.submission(s.task, s.protocol, name) for s in shown)
+        marks = {site.provenance(s.task, s.protocol, name) for s in shown if _row_of(s, name) is not None}
         rows.append({"name": name, "slug": data.slug(name), "family": info["family"], "teacher": info["teacher"],
-                     "provenance": "submitted" if submitted else "reproduced here",
+                     "provenance": next((p for p in ("submitted", "local") if p in marks), "reproduced here"),
                      "wtl": site.record.get(name),
                      "cells": [_cell(site, s, name, int(c["d"])) for s, c in zip(shown, columns, strict=True)]})
-    return rows, columns
+    return ranked(rows), columns
+
+
+def ranked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The overview's rows in rank order, each with its `rank`.
+
+    The rank is by wins − losses against baseline (methodology, "Wins, ties and losses": only
+    significant differences count), equal for equal wins − losses (1, 2, 2, 4); rows of one rank are
+    ordered by wins, then name. Methods with no setting shared with baseline follow, unranked, and
+    the two reference rows, baseline and teacher, come last (rank None).
+    """
+    def net(r: dict[str, Any]) -> int:
+        return int(r["wtl"].wins - r["wtl"].losses)
+
+    refs = [r for r in rows if r["name"] in (BASELINE, TEACHER)]
+    scored = sorted((r for r in rows if r["wtl"] is not None and r not in refs),
+                    key=lambda r: (-net(r), -r["wtl"].wins, r["name"]))
+    rest = [r for r in rows if r["wtl"] is None and r not in refs]
+    out: list[dict[str, Any]] = []
+    for i, r in enumerate(scored):
+        rank = out[-1]["rank"] if i and net(scored[i - 1]) == net(r) else i + 1
+        out.append({**r, "rank": rank})
+    return out + [{**r, "rank": None} for r in rest + refs]
 
 
 def overview_markdown(rows: list[dict[str, Any]], columns: list[dict[str, Any]], site: SiteContext) -> str:
     """The overview matrix as a GitHub table (for the README): bold where significant."""
     esc = markdown_text
-    head = ["method", *(esc(f"{c['task']}/{c['protocol']} ({c['primary']})") for c in columns), "W/T/L"]
+    head = ["rank", "method", *(esc(f"{c['task']}/{c['protocol']} ({c['primary']})") for c in columns), "W/T/L"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [f"**{esc(c['text'])}**" if c["cls"] in ("better", "worse") else esc(c["text"]) for c in r["cells"]]
-        lines.append("| " + " | ".join([esc(r["name"]), *cells, esc(str(r["wtl"] or "—"))]) + " |")
+        rank = "—" if r["rank"] is None else str(r["rank"])
+        lines.append("| " + " | ".join([rank, esc(r["name"]), *cells, esc(str(r["wtl"] or "—"))]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -263,7 +292,7 @@ def task_rows(site: SiteContext, s: Setting) -> list[dict[str, Any]]:
         sub = site.submission(s.task, s.protocol, method)
         rows.append({**row, "slug": data.slug(method), "family": info["family"], "teacher": info["teacher"],
                      "verdict_text": verdict_text(row),
-                     "provenance": "submitted" if sub else "reproduced here", "submission": sub,
+                     "provenance": site.provenance(s.task, s.protocol, method), "submission": sub,
                      "flops": flops.get(method, math.nan),
                      "runs": site.runs_by_key.get((s.task, s.protocol, method), [])})
     return rows

@@ -180,3 +180,36 @@ def test_hostile_record_renders_as_inert_text(page: Any, base_url: str) -> None:
     page.goto(base_url + f"method/{slug}/")
     assert page.inner_text("h1") == EVIL_METHOD
     assert page.problems == []
+
+
+def _scroll_width(pg: Any) -> int:
+    return int(pg.evaluate("document.scrollingElement.scrollWidth"))
+
+
+@pytest.mark.parametrize("width", [1280, 900])
+def test_the_ranking_is_in_view_without_sideways_scrolling(browser: Any, base_url: str, width: int,
+                                                           tmp_path: Path) -> None:
+    """At 1280 px (and narrower) the page itself never scrolls sideways and the rank and method
+    columns are inside the viewport, also after the settings have been scrolled to their far end."""
+    ctx = browser.new_context(viewport={"width": width, "height": 900})
+    pg = ctx.new_page()
+    try:
+        pg.goto(base_url)
+        assert _scroll_width(pg) <= width, "the overview page scrolls sideways"
+        shown = [int(r) for r in _column(pg, "overview", 0) if r]
+        assert shown and shown == sorted(shown) and shown[0] == 1  # rows in rank order
+        names = _column(pg, "overview", 1)
+        assert names[-2:] == ["baseline", "teacher"]  # the reference rows last
+        pg.screenshot(path=str(tmp_path / f"overview-{width}.png"))
+        pg.eval_on_selector(".scroll", "el => { el.scrollLeft = el.scrollWidth; }")
+        for cls in ("rank", "method"):
+            box = pg.eval_on_selector(f"#overview tbody tr:first-child td.{cls}",
+                                      "c => { const r = c.getBoundingClientRect(); return [r.left, r.right]; }")
+            assert box[0] >= 0 and box[1] <= width, (cls, box)
+        first = "#overview tbody tr:first-child"
+        rank_right = pg.eval_on_selector(f"{first} td.rank", "c => c.getBoundingClientRect().right")
+        method_left = pg.eval_on_selector(f"{first} td.method", "c => c.getBoundingClientRect().left")
+        assert method_left >= rank_right - 1  # side by side, not on top of each other
+        assert (tmp_path / f"overview-{width}.png").stat().st_size > 10_000
+    finally:
+        ctx.close()
