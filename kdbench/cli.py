@@ -76,27 +76,29 @@ def _parser() -> argparse.ArgumentParser:
                      help="tasks (what each provides), methods (teacher, needs, the tasks that serve it) or "
                           "protocols (every shipped card and its tier)")
     val = sub.add_parser("validate", help="check result records against the schema")
-    val.add_argument("paths", nargs="+", type=Path)
+    val.add_argument("paths", nargs="+", type=Path, help="record files or folders of them")
 
     cmp = sub.add_parser("compare", help="mean ± std over seeds, Δ vs baseline with a paired t-test (Holm)")
     cmp.add_argument("--task", default=None, help="one task's table (default: every task with records)")
     cmp.add_argument("--protocol", default=None,
                      help="a card name or tier (default: small with --task, every protocol without)")
     _results_arg(cmp)
-    cmp.add_argument("--format", dest="fmt", default="terminal", help="terminal, csv, json or markdown")
-    cmp.add_argument("--alpha", type=float, default=0.05, help="significance level of the verdict")
+    cmp.add_argument("--format", dest="fmt", default="terminal",
+                     help="terminal, csv, json or markdown (default: terminal)")
+    cmp.add_argument("--alpha", type=float, default=0.05, help="significance level of the verdict (default: 0.05)")
 
     site = sub.add_parser("site", help="the static leaderboard: build it from records, or serve it locally")
     site_sub = site.add_subparsers(dest="site_command", required=True, parser_class=_Parser)
     build = site_sub.add_parser("build", help="render results/ into a static site (offline, no torch)")
-    build.add_argument("--results", type=Path, default=Path("results"))
-    build.add_argument("--out", type=Path, default=Path("site"))
-    build.add_argument("--alpha", type=float, default=0.05, help="significance level of the verdicts")
+    build.add_argument("--results", type=Path, default=Path("results"),
+                       help="the records to render (default: results, the leaderboard's)")
+    build.add_argument("--out", type=Path, default=Path("site"), help="where the site goes (default: site)")
+    build.add_argument("--alpha", type=float, default=0.05, help="significance level of the verdicts (default: 0.05)")
     build.add_argument("--jobs", type=int, default=None, help="processes reading records (default: CPUs, at most 4)")
     serve = site_sub.add_parser("serve", help="serve a built site on localhost for a local look")
-    serve.add_argument("--out", type=Path, default=Path("site"), help="the built site folder")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--bind", default="127.0.0.1")
+    serve.add_argument("--out", type=Path, default=Path("site"), help="the built site folder (default: site)")
+    serve.add_argument("--port", type=int, default=8000, help="the port (default: 8000)")
+    serve.add_argument("--bind", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1)")
     return p
 
 
@@ -130,16 +132,17 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 
 def _sweep_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tasks", default="all", help="'all' or a comma list")
-    p.add_argument("--methods", default="all", help="'all' (every method each task serves) or a comma list")
+    p.add_argument("--tasks", default="all", help="'all' or a comma list of tasks (default: all)")
+    p.add_argument("--methods", default="all",
+                   help="'all' (every method each task serves) or a comma list (default: all)")
     p.add_argument("--seeds", default="card", help="'card' (each card's seeds: list), or ranges and lists: "
                    "0-4, 0,3,5 (default: card)")
     p.add_argument("--protocol", "--protocols", dest="protocols", default="small",
-                   help="tiers, card names or card paths, comma-separated, or 'all'")
-    p.add_argument("--executor", default="local", help="local, ray or slurm")
-    p.add_argument("--workers", type=int, default=1, help="runs at a time (local pool size, Ray CPUs)")
+                   help="tiers, card names or card paths, comma-separated, or 'all' (default: small)")
+    p.add_argument("--executor", default="local", help="local, ray or slurm (default: local)")
+    p.add_argument("--workers", type=int, default=1, help="runs at a time (local pool size, Ray CPUs; default: 1)")
     p.add_argument("--threads", type=int, default=None, help="threads per run (default: CPUs / workers)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     _data_root_arg(p)
     _results_arg(p)
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
