@@ -6,7 +6,11 @@ model's two settings (word n-gram range, inverse regularisation C) are chosen on
 (`val` vs `oos_val` for AUROC), then the chosen one is scored once on test. scikit-learn does
 the vectorising, fitting and AUROC.
 
-    python benchmarks/reference/clinc150_tfidf.py --data-root ../shared/data
+    python benchmarks/reference/clinc150_tfidf.py --data-root DATA_ROOT   # or $KDBENCH_DATA_ROOT
+
+Measured (scikit-learn 1.9.1, this repository at 3772315): word unigrams, C = 10 chosen on val
+(val in-scope accuracy 90.97 %, AUROC-MSP 91.13 %); test in-scope accuracy 91.49 %, AUROC-MSP
+93.42 %. About 5 minutes on one core.
 """
 
 from __future__ import annotations

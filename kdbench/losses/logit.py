@@ -75,7 +75,7 @@ def dkd(
 
     averaged over valid positions. Follows mdistiller's `dkd_loss` (the −1000 offset is
     applied after dividing by T; KL summed over classes, divided by the batch size). The
-    warm-up factor min(epoch/20, 1) of the original is the method's business, not included.
+    warm-up factor min(epoch/20, 1) of the original (epochs counted from 1) is the method's business, not included.
     The binary log-probabilities are computed by logsumexp instead of log(Σ p): same value,
     no log(0).
 

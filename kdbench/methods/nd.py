@@ -18,7 +18,10 @@ from kdbench.outputs import Outputs
 
 @register
 class ND(Method):
-    """KD++: CE + min(1, e/20)·λ_KD·KD + λ_ND·L_ND toward the teacher's class-mean directions.
+    """KD++: CE + min(1, (e+1)/W)·λ_KD·KD + λ_ND·L_ND toward the teacher's class-mean directions.
+
+    e is the 0-based epoch and W = `warmup_epochs` (20): the official code counts epochs from 1,
+    as DKD's mdistiller code does, so the first epoch already carries 1/W of the KD term.
 
     Class means of the teacher's embedding come from one pass over the training set before
     training. The student embedding is mapped by BatchNorm1d → Dropout 0.5 → Linear when its
