@@ -13,7 +13,7 @@ from kdbench.methods.base import MethodContext, make_config
 from kdbench.runner.protocol import load_protocol, task_cards
 from kdbench.runner.train import probe_outputs
 
-SMALL = [(task, name) for task in ("classification", "ood")
+SMALL = [(task, name) for task in ("classification", "ood", "translation")
          for name in task_cards(task) if load_protocol(task, name).typed.tier == "small"]
 
 
