@@ -179,21 +179,17 @@ def verdicts(d: dict[str, Any], tier: str) -> dict[str, dict[str, Any]]:
         return x is not None and math.isfinite(x) and x <= bound
 
     p, gap = d["power"], d["gap"]
-    floor = 0.0 if d["direction"] == "higher" else None
-    best, mean = d["ceiling"], d["baseline"]["mean"]
-    if best is None or floor is None:
-        below_ceiling, reach = True, None
-    else:
-        reach = (mean - floor) / (best - floor)
-        below_ceiling = reach <= CEILING_FRACTION
+    # How far the baseline is from 0 to the ceiling; higher-is-better metrics only (their floor is 0).
+    reach = d["baseline"]["mean"] / d["ceiling"] if d["direction"] == "higher" and d["ceiling"] else None
     run_s = d["cost_seconds"]["baseline"]
     limit = RUN_SECONDS.get(d["task"], 120.0)
-    r1 = [d["convergence_baseline"], d["convergence_teacher"]]
+    r1 = [d["convergence_baseline"], d["convergence_teacher"]]  # finite or None (`ratio`)
     return {
-        "R1": {"pass": gap > 0 and all(le(abs(x) if x is not None else None, CONVERGED) for x in r1),
+        "R1": {"pass": gap > 0 and all(x is not None and abs(x) <= CONVERGED for x in r1),
                "rule": f"|baseline 2x - 1x| and |teacher 1.5x - 1x| <= {CONVERGED:g} of the gap",
                "values": r1},
-        "R2": {"pass": gap > 0 and (d["gap_over_sd"] or 0.0) >= GAP_SDS and below_ceiling,
+        "R2": {"pass": gap > 0 and (d["gap_over_sd"] or 0.0) >= GAP_SDS
+               and (reach is None or reach <= CEILING_FRACTION),
                "rule": f"gap >= {GAP_SDS:g} baseline seed SDs, baseline <= {CEILING_FRACTION:g} of the way "
                        "to the ceiling",
                "values": [d["gap_over_sd"], reach]},

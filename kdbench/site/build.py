@@ -131,7 +131,9 @@ def _build(results: Path, out: Path, alpha: float, warn: TextIO | None, jobs: in
         # Run pages, the bulk of a large build, are drawn by the processes that read the records,
         # while each record is at hand (no second pass over 10,000 records in other processes).
         workers = _workers(jobs)
-        loaded = data.load(results, warn or sys.stderr, workers, hook=_RunPages(w, results))
+        committed = committed_records(results)  # one git scan: the run pages' and the tables' provenance
+        loaded = data.load(results, warn or sys.stderr, workers, hook=_RunPages(w, results, committed),
+                           committed=committed)
         for path, why in loaded.skipped:
             print(f"kdbench: warning: skipped {printable(path)}: {why}", file=warn or sys.stderr)
         for rid in loaded.set_aside_ids:
@@ -225,12 +227,12 @@ class _RunPages:
     """`data.load`'s hook: one page per run at `run/<id>/`, with the record file beside it (plain
     os calls: at 10,000 pages pathlib's overhead shows)."""
 
-    def __init__(self, w: _Writer, results: Path) -> None:
+    def __init__(self, w: _Writer, results: Path, committed: frozenset[str]) -> None:
         self.tpl = w.env.get_template("run.html.j2")
         self.runs = os.path.join(w.out, "run")
         self.results = str(results)
         self.footer = pages.Footer()
-        self.committed = committed_records(results)
+        self.committed = committed
 
     def __call__(self, record: dict[str, Any], text: str, rel: str, submission: data.Submission | None) -> None:
         rid = data.run_id(record)

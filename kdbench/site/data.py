@@ -179,7 +179,8 @@ def _read_all(files: list[str], workers: int) -> list[tuple[str, dict[str, Any]]
     return out
 
 
-def load(results: Path, warn: TextIO | None = None, workers: int = 1, hook: RecordHook | None = None) -> Loaded:
+def load(results: Path, warn: TextIO | None = None, workers: int = 1, hook: RecordHook | None = None,
+         committed: frozenset[str] | None = None) -> Loaded:
     """Read and validate every record under `results` (smoke-tier records are left out).
 
     Args:
@@ -189,6 +190,8 @@ def load(results: Path, warn: TextIO | None = None, workers: int = 1, hook: Reco
         hook: called for every non-smoke record as it is read, in the reading process (the site
             draws run pages there, while the record is at hand); records later set aside (another
             card version) are passed too and listed in `Loaded.set_aside_ids`.
+        committed: the files committed in the leaderboard's folder, if the caller has them
+            already (`provenance.committed_records`, one git scan per build); read here if not.
 
     Raises:
         UsageError: `results` is not a folder, a file is not JSON or not a valid record, two files
@@ -243,7 +246,8 @@ def load(results: Path, warn: TextIO | None = None, workers: int = 1, hook: Reco
             submissions[(r["task"], r["protocol"]["key"], r["method"]["name"])] = by_folder[folder]
     return Loaded(frame, used, {i: f for i, f in files.items() if i in ids}, submissions,
                   set_aside=sum(frame.attrs["set_aside"].values()), skipped_smoke=smoke, root=results,
-                  set_aside_ids=sorted(set(files) - ids), skipped=skipped, committed=committed_records(results))
+                  set_aside_ids=sorted(set(files) - ids), skipped=skipped,
+                  committed=committed_records(results) if committed is None else committed)
 
 
 # --------------------------------------------------------------------------------- the model

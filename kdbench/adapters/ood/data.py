@@ -73,7 +73,7 @@ class OODData:
     ood_val: dict[str, TextSet]
     ood: dict[str, TextSet]
     classes: list[str]
-    vocab: CharVocab | WordVocab
+    vocab: Vocab
 
     def eval_sets(self, split: str) -> tuple[TextSet, dict[str, TextSet]]:
         """The ID set and the OOD sets scored on `split` ("val" or "test")."""
@@ -84,23 +84,36 @@ class OODData:
         return len(self.classes)
 
 
-class CharVocab:
-    """Character ids from the ID training texts; unseen characters map to UNK."""
+class Vocab:
+    """Ids of a text's units (characters or words): 0 = padding, 1 = unknown, then `units` sorted."""
 
-    def __init__(self, texts: Sequence[str]) -> None:
-        chars = sorted({c for t in texts for c in t})
-        self.index = {c: i + 2 for i, c in enumerate(chars)}
+    def __init__(self, units: Collection[str]) -> None:
+        self.index = {u: i + 2 for i, u in enumerate(sorted(units))}
 
     def __len__(self) -> int:
         return len(self.index) + 2
 
-    def encode(self, text: str, max_chars: int) -> Tensor:
-        ids = [self.index.get(c, UNK) for c in text[:max_chars]] or [UNK]
+    def units(self, text: str) -> Sequence[str]:
+        raise NotImplementedError
+
+    def encode(self, text: str, max_units: int) -> Tensor:
+        """The first `max_units` units' ids (UNK for one not in the vocabulary); never empty."""
+        ids = [self.index.get(u, UNK) for u in self.units(text)[:max_units]] or [UNK]
         return torch.tensor(ids, dtype=torch.long)
 
-    def encode_all(self, texts: Sequence[str], labels: Sequence[int], max_chars: int) -> TextSet:
-        return TextSet([self.encode(t, max_chars) for t in texts],
+    def encode_all(self, texts: Sequence[str], labels: Sequence[int], max_units: int) -> TextSet:
+        return TextSet([self.encode(t, max_units) for t in texts],
                        torch.tensor(list(labels), dtype=torch.long), list(texts))
+
+
+class CharVocab(Vocab):
+    """Character ids from the ID training texts; unseen characters map to UNK."""
+
+    def __init__(self, texts: Sequence[str]) -> None:
+        super().__init__({c for t in texts for c in t})
+
+    def units(self, text: str) -> str:
+        return text
 
 
 WORD = re.compile(r"\w+|[^\w\s]")
@@ -111,23 +124,15 @@ def words_of(text: str) -> list[str]:
     return WORD.findall(text.lower())
 
 
-class WordVocab:
+class WordVocab(Vocab):
     """Word ids from the ID training texts; rarer (< `min_count`) and unseen words map to UNK."""
 
     def __init__(self, texts: Sequence[str], min_count: int = 1) -> None:
         counts = Counter(w for t in texts for w in words_of(t))
-        self.index = {w: i + 2 for i, w in enumerate(sorted(w for w, c in counts.items() if c >= min_count))}
+        super().__init__({w for w, c in counts.items() if c >= min_count})
 
-    def __len__(self) -> int:
-        return len(self.index) + 2
-
-    def encode(self, text: str, max_tokens: int) -> Tensor:
-        ids = [self.index.get(w, UNK) for w in words_of(text)[:max_tokens]] or [UNK]
-        return torch.tensor(ids, dtype=torch.long)
-
-    def encode_all(self, texts: Sequence[str], labels: Sequence[int], max_tokens: int) -> TextSet:
-        return TextSet([self.encode(t, max_tokens) for t in texts],
-                       torch.tensor(list(labels), dtype=torch.long), list(texts))
+    def units(self, text: str) -> list[str]:
+        return words_of(text)
 
 
 # ---------------------------------------------------------------- language identification
