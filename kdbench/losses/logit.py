@@ -162,14 +162,21 @@ def taid(
     Shing, Misaki, Bao, Yokoi, Akiba, "TAID: Temporally Adaptive Interpolated Distillation for
     Efficient Knowledge Transfer in Language Models", ICLR 2025. Per position
 
-        p_t = σ((1 − t)·sg(z_S) + t·z_T),   L = −Σ_k p_t,k log σ(z_S)_k,
+        p_t = σ((1 − t)·sg(z_S) + t·z_T),
+        L = −Σ_{k: z_S,k finite} p_t,k log σ(z_S)_k,
 
-    averaged over valid positions. As the official code (SakanaAI/TAID), the interpolation
-    is of LOGITS, not probabilities, and the student's share is detached. The schedule of t
-    is the method's business.
+    averaged over valid positions. Follows the official code (SakanaAI/TAID at a062892,
+    src/distil_losses/taid.py `TAID.compute_loss` and src/distil_losses/fkl.py `forward_kl`):
+    the interpolation is of LOGITS, not probabilities, the student's share is detached, and the
+    term of every entry where the student's logit is infinite is set to 0 (`forward_kl` fills
+    them by `isinf(logits)`), so a −∞ logit (a class masked out of the student's vocabulary)
+    gives no 0·(−∞) NaN: the loss is then that over the finite classes. A share whose
+    coefficient is 0 (the student's at t = 1, the teacher's at t = 0) contributes 0 even where
+    its logits are infinite; the official product 0·(−∞) is NaN there. The schedule of t is the
+    method's business.
 
     Args:
-        student_logits: (..., K) student logits.
+        student_logits: (..., K) student logits; −∞ entries are excluded.
         teacher_logits: (..., K) teacher logits (detached here).
         t: interpolation coefficient in [0, 1], a float or a 0-dim tensor.
         mask: (...) bool, True at valid positions; None means all valid.
@@ -178,10 +185,13 @@ def taid(
         Scalar loss.
     """
     coef = torch.as_tensor(t, dtype=student_logits.dtype, device=student_logits.device).detach()
-    mixed = (1 - coef) * student_logits.detach() + coef * teacher_logits.detach()
-    p_mixed = F.softmax(mixed, dim=-1)
-    per_position = -(p_mixed * F.log_softmax(student_logits, dim=-1)).sum(dim=-1)
-    return mean_valid(per_position, mask)
+    student, teacher = student_logits.detach(), teacher_logits.detach()
+    student_share = torch.where(coef < 1, (1 - coef) * student, torch.zeros_like(student))
+    teacher_share = torch.where(coef > 0, coef * teacher, torch.zeros_like(teacher))
+    p_mixed = F.softmax(student_share + teacher_share, dim=-1)
+    terms = p_mixed * F.log_softmax(student_logits, dim=-1)
+    terms = torch.where(torch.isinf(student_logits), torch.zeros_like(terms), terms)
+    return mean_valid(-terms.sum(dim=-1), mask)
 
 
 __all__ = ["dkd", "kd", "nkd", "taid"]

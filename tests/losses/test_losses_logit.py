@@ -130,6 +130,49 @@ def test_taid_student_share_is_detached(data):
     torch.testing.assert_close(s.grad, torch.zeros_like(s), rtol=0, atol=1e-12)
 
 
+def _taid_reference(s_row, z_row, tv):
+    """Per-position TAID by hand over the classes where the student's logit is finite."""
+    keep = [k for k, a in enumerate(s_row) if math.isfinite(a)]
+    s_kept, z_kept = [s_row[k] for k in keep], [z_row[k] for k in keep]
+    p = softmax([(1 - tv) * a + tv * b for a, b in zip(s_kept, z_kept, strict=True)])
+    return -sum(pi * li for pi, li in zip(p, log_softmax(s_kept), strict=True))
+
+
+@pytest.mark.parametrize("t", [0.0, 0.3, 0.9])
+def test_taid_minus_inf_student_logits_are_excluded_not_nan(data, t):
+    """SakanaAI/TAID forward_kl zeroes the terms where the student's logit is infinite."""
+    s = data["s"].clone()
+    s[0, 0, 1] = s[1, 1, 3] = s[1, 1, 4] = float("-inf")  # e.g. classes masked out of a vocabulary
+    s.requires_grad_(True)
+    per = [_taid_reference(a, b, t) for a, b in zip(rows(s), rows(data["t"]), strict=True)]
+    value = taid(s, data["t"], t, data["mask"])
+    close(value.detach(), valid_mean(per, flat(data["mask"])))
+    value.backward()
+    assert s.grad is not None and torch.isfinite(s.grad).all()
+    assert s.grad[0, 0, 1] == 0 and s.grad[1, 1, 3] == 0
+
+
+def test_taid_at_t_one_with_minus_inf_student_logits_is_the_teachers_ce_over_finite_classes(data):
+    """At t = 1 the student's share is 0 (no 0·(−∞)): the target is σ(z_T) over all classes."""
+    s = data["s"].clone()
+    s[0, 0, 2] = float("-inf")
+    per = []
+    for a, b in zip(rows(s), rows(data["t"]), strict=True):
+        p = softmax(b)
+        keep = [k for k, v in enumerate(a) if math.isfinite(v)]
+        log_q = log_softmax([a[k] for k in keep])
+        per.append(-sum(p[k] * lq for k, lq in zip(keep, log_q, strict=True)))
+    close(taid(s, data["t"], 1.0), sum(per) / len(per))
+
+
+@pytest.mark.parametrize("t", [0.0, 0.4, 1.0])
+def test_taid_gives_no_gradient_when_the_teacher_equals_the_student(data, t):
+    """z_T = z_S makes p_t = sg(σ(z_S)) for every t: ∂H(p, σ(z_S))/∂z_S = σ(z_S) − p = 0."""
+    s = data["s"].clone().requires_grad_(True)
+    taid(s, data["s"].clone(), t, data["mask"]).backward()
+    torch.testing.assert_close(s.grad, torch.zeros_like(s), rtol=0, atol=1e-12)
+
+
 def test_bdkd_value(data):
     temp, per = 2.0, []
     for s, t in zip(rows(data["s"]), rows(data["t"]), strict=True):

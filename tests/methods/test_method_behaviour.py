@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from kdbench.methods import get_method
-from kdbench.methods.base import MethodContext, RunState
+from kdbench.methods.base import MethodContext, RunState, make_config
 from kdbench.outputs import Head, Outputs
 
 
@@ -29,17 +31,67 @@ def test_pskd_targets_start_one_hot_then_follow_the_last_prediction() -> None:
     assert not method.seen_cls[2:].any()
 
 
-def test_taid_t_never_falls_below_its_linear_schedule() -> None:
+def _taid(**overrides: object) -> torch.nn.Module:
     cls = get_method("taid")
     probe = _outputs(torch.zeros(2, 3), torch.tensor([0, 1]))
-    method = cls(cls.Config(), MethodContext(probe, None, 2, 1))
+    return cls(make_config(cls.Config, overrides), MethodContext(probe, None, 2, 1))
+
+
+def _taid_schedule(losses: list[float], steps: int, t_start: float, alpha: float, beta: float,
+                   adaptive: bool = True, ahead: int = 0) -> list[float]:
+    """t after each step by hand, as SakanaAI/TAID's update_t (progress = global_step / N,
+    global_step = steps completed before the current one = its 0-based index; `ahead` 1 gives
+    the former, one-step-ahead (k + 1)/N)."""
+    t, m, prev, out = t_start, 0.0, None, []
+    for k, loss in enumerate(losses):
+        if prev is not None:
+            m = beta * m + (1 - beta) * (prev - loss) / (prev + 1e-15)
+            t_lin = t_start + (1.0 - t_start) * (k + ahead) / steps
+            t = min(1.0, max(t_lin, t + alpha * (1 / (1 + math.exp(-m))) * (1 - t))) if adaptive else t_lin
+        prev = loss
+        out.append(t)
+    return out
+
+
+def _run_taid(method: torch.nn.Module, losses: list[float], steps: int) -> list[float]:
+    probe = _outputs(torch.zeros(2, 3), torch.tensor([0, 1]))
     ts = []
-    for step, loss in enumerate([3.0, 2.5, 2.6, 2.0, 1.9, 1.0]):
-        method.after_step(probe, {"taid/cls": torch.tensor(loss)}, RunState(0, 1, step, 10))
+    for step, loss in enumerate(losses):
+        method.after_step(probe, {"taid/cls": torch.tensor(loss, dtype=torch.float64)},
+                          RunState(0, 1, step, steps))
         ts.append(float(method.t))
-        if step > 0:  # the first call only stores J (as the official update_t)
-            assert ts[-1] >= 0.2 + 0.8 * (step + 1) / 10 - 1e-12
+    return ts
+
+
+def test_taid_t_never_falls_below_its_linear_schedule() -> None:
+    ts = _run_taid(_taid(), [3.0, 2.5, 2.6, 2.0, 1.9, 1.0], 10)
+    assert ts[0] == 0.2  # the first call only stores J (as the official update_t)
+    for step in range(1, len(ts)):  # t_lin at the number of completed steps, k/N
+        assert ts[step] >= 0.2 + 0.8 * step / 10 - 1e-12
     assert ts == sorted(ts) and ts[-1] <= 1.0
+
+
+def test_taid_schedule_matches_the_official_update_by_hand() -> None:
+    steps = 20
+    losses = [3.0 * 0.9**k + 0.1 * (k % 3) for k in range(steps)]  # falling, not monotonically
+    # α large: the adaptive step wins early, the linear floor late (both branches of the max).
+    expected = _taid_schedule(losses, steps, 0.2, 0.2, 0.9)
+    floor = [0.2 + 0.8 * k / steps for k in range(steps)]
+    assert expected[3] > floor[3] + 1e-3 and expected[-1] == floor[-1]
+    got = _run_taid(_taid(alpha=0.2, beta=0.9), losses, steps)
+    assert all(math.isclose(a, b, rel_tol=0, abs_tol=1e-12) for a, b in zip(got, expected, strict=True))
+    ahead = _taid_schedule(losses, steps, 0.2, 0.2, 0.9, ahead=1)  # the former schedule
+    assert abs(got[-1] - ahead[-1]) > 0.03
+
+
+def test_taid_disable_adaptive_follows_the_linear_schedule() -> None:
+    losses = [3.0, 1.0, 0.5, 0.2, 0.1]
+    got = _run_taid(_taid(disable_adaptive="true", alpha=0.5), losses, 5)
+    linear = [0.2] + [0.2 + 0.8 * k / 5 for k in range(1, 5)]  # t_start until J_prev exists
+    assert all(math.isclose(a, b, rel_tol=0, abs_tol=1e-12) for a, b in zip(got, linear, strict=True))
+    by_hand = _taid_schedule(losses, 5, 0.2, 0.5, 0.99, adaptive=False)
+    assert all(math.isclose(a, b, rel_tol=0, abs_tol=1e-12) for a, b in zip(got, by_hand, strict=True))
+    assert get_method("taid").Config().disable_adaptive is False  # the official default
 
 
 def test_mlkd_layer_weights_stay_one_unless_learned() -> None:
