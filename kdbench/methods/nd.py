@@ -18,14 +18,21 @@ from kdbench.outputs import Outputs
 
 @register
 class ND(Method):
-    """KD++: CE + min(1, (e+1)/W)·λ_KD·KD + λ_ND·L_ND toward the teacher's class-mean directions.
+    """KD++: CE + min(1, e/W)·λ_KD·KD + λ_ND·L_ND toward the teacher's class-mean directions.
 
-    e is the 0-based epoch and W = `warmup_epochs` (20): the official code counts epochs from 1,
-    as DKD's mdistiller code does, so the first epoch already carries 1/W of the KD term.
+    e is the 0-based epoch and W = `warmup_epochs` (20; W ≤ 0: no warm-up, weight 1), so the
+    first epoch carries no KD term. Follows the official code
+    (WangYZ1608/Knowledge-Distillation-via-ND at fc6f3f9, CIFAR/train_cifar_kd.py: the KD loss
+    times min(1.0, epoch/args.warm_up), `epoch` running over range(start_epoch, args.epochs)
+    with start_epoch 0).
 
     Class means of the teacher's embedding come from one pass over the training set before
     training. The student embedding is mapped by BatchNorm1d → Dropout 0.5 → Linear when its
-    size differs from the teacher's. Defaults: CIFAR-100 R32x4→R8x4 (KD 3.5, ND 2.0, T 4).
+    size differs from the teacher's, initialised as the official CIFAR/Models/embtrans_cifar.py
+    (`EmbTrans`): BatchNorm weight 1, bias 0; Linear bias 0, its weight left at PyTorch's
+    default (the official ImageNet/Models/embtrans.py draws weight and bias from N(0, 0.01²)
+    instead; the defaults here are the CIFAR ones). Defaults: CIFAR-100 R32x4→R8x4 (KD 3.5,
+    ND 2.0, T 4).
     """
 
     name = "nd"
@@ -49,6 +56,12 @@ class ND(Method):
         dt = ctx.teacher.features[config.feature].shape[-1]
         self.project: nn.Module = nn.Identity() if ds == dt else nn.Sequential(
             nn.BatchNorm1d(ds), nn.Dropout(0.5), nn.Linear(ds, dt))
+        for module in self.project.modules():  # the official EmbTrans initialisation
+            if isinstance(module, nn.BatchNorm1d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear):
+                nn.init.zeros_(module.bias)
         (name, head), = ctx.student.heads.items()
         self.head = name
         self.register_buffer("class_means", torch.zeros(head.logits.shape[-1], dt))
@@ -71,7 +84,7 @@ class ND(Method):
         assert teacher is not None
         c = self.config
         s, t = student.heads[self.head], teacher.heads[self.head]
-        ramp = min((state.epoch + 1) / max(c.warmup_epochs, 1), 1.0)
+        ramp = 1.0 if c.warmup_epochs <= 0 else min(state.epoch / c.warmup_epochs, 1.0)
         f_s = self.project(student.features[c.feature])
         f_t = teacher.features[c.feature]
         return {
