@@ -159,6 +159,22 @@ def _relation_log_probs(a: Tensor, b: Tensor, key_mask: Tensor | None) -> Tensor
     return F.log_softmax(scores, dim=-1)
 
 
+def _mean_per_sequence(values: Tensor, mask: Tensor | None) -> Tensor:
+    """(B, T) per-query values → mean over sequences of each one's mean over its valid queries.
+
+    Sequences without a valid query are left out; masked values are zeroed first, so whatever
+    they hold cannot leak. With no mask (or equal lengths) this is the plain mean.
+    """
+    if mask is None:
+        return values.mean(dim=-1).mean()
+    valid = mask.bool()
+    counts = valid.sum(dim=-1)
+    sums = torch.where(valid, values, torch.zeros_like(values)).sum(dim=-1)
+    per_sequence = sums / counts.clamp_min(1).to(values.dtype)
+    present = counts > 0
+    return per_sequence[present].sum() / present.sum().clamp_min(1).to(values.dtype)
+
+
 def minilm_relations(
     student_qkv: tuple[Tensor, Tensor, Tensor],
     teacher_qkv: tuple[Tensor, Tensor, Tensor],
@@ -167,13 +183,19 @@ def minilm_relations(
     """MiniLM's self-attention distribution and value-relation transfer, L_AT + L_VR.
 
     Wang, Wei, Dong, Bao, Yang, Zhou, "MiniLM: Deep Self-Attention Distillation for
-    Task-Agnostic Compression of Pre-Trained Transformers", NeurIPS 2020 (v1). With
-    A = σ(QKᵀ/√d) and VR = σ(VVᵀ/√d), d each model's own head size, padded KEY positions
-    masked out of the softmax,
+    Task-Agnostic Compression of Pre-Trained Transformers", NeurIPS 2020 (v1), L_AT and L_VR.
+    With A = σ(QKᵀ/√d) and VR = σ(VVᵀ/√d), d each model's own head size, padded KEY positions
+    masked out of the softmax, for one sequence x of |x| valid tokens
 
-        L_AT = 1/(A_h·|x|) Σ_a Σ_t KL(A^T_{a,t} ‖ A^S_{a,t}),   L_VR likewise with VR,
+        L_AT(x) = 1/(A_h·|x|) Σ_a Σ_t KL(A^T_{a,t} ‖ A^S_{a,t}),   L_VR(x) likewise with VR,
 
-    the mean running over heads and valid query positions of the whole batch.
+    each normalised per sequence by its own heads and valid length, then averaged over the
+    sequences of the batch (those with at least one valid token): a short sequence weighs as
+    much as a long one. No official distillation code was released (microsoft/unilm holds only
+    the checkpoints and fine-tuning scripts, minilm/README.md; its issues #105, #224 and #316
+    ask for the code), so this follows the paper's per-sequence 1/(A_h·|x|); the authors'
+    answer in microsoft/unilm issue #198 says both relations were computed with the attention
+    mask applied, as the key masking here.
 
     Args:
         student_qkv: (q, k, v), each (B, A, T, d_S).
@@ -195,7 +217,7 @@ def minilm_relations(
     for (a_s, b_s), (a_t, b_t) in (((q_s, k_s), (q_t, k_t)), ((v_s, v_s), (v_t, v_t))):
         log_teacher = _relation_log_probs(a_t, b_t, key_mask)
         kl = kl_log(log_teacher, _relation_log_probs(a_s, b_s, key_mask))
-        loss = loss + mean_valid(kl.mean(dim=1), mask)  # heads, then valid queries
+        loss = loss + _mean_per_sequence(kl.mean(dim=1), key_mask)  # heads, queries, sequences
     return loss
 
 

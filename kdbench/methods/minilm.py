@@ -25,12 +25,16 @@ def padding_mask(qkv: tuple[Tensor, Tensor, Tensor]) -> Tensor:
 class MiniLM(Method):
     """MiniLM v1: weight·(L_AT + L_VR) from the teacher's last attention layer to the student's.
 
-    L_AT = 1/(A_h·|x|)·Σ_a Σ_t KL(A^T_{a,t} ‖ A^S_{a,t}) with A = σ(QKᵀ/√d_k), L_VR the same
-    with σ(VVᵀ/√d_k), d_k each model's own head size (`kdbench.losses.minilm_relations`); head
-    counts must be equal. The last layer is the last entry of `Outputs.attentions` (adapters list
-    layers earliest first). Padding is read from the q/k/v themselves (`padding_mask`): padded
-    keys get no attention and padded queries are not averaged. The task loss is kept at weight 1
-    ("+ the task loss in task-specific use"); MiniLM's pre-training recipe has no other term.
+    L_AT = 1/(A_h·|x|)·Σ_a Σ_t KL(A^T_{a,t} ‖ A^S_{a,t}) per sequence x of |x| real tokens, with
+    A = σ(QKᵀ/√d_k), L_VR the same with σ(VVᵀ/√d_k), d_k each model's own head size, both
+    averaged over the batch's sequences (`kdbench.losses.minilm_relations`); head counts must be
+    equal. The normalisation is the paper's, per sequence: no official distillation code exists
+    (microsoft/unilm's minilm/README.md releases checkpoints and fine-tuning code only; its
+    issues #105, #224, #316 ask for it). The last layer is the last entry of
+    `Outputs.attentions` (adapters list layers earliest first). Padding is read from the q/k/v
+    themselves (`padding_mask`): padded keys get no attention, padded queries are not counted.
+    The task loss is kept at weight 1 ("+ the task loss in task-specific use"); MiniLM's
+    pre-training recipe has no other term.
     On an encoder-decoder (translation) the adapter exposes the encoder's self-attention, the
     bidirectional stack MiniLM was defined on.
     """

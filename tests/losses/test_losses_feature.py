@@ -142,11 +142,15 @@ def test_similarity_gradients_reach_projection_and_weights_not_teacher():
 
 
 def _relation_kl(a_t, b_t, a_s, b_s, valid):
-    """Mean over heads and valid queries of KL over valid keys of σ(a bᵀ/√d) rows."""
+    """Per sequence 1/(A_h·|x|)·Σ_heads Σ_valid queries KL over valid keys of σ(a bᵀ/√d) rows,
+    then the mean over sequences (those with a valid token)."""
     batch, heads, length = a_t.shape[:3]
-    total, count = 0.0, 0
+    per_sequence = []
     for b in range(batch):
         keys = [j for j in range(length) if valid[b][j]]
+        if not keys:
+            continue
+        total = 0.0
         for h in range(heads):
             for q in keys:
                 dists = []
@@ -160,22 +164,21 @@ def _relation_kl(a_t, b_t, a_s, b_s, valid):
                     ]
                     dists.append(softmax(scores))
                 total += kl(dists[0], dists[1])
-                count += 1
-    return total / count
+        per_sequence.append(total / (heads * len(keys)))
+    return sum(per_sequence) / len(per_sequence)
+
+
+def _minilm_by_hand(student, teacher, valid):
+    (q_s, k_s, v_s), (q_t, k_t, v_t) = student, teacher
+    return _relation_kl(q_t, k_t, q_s, k_s, valid) + _relation_kl(v_t, v_t, v_s, v_s, valid)
 
 
 def test_minilm_relations_value_and_padding():
     student = tuple(_randn(2, 2, 4, 3, seed=50 + i) for i in range(3))
     teacher = tuple(_randn(2, 2, 4, 5, seed=60 + i) for i in range(3))  # larger head size
     mask = torch.tensor([[True, True, True, False], [True, True, False, False]])
-    valid = mask.tolist()
-    q_s, k_s, v_s = student
-    q_t, k_t, v_t = teacher
-    expected = _relation_kl(q_t, k_t, q_s, k_s, valid) + _relation_kl(v_t, v_t, v_s, v_s, valid)
-    close(minilm_relations(student, teacher, mask), expected)
-    every = [[True] * 4] * 2
-    expected_all = _relation_kl(q_t, k_t, q_s, k_s, every) + _relation_kl(v_t, v_t, v_s, v_s, every)
-    close(minilm_relations(student, teacher), expected_all)
+    close(minilm_relations(student, teacher, mask), _minilm_by_hand(student, teacher, mask.tolist()))
+    close(minilm_relations(student, teacher), _minilm_by_hand(student, teacher, [[True] * 4] * 2))
 
     def garbage(qkv, seed):
         out = []
@@ -191,15 +194,34 @@ def test_minilm_relations_value_and_padding():
     assert torch.equal(noisy, minilm_relations(student, teacher, mask))
 
 
+def test_minilm_relations_normalise_per_sequence_not_per_batch_token():
+    """Lengths 4 and 1: the one-token sequence weighs half the batch (paper: 1/(A_h·|x|) per x),
+    not a fifth of it (a mean over the batch's valid queries). A one-token sequence has a single
+    key, so its relations are both (1) and its KL is 0: the loss is half the long one's."""
+    student = tuple(_randn(3, 2, 4, 3, seed=100 + i) for i in range(3))
+    teacher = tuple(_randn(3, 2, 4, 3, seed=110 + i) for i in range(3))
+    mask = torch.tensor([[True] * 4, [True, False, False, False], [False] * 4])  # 3rd: no token
+    alone = _minilm_by_hand(tuple(x[:1] for x in student), tuple(x[:1] for x in teacher), [[True] * 4])
+    close(minilm_relations(student, teacher, mask), alone / 2)
+    close(minilm_relations(student, teacher, mask), _minilm_by_hand(student, teacher, mask.tolist()))
+    per_token = alone * 4 / 5  # the former reduction: 4 of the 5 valid queries carry KL
+    assert not math.isclose(float(minilm_relations(student, teacher, mask)), per_token, abs_tol=1e-6)
+
+
 def test_minilm_relations_properties():
     student = tuple(_randn(2, 2, 4, 3, seed=90 + i).requires_grad_(True) for i in range(3))
     teacher = tuple(_randn(2, 2, 4, 3, seed=95 + i).requires_grad_(True) for i in range(3))
     same = minilm_relations(student, tuple(x.detach().clone() for x in student))
     assert same.item() == 0.0
-    loss = minilm_relations(student, teacher)
+    mask = torch.tensor([[True, True, False, False], [True, True, True, True]])
+    same_masked = minilm_relations(student, tuple(x.detach().clone() for x in student), mask)
+    assert same_masked.item() == 0.0
+    loss = minilm_relations(student, teacher, mask)
     assert loss.item() > 0
     loss.backward()
     assert all(t.grad is None for t in teacher)
     assert all(s.grad is not None and torch.isfinite(s.grad).all() for s in student)
+    # padded positions of the student get no gradient (they are neither queries nor keys)
+    assert all((s.grad.transpose(1, 2)[~mask] == 0).all() for s in student)
     with pytest.raises(ValueError, match="head"):
         minilm_relations(student, tuple(x[:, :1] for x in teacher))

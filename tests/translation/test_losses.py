@@ -1,6 +1,6 @@
 """Token-level losses under teacher forcing against float64 hand computations: fairseq's
 label-smoothed CE, masked word-level KD, and MiniLM's relations through the method with padding
-read from zeroed q/k/v."""
+read from zeroed q/k/v (normalised per sequence, as the paper's 1/(A_h·|x|))."""
 
 from __future__ import annotations
 
@@ -76,11 +76,10 @@ def test_minilm_method_last_layer_with_padding_from_zeroed_rows() -> None:
     (qs, ks, vs), (qt, kt, vt) = student.attentions["encoder.1"], teacher.attentions["encoder.1"]
     expected = 0.0
     for (as_, bs), (at, bt) in (((qs, ks), (qt, kt)), ((vs, vs), (vt, vt))):
-        terms = []
-        for b, n in enumerate(lengths):
+        per_sequence = []
+        for b, n in enumerate(lengths):  # 1/(A_h·|x|) per sequence, then the mean over sequences
             keys = list(range(n))
-            for q in keys:  # mean over heads, then over valid queries of the batch
-                terms.append(sum(kl(_relations(at, bt, b, h, q, keys), _relations(as_, bs, b, h, q, keys))
-                                 for h in range(2)) / 2)
-        expected += sum(terms) / len(terms)
+            per_sequence.append(sum(kl(_relations(at, bt, b, h, q, keys), _relations(as_, bs, b, h, q, keys))
+                                    for h in range(2) for q in keys) / (2 * n))
+        expected += sum(per_sequence) / len(per_sequence)
     _close(loss, expected)
