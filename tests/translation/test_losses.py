@@ -1,6 +1,7 @@
 """Token-level losses under teacher forcing against float64 hand computations: fairseq's
-label-smoothed CE, masked word-level KD, and MiniLM's relations through the method with padding
-read from zeroed q/k/v (normalised per sequence, as the paper's 1/(A_h·|x|))."""
+label-smoothed CE, masked word-level KD, SeqKD's plain NLL on the teacher's outputs, and MiniLM's
+relations through the method with padding read from zeroed q/k/v (normalised per sequence, as the
+paper's 1/(A_h·|x|))."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 
 from kdbench.losses import kd
 from kdbench.losses.sequence import label_smoothed_nll
+from kdbench.methods import get_method
 from kdbench.methods.base import MethodContext, RunState
 from kdbench.methods.minilm import MiniLM, padding_mask
 from kdbench.outputs import Head, Outputs
@@ -51,6 +53,35 @@ def test_masked_token_level_kd() -> None:
     valid = MASK.flatten().tolist()
     expected = sum(v for v, ok in zip(values, valid, strict=True) if ok) / sum(valid)
     _close(kd(s, t, temp, MASK), expected)
+
+
+def test_seqkd_is_plain_nll_on_the_teachers_targets_whatever_the_cards_smoothing() -> None:
+    """Kim & Rush's seq2seq-attn trains with ClassNLLCriterion (no smoothing, padding weight 0)."""
+    logits = _randn(2, 4, 5, seed=3).requires_grad_(True)
+    beam = torch.tensor([[2, 0, 4, -100], [1, 3, -100, -100]])  # teacher's tokens; padding −100
+    out = Outputs(heads={"token": Head(logits, beam, MASK)})
+    cls = get_method("seqkd")
+    method = cls(cls.Config(), MethodContext(out.detach(), None, 2, 1))
+    assert method.task_weight("token", 0.5) == 0.0  # the card's label-smoothed term is off
+    assert method.task_weight("layer0/token", 0.5) == 1.0  # other task terms keep weight 1
+    terms = method.loss(out, None, 0.0, RunState(0, 1, 0, 1))
+    assert set(terms) == {"seqkd/token"}
+    nll = [-log_softmax(r)[y] for r, y, ok in zip(rows(logits), beam.flatten().tolist(),
+                                                  MASK.flatten().tolist(), strict=True) if ok]
+    _close(terms["seqkd/token"].detach(), sum(nll) / len(nll))
+    assert terms["seqkd/token"].item() != label_smoothed_nll(logits.detach(), beam, 0.1, MASK).item()
+    # zero when the student puts all its mass on the teacher's tokens
+    sure = torch.full((2, 4, 5), -1e4, dtype=torch.float64)
+    sure.scatter_(-1, beam.clamp_min(0).unsqueeze(-1), 0.0)
+    confident = method.loss(Outputs(heads={"token": Head(sure, beam, MASK)}), None, 0.0, RunState(0, 1, 0, 1))
+    assert float(confident["seqkd/token"]) == 0.0
+    # padded positions change nothing and get no gradient
+    noisy = logits.detach().clone()
+    noisy[~MASK] = 1e6
+    again = method.loss(Outputs(heads={"token": Head(noisy, beam, MASK)}), None, 0.0, RunState(0, 1, 0, 1))
+    assert torch.equal(again["seqkd/token"], terms["seqkd/token"].detach())
+    terms["seqkd/token"].backward()
+    assert logits.grad is not None and (logits.grad[~MASK] == 0).all() and torch.isfinite(logits.grad).all()
 
 
 def _relations(a: torch.Tensor, b: torch.Tensor, batch: int, head: int, query: int, keys: list[int]) -> list[float]:
