@@ -137,6 +137,16 @@ class Method(nn.Module, metaclass=ABCMeta):
     ) -> dict[str, Tensor]:
         """Named loss terms for this step; the runner sums them with the weighted task loss."""
 
+    def backward(self, loss: Tensor, terms: dict[str, Tensor], params: list[nn.Parameter]) -> None:
+        """Fill the gradients of `params` (what the optimiser steps) for this step.
+
+        `loss` is the sum of `terms`: the adapter's weighted task terms, named `task/<term>`,
+        and the method's own. The default is one backward pass of `loss`; a method that
+        combines the gradients of its objectives otherwise (DHKD's gradient alignment)
+        overrides it. The runner then averages gradients across ranks, clips and steps.
+        """
+        loss.backward()
+
     def after_step(self, student: Outputs, losses: dict[str, Tensor], state: RunState) -> None:
         """Called after each optimiser step with that step's (detached) student outputs."""
 

@@ -241,12 +241,12 @@ def _train_epoch(
             raise NonFiniteLoss(f"non-finite loss at epoch {epoch}, step {state.step} "
                                 f"(batch {i} of the epoch): {values}")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        stepped = [p for g in optimizer.param_groups for p in g["params"]]
+        job.method.backward(loss, terms, stepped)  # loss.backward() unless the method combines its gradients
         if job.world is not None:
-            average_gradients([p for g in optimizer.param_groups for p in g["params"]], job.world)
+            average_gradients(stepped, job.world)
         if clip:
-            torch.nn.utils.clip_grad_norm_(
-                [p for g in optimizer.param_groups for p in g["params"]], float(clip))
+            torch.nn.utils.clip_grad_norm_(stepped, float(clip))
         optimizer.step()
         schedule.step()
         if ema is not None:
