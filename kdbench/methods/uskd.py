@@ -21,8 +21,21 @@ class USKD(Method):
     """USKD: CE + α·L_t + β·L_non (Zipf non-target labels) + μ·L_weak (CIFAR: all 0.1).
 
     The weak logits come from a Linear on the pooled mid-level feature named `feature`.
-    `rank="official"` ranks as the official code does (see `kdbench.losses.uskd`);
+    `rank="official"` ranks as the official code does (see `kdbench.losses.uskd_terms`);
     `rank="paper"` uses the paper's probabilities.
+
+    Targets reach the loss as the head carries them, as the official `USKDLoss.forward`
+    (yzd-v/cls_KD at 1e5d48f, mmcls/models/dis_losses/uskd.py) takes them: class indices, or
+    a soft target y (mixup/cutmix, (B, K)) whose two largest entries v_1 ≥ v_2 at classes
+    l_1, l_2 are both targets (lines 33-36):
+
+        L_t    = −(1/N) Σ_n Σ_{j=1,2} p̃_j log S_{l_j},  p̃_j = sg(S_{l_j}² + v_j − mean_batch S_{l_j}²), 0 where v_j = 0
+        L_weak = −(1/N) Σ_n Σ_c (0.9·y_c + 0.1/K) log σ(z_weak)_c                      (lines 58-66)
+        L_non  as for one label, with w_t, s_t summed over l_1, l_2 and both dropped  (lines 73-90)
+
+    A soft target is not reduced to its argmax first. Where v_2 = 0 (a one-hot given as a
+    distribution) l_2 is one of the tied zero entries (the official torch.sort picks one too);
+    it carries no L_t term but is dropped from L_non.
     """
 
     name = "uskd"
@@ -58,7 +71,9 @@ class USKD(Method):
         mid = pooled(student.features[c.feature])
         terms = {}
         for name, head in student.heads.items():
-            parts = uskd_terms(head.logits, self.weak[name](mid), require_target(head, self.name),
+            require_target(head, self.name)  # refuses a head without targets
+            assert head.target is not None
+            parts = uskd_terms(head.logits, self.weak[name](mid), head.target,  # soft targets as they are
                                c.alpha, c.beta, c.mu, rank=c.rank)
             weights = {"target": c.alpha, "non_target": c.beta, "weak": c.mu}
             terms.update({f"uskd_{k}/{name}": weights[k] * v for k, v in parts.items()})
