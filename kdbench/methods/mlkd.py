@@ -18,11 +18,28 @@ from kdbench.outputs import Outputs
 
 @register
 class MLKD(Method):
-    """MLKD: prediction-layer KL at τ 0.5 (no τ² factor) + intermediate-layer similarity.
+    """MLKD: prediction-layer KL at τ (no τ² factor) + intermediate-layer similarity.
+
+        L = L_task + kd_weight·mean_n KL(σ(z_T/τ) ‖ σ(z_S/τ))
+                   + similarity_weight·Σ_i mean_n Σ_{j ∈ nearest_i} w_ij·mean_D (h_S,i − Linear_ij(h_T,j))²
 
     Every student feature is compared with every teacher feature mapped to its size by a
     learnable Linear; the two nearest teacher layers are kept and weighted
     (`kdbench.losses.similarity`). Features are pooled over space.
+
+    τ: the default 0.5 is the official SST script's (microsoft/KC at 84cfbb6,
+    papers/MLKD_OOD/scripts/SST/run_kd_clm.sh, line 15); the official default, which its
+    CLINC150, 20NG, ROSTD, AG and HC3 scripts keep, is 1.0 (main_ood.py, line 111), and the
+    clinc150 card sets it. Not followed, because the adapters' Outputs carry pooled (B, D)
+    features (the OOD encoder averages each block's tokens before returning them): the
+    official (models/kd_clm.py, `train_KD_CLM`) distils 12-layer GPT-2 language models per
+    token, student hidden states 3..9 against teacher hidden states 1..12 through ONE shared
+    Linear(768, 768) on the teacher side (lines 61, 163-194), keeps the two smallest MSEs per
+    token and student layer, weights the 14 kept values by a vector of ones that is never
+    optimised (lines 66, 217-224), averages over real tokens (lines 275-279), and trains on
+    the two KD terms alone, no language-modelling CE (use_mse_loss "none", lines 281-287).
+    Here every student feature meets every teacher feature through its own Linear, per
+    sample, and the task CE stays.
 
     Layer weights: the official code (microsoft/KC, MLKD_OOD) creates its weights (init 1) as
     a plain attribute, so they are never optimised and stay 1; that is the default here.
