@@ -27,19 +27,19 @@ class MLKD(Method):
     learnable Linear; the two nearest teacher layers are kept and weighted
     (`kdbench.losses.similarity`). Features are pooled over space.
 
-    τ: the default 0.5 is the official SST script's (microsoft/KC at 84cfbb6,
-    papers/MLKD_OOD/scripts/SST/run_kd_clm.sh, line 15); the official default, which its
-    CLINC150, 20NG, ROSTD, AG and HC3 scripts keep, is 1.0 (main_ood.py, line 111), and the
-    clinc150 card sets it. Not followed, because the adapters' Outputs carry pooled (B, D)
-    features (the OOD encoder averages each block's tokens before returning them): the
-    official (models/kd_clm.py, `train_KD_CLM`) distils 12-layer GPT-2 language models per
-    token, student hidden states 3..9 against teacher hidden states 1..12 through ONE shared
-    Linear(768, 768) on the teacher side (lines 61, 163-194), keeps the two smallest MSEs per
-    token and student layer, weights the 14 kept values by a vector of ones that is never
-    optimised (lines 66, 217-224), averages over real tokens (lines 275-279), and trains on
-    the two KD terms alone, no language-modelling CE (use_mse_loss "none", lines 281-287).
-    Here every student feature meets every teacher feature through its own Linear, per
-    sample, and the task CE stays.
+    τ: the default 1.0 is the official default (microsoft/KC at 84cfbb6, main_ood.py, line
+    111), which its CLINC150, 20NG, ROSTD, AG and HC3 scripts keep; 0.5 is only its SST
+    script's (papers/MLKD_OOD/scripts/SST/run_kd_clm.sh, line 15).
+
+    Layers, not followed, because the adapters' Outputs carry pooled (B, D) features (the OOD
+    encoder averages each block's tokens before returning them): the official (models/kd_clm.py,
+    `train_KD_CLM`) distils 12-layer GPT-2 language models per token, student hidden states 3..9
+    against teacher hidden states 1..12 through ONE shared Linear(768, 768) on the teacher side
+    (lines 61, 163-194), keeps the two smallest MSEs per token and student layer, weights the 14
+    kept values by a vector of ones that is never optimised (lines 66, 217-224), averages over
+    real tokens (lines 275-279), and trains on the two KD terms alone, no language-modelling CE
+    (use_mse_loss "none", lines 281-287). Here every student feature meets every teacher feature
+    through its own Linear, per sample, and the task CE stays.
 
     Layer weights: the official code (microsoft/KC, MLKD_OOD) creates its weights (init 1) as
     a plain attribute, so they are never optimised and stay 1; that is the default here.
@@ -57,7 +57,7 @@ class MLKD(Method):
 
     @dataclass
     class Config:
-        temperature: float = 0.5
+        temperature: float = 1.0
         kd_weight: float = 1.0
         similarity_weight: float = 1.0
         nearest: int = 2
