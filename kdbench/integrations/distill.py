@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 from abc import abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,6 +32,7 @@ from kdbench.integrations.registry import MODELS
 from kdbench.methods import get_method, make_config, registry
 from kdbench.methods.base import Method, MethodContext, RunState
 from kdbench.outputs import Outputs
+from kdbench.runner.checkpoint import sha256_file
 from kdbench.runner.env import count_params
 
 
@@ -100,14 +100,6 @@ def _register_losses() -> None:
 
 
 _register_losses()
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def run_state() -> tuple[float, RunState]:
@@ -257,7 +249,7 @@ class Distiller(BaseModel):
         teacher = None
         if self.teacher is not None:
             teacher = {"arch": arch_name(self.teacher_cfg or {}), "params": count_params(self.teacher), "flops": None,
-                       "checkpoint_sha256": file_sha256(self.teacher_ckpt) if self.teacher_ckpt else None}
+                       "checkpoint_sha256": sha256_file(self.teacher_ckpt) if self.teacher_ckpt else None}
             if self.teacher_ckpt:
                 teacher["source"] = str(self.teacher_ckpt)
         return {"method": {"name": self.distill_loss.name, "teacher": self.distill_loss.method_cls.teacher,

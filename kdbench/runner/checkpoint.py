@@ -125,7 +125,8 @@ def describe(path: Path, error: BaseException | None = None) -> str:
     return f"{size} bytes of no checkpoint format (starting {head[:8].hex()})"
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: str | Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

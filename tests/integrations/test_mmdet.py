@@ -22,11 +22,10 @@ from mmengine.runner import Runner  # noqa: E402
 
 from kdbench.adapters.detection.data import make_shapes_dataset  # noqa: E402
 from kdbench.errors import UsageError  # noqa: E402
-from kdbench.integrations.distill import file_sha256  # noqa: E402
 from kdbench.integrations.records import config_hash  # noqa: E402
 from kdbench.methods import get_method  # noqa: E402
 from kdbench.records import read_record, validation_errors  # noqa: E402
-from kdbench.runner.checkpoint import cache_dir, sha256_json  # noqa: E402
+from kdbench.runner.checkpoint import cache_dir, sha256_file, sha256_json  # noqa: E402
 from kdbench.runner.protocol import load_protocol  # noqa: E402
 
 
@@ -73,7 +72,7 @@ def test_kd_distils_a_retinanet_and_writes_a_valid_record(mm_env: dict[str, Path
     assert record["protocol"]["sha256"] == config_hash(runner.cfg)
     assert record["method"] == {"name": "kd", "teacher": "external",
                                 "hparams": {"temperature": 4.0, "ce_weight": 1.0, "kd_weight": 1.0}}
-    assert record["teacher"]["checkpoint_sha256"] == file_sha256(teacher_ckpt)
+    assert record["teacher"]["checkpoint_sha256"] == sha256_file(teacher_ckpt)
     assert record["environment"]["openmmlab"]["mmdet"] == "3.3.0"
     assert record["environment"]["openmmlab"]["mmcv"] == "2.1.0"
     assert set(record["metrics"]["values"]) >= {"ap", "ap50", "ap75"}
