@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -16,31 +15,14 @@ import pandas as pd
 
 from kdbench.compare import BASELINE, FORMATS, TEACHER
 from kdbench.errors import unknown
+from kdbench.formatting import decimals, intcomma, num, pval
 from kdbench.metrics import METRICS
-
-
-def _decimals(values: Iterable[float]) -> int:
-    """Decimals that show about four significant digits of the column's typical magnitude."""
-    finite = [abs(v) for v in values if v is not None and math.isfinite(v) and v != 0]
-    if not finite:
-        return 2
-    return int(min(6, max(1, 3 - math.floor(math.log10(float(np.median(finite)))))))
-
-
-def _num(v: Any, d: int, sign: bool = False) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "—"
-    return f"{v:+.{d}f}" if sign else f"{v:.{d}f}"
-
-
-def _p(v: float) -> str:
-    return "—" if not math.isfinite(v) else "<0.001" if v < 0.001 else f"{v:.3f}"
 
 
 def _interval(low: float, high: float, d: int, sign: bool = False) -> str:
     if not (math.isfinite(low) and math.isfinite(high)):
         return "—"
-    return f"[{_num(low, d, sign)}, {_num(high, d, sign)}]"
+    return f"[{num(low, d, sign)}, {num(high, d, sign)}]"
 
 
 def unit_of(metric: str) -> str:
@@ -65,7 +47,7 @@ def _cells(table: pd.DataFrame) -> tuple[list[str], list[list[str]], list[bool]]
     header = ["method", "n"] + (["failed"] if show_failed else []) + [primary, "95% CI", "Δ", "Δ 95% CI"]
     header += (["n_paired"] if show_paired else []) + ["p", "p_holm", "verdict", "gap closed"]
     header += [*metrics[1:], "params", "train s"]
-    dec = {m: _decimals(table[f"{m}_mean"]) for m in metrics}
+    dec = {m: decimals(table[f"{m}_mean"]) for m in metrics}
     rows = []
     for r in table.to_dict(orient="records"):
         d = dec[primary]
@@ -73,12 +55,11 @@ def _cells(table: pd.DataFrame) -> tuple[list[str], list[list[str]], list[bool]]
         name = str(r["method"]) + ("*" if r["source"] == "spec.teacher" else "")
         cells = [name, str(r["n"])] + ([str(r["failed"])] if show_failed else [])
         cells += [_pm(r, primary, d), _interval(r[f"{primary}_ci_low"], r[f"{primary}_ci_high"], d),
-                  _num(r["delta"], d, sign=True), _interval(r["delta_ci_low"], r["delta_ci_high"], d, sign=True)]
+                  num(r["delta"], d, sign=True), _interval(r["delta_ci_low"], r["delta_ci_high"], d, sign=True)]
         cells += ([str(r["n_paired"]) if math.isfinite(r["p"]) else "—"] if show_paired else [])
-        cells += [_p(r["p"]), _p(r["p_holm"]), verdict_text(r), gap]
+        cells += [pval(r["p"]), pval(r["p_holm"]), verdict_text(r), gap]
         cells += [_pm(r, m, dec[m]) for m in metrics[1:]]
-        cells += ["—" if r["params"] is None or pd.isna(r["params"]) else f"{int(r['params']):,}",
-                  _num(r["train_seconds"], 1)]
+        cells += [intcomma(r["params"]), num(r["train_seconds"], 1)]
         rows.append(cells)
     right = [h not in ("method", "verdict") for h in header]
     return header, rows, right
@@ -101,7 +82,7 @@ def mdd_line(table: pd.DataFrame) -> str:
     """n, the minimal detectable difference and the teacher–baseline gap, in one sentence."""
     a = table.attrs
     mdd, unit = a["mdd"], unit_of(a["primary"])
-    d = _decimals(table[f"{a['primary']}_mean"])
+    d = decimals(table[f"{a['primary']}_mean"])
     if not mdd["m"]:
         return "MDD: no paired test in this table (a method needs 2 or more seeds shared with baseline)"
     n = f"n = {mdd['n']} seeds" + ("" if mdd["n_min"] == mdd["n_max"] else

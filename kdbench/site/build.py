@@ -30,6 +30,7 @@ from typing import Any, TextIO
 import jinja2
 import pandas as pd
 
+from kdbench import formatting
 from kdbench.compare import BASELINE
 from kdbench.compare_render import csv_text, render
 from kdbench.errors import UsageError
@@ -56,8 +57,8 @@ def _env() -> jinja2.Environment:
     loader = jinja2.FileSystemLoader(str(resources.files("kdbench.site").joinpath("templates")))
     env = jinja2.Environment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(num=pages.num, pct=pages.pct, pval=pages.pval, intcomma=pages.intcomma,
-                       sortval=pages.sortval, slug=data.slug, jsontext=pages.jsontext)
+    env.filters.update(num=formatting.num, pct=formatting.pct, pval=formatting.pval, intcomma=formatting.intcomma,
+                       sortval=formatting.sortval, slug=data.slug, jsontext=pages.jsontext)
     return env
 
 
@@ -165,7 +166,7 @@ def _overview(w: _Writer, site: pages.SiteContext) -> None:
     flat = [{"rank": r["rank"], "method": r["name"], "family": r["family"], "teacher": r["teacher"],
              "provenance": r["provenance"],
              **{k: getattr(r["wtl"], k) if r["wtl"] else None for k in ("wins", "ties", "losses")},
-             **{f"{c['key']}:{k}": pages.plain(cell[k]) for c, cell in zip(columns, r["cells"], strict=True)
+             **{f"{c['key']}:{k}": formatting.plain(cell[k]) for c, cell in zip(columns, r["cells"], strict=True)
                 for k in ("mean", "delta", "p_holm", "verdict", "gap_closed")}}
             for r in rows]
     w.json("overview.json", {"alpha": site.alpha, "baseline": BASELINE,
@@ -184,8 +185,8 @@ def _task_page(w: _Writer, site: pages.SiteContext, s: Setting) -> None:
     show_flops = any(isinstance(r["flops"], (int, float)) and math.isfinite(r["flops"]) for r in rows)
     w.page(rel, "task.html.j2", site=site, s=s, rows=rows, show_flops=show_flops, card=card, facts=pages.table_facts(s),
            metrics=s.table.attrs["metrics"], metric_info=METRICS,
-           decs={m: pages.decimals(s.table[f"{m}_mean"]) for m in s.table.attrs["metrics"]},
-           dec=pages.decimals(s.table[f"{s.primary}_mean"]),
+           decs={m: formatting.decimals(s.table[f"{m}_mean"]) for m in s.table.attrs["metrics"]},
+           dec=formatting.decimals(s.table[f"{s.primary}_mean"]),
            strip_svg=plots.strip_plot(s.table, s.runs), bar_svg=plots.bar_chart(s.table),
            references=pages.references(card, s), title=pages.table_facts(s)["title"])
     w.text(f"{rel}/table.csv", render(s.table, "csv"))
@@ -208,7 +209,7 @@ def _method_page(w: _Writer, site: pages.SiteContext, name: str) -> None:
     rel = f"method/{data.slug(name)}"
     w.page(rel, "method.html.j2", site=site, name=name, info=info, rows=rows, title=name)
     w.json(f"{rel}/method.json", {"name": name, **{k: v for k, v in info.items() if k != "known"},
-                                  "results": [{k: pages.plain(v) for k, v in r.items() if k != "runs"}
+                                  "results": [{k: formatting.plain(v) for k, v in r.items() if k != "runs"}
                                               for r in rows]})
 
 

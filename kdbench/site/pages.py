@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import yaml
 
@@ -20,6 +19,7 @@ from kdbench import __version__
 from kdbench.compare import BASELINE, TEACHER
 from kdbench.compare_render import hardware_line, markdown_text, mdd_line, teacher_line, title, verdict_text
 from kdbench.errors import UsageError
+from kdbench.formatting import decimals, finite, num, pct, pval, sortval
 from kdbench.metrics import METRICS
 from kdbench.site import data, provenance
 from kdbench.site.catalog import load_catalog
@@ -42,59 +42,9 @@ CITE = "\n".join([
 # -------------------------------------------------------------------------------- formatting
 
 
-def plain(v: Any) -> Any:
-    """A JSON-ready scalar: NaN/NA → None, numpy scalars → Python."""
-    if isinstance(v, np.generic):
-        v = v.item()
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return None
-    try:
-        if pd.isna(v):
-            return None
-    except (TypeError, ValueError):
-        pass
-    return v
-
-
-def _finite(v: Any) -> bool:
-    v = plain(v)
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def decimals(values: Any) -> int:
-    """Decimals that show about four significant digits of the values' typical magnitude."""
-    finite = [abs(float(v)) for v in values if _finite(v) and v != 0]
-    if not finite:
-        return 2
-    return int(min(6, max(1, 3 - math.floor(math.log10(float(np.median(finite)))))))
-
-
-def num(v: Any, d: int = 4, sign: bool = False) -> str:
-    if not _finite(v):
-        return "—"
-    return f"{float(v):+.{d}f}" if sign else f"{float(v):.{d}f}"
-
-
-def pct(v: Any) -> str:
-    return f"{round(100 * float(v)) + 0:.0f}%" if _finite(v) else "—"  # + 0: no "-0%"
-
-
-def pval(v: Any) -> str:
-    return "—" if not _finite(v) else "<0.001" if float(v) < 0.001 else f"{float(v):.3f}"
-
-
-def intcomma(v: Any) -> str:
-    return f"{int(v):,}" if _finite(v) else "—"
-
-
 def jsontext(v: Any) -> str:
     """A value as compact JSON text, for display (the template escapes it)."""
     return json.dumps(v, ensure_ascii=False, sort_keys=True)
-
-
-def sortval(v: Any) -> str:
-    """A cell's `data-value` for sorting: a number, or empty (sorted last)."""
-    return repr(float(v)) if _finite(v) else ""
 
 
 # ------------------------------------------------------------------------------------ context
@@ -208,7 +158,7 @@ def _cell(site: SiteContext, s: Setting, method: str, d: int) -> dict[str, Any]:
     if method in (BASELINE, TEACHER):
         return {**cell, "text": num(mean, d), "cls": "abs", "sort": sortval(0.0 if method == BASELINE else None),
                 "title": f"{method} mean {s.primary} over {row['n']} seed(s)"}
-    if not _finite(row["delta"]):
+    if not finite(row["delta"]):
         return {**cell, "text": num(mean, d), "cls": "abs nodelta", "sort": "",
                 "title": f"mean {s.primary} over {row['n']} seed(s); no Δ: baseline has no run on the same seeds"}
     verdict = row["verdict"]
@@ -219,7 +169,7 @@ def _cell(site: SiteContext, s: Setting, method: str, d: int) -> dict[str, Any]:
     cls = {"better": "better", "worse": "worse"}.get(verdict, "ns")
     if row["resolution"]:
         title += f" ({row['resolution']}: the setting's MDD is {num(s.table.attrs['mdd']['value'], d)})"
-    gap = f"gap {pct(row['gap_closed'])}" if _finite(row["gap_closed"]) else ""
+    gap = f"gap {pct(row['gap_closed'])}" if finite(row["gap_closed"]) else ""
     return {**cell, "text": ("≈ " if cls == "ns" else "") + text, "cls": cls, "title": title,
             "sort": sortval(row["delta"]), "gap": gap}
 
