@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.adapters.base import Adapter, Role
@@ -16,6 +15,7 @@ from kdbench.adapters.classification import data as D
 from kdbench.adapters.classification.metrics import classification_metrics
 from kdbench.adapters.classification.models import build_model
 from kdbench.adapters.splits import check_split
+from kdbench.adapters.supervision import deep_supervision_ce
 from kdbench.errors import KDBenchError, UsageError
 from kdbench.outputs import Head, Outputs
 from kdbench.runner.checkpoint import cache_dir
@@ -119,11 +119,7 @@ class ClassificationAdapter(Adapter):
 
     def task_loss(self, outputs: Outputs) -> dict[str, Tensor]:
         """CE on the final head ("cls") and on every auxiliary head (deep supervision)."""
-        terms = {name: _ce(h) for name, h in outputs.heads.items()}
-        for i, layer in enumerate(outputs.layers[:-1]):
-            for name, h in layer.items():
-                terms[f"layer{i}/{name}"] = _ce(h)
-        return terms
+        return deep_supervision_ce(outputs, "classification")
 
     @torch.no_grad()
     def _logits(self, model: nn.Module, images: Tensor) -> Iterator[tuple[slice, Any]]:
@@ -151,8 +147,3 @@ class ClassificationAdapter(Adapter):
 
     def example_input(self) -> Tensor:
         return self.test_set.images[:1].to(self.device)
-
-
-def _ce(head: Head) -> Tensor:
-    assert head.target is not None, "classification heads carry their labels"
-    return F.cross_entropy(head.logits, head.target)

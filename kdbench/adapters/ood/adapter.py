@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.special import softmax
 from torch import Tensor, nn
 
@@ -20,6 +19,7 @@ from kdbench.adapters.ood import data as D
 from kdbench.adapters.ood import scores as S
 from kdbench.adapters.ood.model import EncoderOutput, TextEncoder
 from kdbench.adapters.splits import EVAL_SPLITS, check_split
+from kdbench.adapters.supervision import deep_supervision_ce
 from kdbench.errors import KDBenchError, UsageError
 from kdbench.metrics import METRICS, OOD_DETECTION_METRICS
 from kdbench.outputs import Head, Outputs
@@ -130,11 +130,7 @@ class OODAdapter(Adapter):
 
     def task_loss(self, outputs: Outputs) -> dict[str, Tensor]:
         """CE on the final head ("cls") and on every per-layer head (deep supervision)."""
-        terms = {name: _ce(h) for name, h in outputs.heads.items()}
-        for i, layer in enumerate(outputs.layers[:-1]):
-            for name, h in layer.items():
-                terms[f"layer{i}/{name}"] = _ce(h)
-        return terms
+        return deep_supervision_ce(outputs, "ood")
 
     def attach_teacher(self, teacher: nn.Module) -> None:
         self.teacher = teacher
@@ -194,8 +190,3 @@ class OODAdapter(Adapter):
 
     def example_input(self) -> Tensor:
         return D.pad([self.data.test.tokens[0]]).to(self.device)
-
-
-def _ce(head: Head) -> Tensor:
-    assert head.target is not None, "ood heads carry their labels"
-    return F.cross_entropy(head.logits, head.target)
