@@ -50,7 +50,12 @@ def dwpose_logit(student_logits: Tensor, teacher_logits: Tensor, beta: float = 1
         L = (1/K) · (1/B) Σ_b Σ_k KL(σ(β·z^T_bk) ‖ σ(β·z^S_bk)),
 
     summed over bins, over keypoints, averaged over the batch, divided by K; every keypoint
-    counts (visibility ignored) and there is no T² factor. The official β is RTMPose's loss
+    counts (visibility ignored) and there is no T² factor. Also open-mmlab/mmpose at 1c314be,
+    `mmpose/models/losses/logit_dis_loss.py`: `KDLoss.loss` (sum over bins, `.reshape(N, K)
+    .sum(dim=1).mean()`, × weight) per axis, `KDLoss.forward` adds the axes and divides by
+    `num_joints`; the `target_weight` it receives is unused. Against `simcc_kl` (mean over
+    bins, sum over the batch) the weighted term therefore weighs w·W/B, there as here.
+    The official β is RTMPose's loss
     β = 10 on raw logits z (the code passes the head loss's β); for logits that already are
     β·z, β here is 1.
 
@@ -71,7 +76,9 @@ def dwpose_logit(student_logits: Tensor, teacher_logits: Tensor, beta: float = 1
 def dwpose_feature(student_features: Tensor, teacher_features: Tensor, alpha: float = 7e-5) -> Tensor:
     """DWPose's feature distillation: α·‖F_S − F_T‖²_sum / B (official `FeaLoss`, α_fea 7e-5).
 
-    Yang et al., ICCV 2023 Workshops. F_S is the student's last backbone stage already mapped
+    Yang et al., ICCV 2023 Workshops; also mmpose `mmpose/models/losses/fea_dis_loss.py`
+    `FeaLoss.get_dis_loss`: `MSELoss(reduction='sum')(S, T) / N * alpha_fea`, N = batch.
+    F_S is the student's last backbone stage already mapped
     to the teacher's channels (a 1×1 convolution when they differ, which the method owns).
 
     Args:

@@ -33,6 +33,22 @@ class DWPose(Method):
     weight `head_weight` (1) only — no ground-truth loss, no decay — at a constant learning rate
     (see `later_stages`); the exported model is the stage-1 backbone with that head.
 
+    Stage 2 clips the gradient norm at `stage2_grad_clip` (1), as the official stage-2 configs
+    (`optim_wrapper = dict(clip_grad=dict(max_norm=1., norm_type=2))`); 0 leaves the card's.
+
+    Reductions, checked against open-mmlab/mmpose at 1c314be (`mmpose/models/losses/
+    logit_dis_loss.py` `KDLoss.forward`/`KDLoss.loss`, `fea_dis_loss.py`
+    `FeaLoss.get_dis_loss`, `models/distillers/dwpose_distiller.py` `DWPoseDistiller.loss`,
+    `classification_loss.py` `KLDiscretLoss.forward`): KDLoss sums the KL over bins and
+    keypoints, averages over the batch and divides by K (after adding the two axes); RTMPose's
+    ground-truth KLDiscretLoss averages over bins, sums over batch and keypoints and divides by
+    K; FeaLoss is α_fea·MSE_sum/N. kdbench's `dwpose_logit`, `simcc_kl` and `dwpose_feature`
+    are the same reductions, so the logit term's weight relative to the ground-truth loss is
+    w·W/B there and here alike (W bins, B per-GPU batch): the official weights 0.1 / 1 / 7e-5
+    carry their official meaning only at the official W and B (e.g. W 384/512, B 64: 0.6/0.8),
+    and a card with fewer bins or a smaller batch weighs the logit term less, as the official
+    code would at that W and B.
+
     β: the official code applies the head loss's β (RTMPose: 10) to raw logits; kdbench's pose
     heads already are β·z, so `beta` (applied on top) is 1. `feature`: which of Outputs.features
     is distilled; empty means the last one (adapters list backbone stages earliest first).
@@ -51,6 +67,7 @@ class DWPose(Method):
         head_weight: float = 1.0
         beta: float = 1.0
         stage2_fraction: float = 0.2
+        stage2_grad_clip: float = 1.0
         feature: str = ""
 
     def __init__(self, config: Config, ctx: MethodContext) -> None:
@@ -68,8 +85,12 @@ class DWPose(Method):
     def later_stages(self) -> tuple[Stage, ...]:
         # The official stage-2 configs inherit RTMPose's schedule, whose cosine phase begins at
         # epoch 135 of 270, past their 60 epochs: after a 1,000-iteration warm-up, stage 2 runs
-        # at the constant base learning rate. Here: constant, without the warm-up.
-        return (Stage(self.config.stage2_fraction, {"schedule": {"name": "constant", "warmup_epochs": 0}}),)
+        # at the constant base learning rate. Here: constant, without the warm-up. The official
+        # stage-2 configs also clip the gradient norm at 1 (optim_wrapper clip_grad max_norm 1).
+        train: dict[str, object] = {"schedule": {"name": "constant", "warmup_epochs": 0}}
+        if self.config.stage2_grad_clip > 0:
+            train["grad_clip"] = self.config.stage2_grad_clip
+        return (Stage(self.config.stage2_fraction, train),)
 
     def task_weight(self, term: str, progress: float) -> float:
         return 0.0 if self.stage > 0 else 1.0
