@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import re
 import zlib
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -84,7 +85,7 @@ class OODData:
         return len(self.classes)
 
 
-class Vocab:
+class Vocab(ABC):
     """Ids of a text's units (characters or words): 0 = padding, 1 = unknown, then `units` sorted."""
 
     def __init__(self, units: Collection[str]) -> None:
@@ -93,8 +94,9 @@ class Vocab:
     def __len__(self) -> int:
         return len(self.index) + 2
 
+    @abstractmethod
     def units(self, text: str) -> Sequence[str]:
-        raise NotImplementedError
+        """The units of `text` that the vocabulary indexes (characters or words)."""
 
     def encode(self, text: str, max_units: int) -> Tensor:
         """The first `max_units` units' ids (UNK for one not in the vocabulary); never empty."""
