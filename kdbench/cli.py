@@ -174,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _options(args: argparse.Namespace, method: str) -> Any:
-    from kdbench.runner.protocol import parse_sets
+    from kdbench.protocol import parse_sets
     from kdbench.runner.spec import RunOptions
 
     return RunOptions(task=args.task, method=method, protocol=args.protocol, seed=args.seed,
@@ -219,8 +219,8 @@ def _summary(record: dict[str, Any], path: Path) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from kdbench.protocol import parse_sets
     from kdbench.runner.executors import EXECUTORS, ExecutorOptions, drive
-    from kdbench.runner.protocol import parse_sets
     from kdbench.runner.sweep import describe, make_plan
 
     if args.executor not in EXECUTORS:

@@ -100,7 +100,7 @@ def list_protocols() -> str:
     hyperparameters against the method classes, which would import torch)."""
     import yaml
 
-    from kdbench.runner.protocol import task_cards
+    from kdbench.protocol import task_cards
 
     rows = []
     for task in TASKS:

@@ -39,7 +39,7 @@ def schema() -> dict[str, Any]:
 
 def record_path(results: Path, task: str, protocol: str, method: str, seed: int) -> Path:
     """`results/<task>/<protocol key>/<method>/seed<N>.json` (the key: the card's name, or
-    `<name>+<sha8>` for an ablation; kdbench.runner.protocol.Protocol.key). The parts are
+    `<name>+<sha8>` for an ablation; kdbench.protocol.Protocol.key). The parts are
     checked as single safe names, and the path as staying under `results`."""
     for what, part in (("task", task), ("protocol key", protocol), ("method", method)):
         if not _PART.match(part):

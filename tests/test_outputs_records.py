@@ -10,8 +10,8 @@ import torch
 
 from kdbench.errors import UsageError
 from kdbench.outputs import Head, Outputs, masked_mean
+from kdbench.protocol import apply_overrides, cards_dir, load_protocol, parse_sets
 from kdbench.records import atomic_write_bytes, schema, validation_errors, write_record
-from kdbench.runner.protocol import apply_overrides, cards_dir, load_protocol, parse_sets
 from tests.recordkit import valid_record
 
 

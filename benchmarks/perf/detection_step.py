@@ -14,8 +14,8 @@ import time
 import torch
 
 from kdbench.adapters.detection.adapter import DetectionAdapter
+from kdbench.protocol import load_protocol
 from kdbench.runner.optim import build_optimizer
-from kdbench.runner.protocol import load_protocol
 
 
 def profile(adapter: DetectionAdapter, role: str, steps: int, batch_size: int) -> dict[str, float]:

@@ -26,8 +26,8 @@ from kdbench.adapters.classification import data as D
 from kdbench.adapters.classification.adapter import ClassificationAdapter
 from kdbench.methods.base import MethodContext
 from kdbench.methods.baseline import Baseline
+from kdbench.protocol import apply_overrides, load_protocol
 from kdbench.runner.optim import build_optimizer, build_schedule
-from kdbench.runner.protocol import apply_overrides, load_protocol
 from kdbench.runner.train import Job, epoch_seed, fit, probe_outputs
 
 

@@ -22,7 +22,7 @@ import torch
 from kdbench.adapters.classification.adapter import ClassificationAdapter
 from kdbench.methods import get_method
 from kdbench.methods.base import MethodContext
-from kdbench.runner.protocol import apply_overrides, load_protocol
+from kdbench.protocol import apply_overrides, load_protocol
 from kdbench.runner.teacher_cache import TeacherCache
 from kdbench.runner.teachers import get_teacher
 from kdbench.runner.train import Job, fit, probe_outputs

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from kdbench.runner.protocol import load_protocol
+from kdbench.protocol import load_protocol
 from kdbench.runner.teachers import teacher_path
 
 

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from kdbench.errors import KDBenchError
 from kdbench.outputs import Outputs
-from kdbench.runner.protocol import Protocol
+from kdbench.protocol import Protocol
 
 Role = Literal["student", "teacher"]
 

@@ -104,7 +104,7 @@ def protocol_check(task: str, protocol: str, results: Path, *, device: str = "au
                    data_root: Path | None = None, alpha: float = ALPHA, records_only: bool = False) -> CheckReport:
     from kdbench.adapters import get_adapter
     from kdbench.methods import registry
-    from kdbench.runner.protocol import load_protocol
+    from kdbench.protocol import load_protocol
     from kdbench.runner.spec import RunOptions
 
     card = load_protocol(task, protocol)

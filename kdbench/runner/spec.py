@@ -13,9 +13,9 @@ from kdbench.errors import UsageError
 from kdbench.methods import get_method
 from kdbench.methods.base import NEEDS, Method, make_config
 from kdbench.metrics import METRICS
+from kdbench.protocol import Protocol, apply_overrides, load_protocol
 from kdbench.record_checks import SEED_LIMIT
 from kdbench.records import default_results, record_path
-from kdbench.runner.protocol import Protocol, apply_overrides, load_protocol
 
 
 @dataclass

@@ -124,7 +124,7 @@ def make_plan(tasks: str, methods: str, seeds: str, protocols: str, sets: dict[s
     """Expand and resolve the sweep; raise UsageError on any bad name before anything runs."""
     from kdbench.adapters import TASKS, get_adapter
     from kdbench.methods import get_method, registry
-    from kdbench.runner.protocol import TIERS, load_protocol, task_cards
+    from kdbench.protocol import TIERS, load_protocol, task_cards
     from kdbench.runner.spec import RunOptions, resolve
     from kdbench.runner.teachers import teacher_path
 

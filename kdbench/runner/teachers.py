@@ -16,10 +16,10 @@ from torch import nn
 from kdbench.adapters.base import Adapter
 from kdbench.methods.base import MethodContext
 from kdbench.methods.baseline import Baseline
+from kdbench.protocol import Protocol
 from kdbench.records import atomic_write_bytes, printable
 from kdbench.runner import checkpoint
 from kdbench.runner.env import count_flops, count_params
-from kdbench.runner.protocol import Protocol
 from kdbench.runner.train import Job, fit, probe_outputs
 
 

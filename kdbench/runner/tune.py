@@ -5,7 +5,8 @@ Every method declares a small grid over its one or two key hyperparameters (`Met
 once, on one seed, and picks the best **val** score (ties: the earlier grid point); test is never
 read. The grid, every point's val score and the choice are written beside the card as
 `tuning/<card>-<method>.json`, and the card cites the file (`tuning: {<method>: tuning/...}`)
-next to the chosen values in its `methods:` section; loading a card checks that the two agree.
+next to the chosen values in its `methods:` section; loading a card checks that the two agree
+(kdbench.protocol.check_citations).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def tune(task: str, protocol: str, method: str, results: Path, *, out: Path | No
     from kdbench.methods import get_method
     from kdbench.methods.base import TUNE_BUDGET
     from kdbench.metrics import metric
-    from kdbench.runner.protocol import load_protocol
+    from kdbench.protocol import load_protocol
     from kdbench.runner.run import run
     from kdbench.runner.spec import RunOptions, resolve
     from kdbench.runner.sweep import _done
@@ -89,21 +90,3 @@ def tune(task: str, protocol: str, method: str, results: Path, *, out: Path | No
                  f"tuning: {{{method}: tuning/{path.name}}}")
     return TuneResult(path, best["hparams"], "\n".join(lines))
 
-
-def check_citations(methods: dict[str, dict[str, Any]], tuning: dict[str, str], folder: Path, where: str) -> None:
-    """A card's `tuning` entries: each file lies in the card's folder, is a tuning file of that
-    method, and its choice is what the card's `methods:` section sets."""
-    for method, rel in tuning.items():
-        path = (folder / rel).resolve()
-        if not path.is_relative_to(folder.resolve()):
-            raise UsageError(f"{where}tuning.{method}: {rel!r} lies outside the card's folder")
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise UsageError(f"{where}tuning.{method}: cannot read {rel!r}: {e}") from None
-        if not isinstance(data, dict) or data.get("method") != method or not isinstance(data.get("choice"), dict):
-            raise UsageError(f"{where}tuning.{method}: {rel!r} is not a kdbench tune file of {method!r}")
-        chosen = methods.get(method, {})
-        differs = {k: v for k, v in data["choice"].items() if chosen.get(k) != v}
-        if differs:
-            raise UsageError(f"{where}tuning.{method}: the card sets {chosen}, the tune file chose {data['choice']}")

@@ -35,8 +35,8 @@ from kdbench.compare import BASELINE
 from kdbench.compare_render import csv_text, render
 from kdbench.errors import UsageError
 from kdbench.metrics import METRICS
+from kdbench.protocol import task_cards
 from kdbench.records import printable
-from kdbench.runner.protocol import task_cards
 from kdbench.site import data, pages, plots, provenance
 from kdbench.site.data import Setting
 from kdbench.site.provenance import committed_records

@@ -26,9 +26,9 @@ import yaml
 
 from kdbench.compare import BASELINE, TEACHER, compare_table, frame_from_records, tables_of
 from kdbench.errors import UsageError
+from kdbench.protocol import TIERS
 from kdbench.record_checks import cut, semantic_errors, shown, structural_errors
 from kdbench.records import RecordReadError, printable, read_record_text, record_files, schema, validation_errors
-from kdbench.runner.protocol import TIERS
 from kdbench.site.catalog import family, load_catalog
 from kdbench.site.provenance import committed_records
 from kdbench.stats import WinsTiesLosses, wins_ties_losses

@@ -264,13 +264,13 @@ def _without_none(node: Any) -> Any:
 
 
 def effective_sha(task: str, raw: Any) -> str | None:
-    """The sha256 that identifies a card file's effective content (kdbench.runner.protocol's
+    """The sha256 that identifies a card file's effective content (kdbench.protocol's
     identity: the typed card, defaults filled, unset fields left out, prose fields not hashed), or
     None when the file does not parse. Computed without loading the method registry, which would
     import torch: a card whose method hyperparameters are wrong still gets its sha."""
     from kdbench.cards.tasks import CARDS
     from kdbench.cards.typed import parse, to_plain
-    from kdbench.runner.protocol import card_sha256
+    from kdbench.protocol import card_sha256
 
     if not isinstance(raw, dict) or task not in CARDS:
         return None

@@ -13,7 +13,7 @@ from kdbench.adapters.classification import data
 from kdbench.adapters.classification.adapter import ClassificationAdapter
 from kdbench.adapters.classification.models import ClassifierOutput, build_model
 from kdbench.errors import UsageError
-from kdbench.runner.protocol import load_protocol
+from kdbench.protocol import load_protocol
 
 
 def _ids(ds: data.ArrayDataset) -> set[int]:

@@ -12,7 +12,7 @@ import torch
 from kdbench.adapters.classification import data
 from kdbench.adapters.classification.adapter import ClassificationAdapter
 from kdbench.errors import UsageError
-from kdbench.runner.protocol import load_protocol
+from kdbench.protocol import load_protocol
 
 
 def _hashes(images: torch.Tensor) -> set[str]:

@@ -10,8 +10,8 @@ import torch
 
 from kdbench.adapters.detection.adapter import DetectionAdapter
 from kdbench.cli import main
+from kdbench.protocol import load_protocol
 from kdbench.records import validation_errors
-from kdbench.runner.protocol import load_protocol
 from tests.datafiles import data_root
 
 

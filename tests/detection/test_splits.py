@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from kdbench.adapters.detection import data as D
 from kdbench.adapters.detection.adapter import DetectionAdapter
 from kdbench.errors import UsageError
-from kdbench.runner.protocol import Protocol, load_protocol
+from kdbench.protocol import Protocol, load_protocol
 
 
 def _key(image: Tensor) -> str:

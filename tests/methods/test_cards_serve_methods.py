@@ -10,7 +10,7 @@ import torch
 from kdbench.adapters import get_adapter
 from kdbench.methods import get_method, registry
 from kdbench.methods.base import MethodContext, make_config
-from kdbench.runner.protocol import load_protocol, task_cards
+from kdbench.protocol import load_protocol, task_cards
 from kdbench.runner.train import probe_outputs
 
 SMALL = [(task, name) for task in ("classification", "ood", "translation")

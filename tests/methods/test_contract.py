@@ -13,7 +13,7 @@ from kdbench.adapters import TASKS, Adapter, get_adapter
 from kdbench.errors import UsageError
 from kdbench.methods import get_method, register, registry
 from kdbench.methods.base import NEEDS, Method, MethodContext, RunState, make_config
-from kdbench.runner.protocol import load_protocol
+from kdbench.protocol import load_protocol
 from kdbench.runner.train import Job, _terms, probe_outputs
 
 ALL = sorted(registry())

@@ -11,7 +11,7 @@ import torch
 from kdbench.methods import get_method
 from kdbench.methods.base import MethodContext, RunState, make_config
 from kdbench.outputs import Head, Outputs
-from kdbench.runner.protocol import load_protocol, task_cards
+from kdbench.protocol import load_protocol, task_cards
 from tests.losses.lossref import kl, rows, softmax
 
 OFFICIAL = {"alpha": 1.0, "beta": 0.25, "temperature": 1.0, "warmup_epochs": 0}

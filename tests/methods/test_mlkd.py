@@ -12,7 +12,7 @@ from torch import nn
 from kdbench.methods import get_method
 from kdbench.methods.base import MethodContext, RunState, make_config
 from kdbench.outputs import Head, Outputs
-from kdbench.runner.protocol import load_protocol
+from kdbench.protocol import load_protocol
 from tests.losses.lossref import kl, rows, scaled, softmax
 
 B, K, DS, DT = 4, 3, 2, 3

@@ -11,7 +11,7 @@ import torch
 from kdbench.adapters.ood import data as D
 from kdbench.adapters.ood.adapter import OODAdapter
 from kdbench.errors import KDBenchError, UsageError
-from kdbench.runner.protocol import apply_overrides, load_protocol
+from kdbench.protocol import apply_overrides, load_protocol
 from tests.datafiles import data_root
 
 SPEC = {"dataset": "langid", "id": ["en", "de"], "near": ["nl"], "far": ["fi"], "vocab_words": 200,

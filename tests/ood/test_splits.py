@@ -11,7 +11,7 @@ import torch
 from kdbench.adapters.ood import data as D
 from kdbench.adapters.ood.adapter import OODAdapter
 from kdbench.errors import UsageError
-from kdbench.runner.protocol import load_protocol
+from kdbench.protocol import load_protocol
 from tests.datafiles import data_root
 
 

@@ -16,7 +16,7 @@ from kdbench.adapters.pose import data as D
 from kdbench.adapters.pose.adapter import PoseAdapter
 from kdbench.adapters.pose.synthetic import VERSION, make_figures_dataset
 from kdbench.errors import UsageError
-from kdbench.runner.protocol import Protocol, load_protocol
+from kdbench.protocol import Protocol, load_protocol
 
 
 def _key(crop: Tensor) -> str:

@@ -171,7 +171,7 @@ def test_traversal_in_a_record_path_or_a_card_name_is_refused(tmp_path: Path, ca
                               ("classification", "small", "../../kd"), ("/abs", "small", "kd")):
         with pytest.raises(UsageError, match="not a safe name"):
             record_path(tmp_path / "results", task, key, method, 0)
-    from kdbench.runner.protocol import task_cards
+    from kdbench.protocol import task_cards
 
     card = yaml.safe_load(task_cards("classification")["smoke"].read_text())
     card["name"] = "../../../../escaped"

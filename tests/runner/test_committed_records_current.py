@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kdbench.runner.protocol import apply_overrides, load_protocol
+from kdbench.protocol import apply_overrides, load_protocol
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORDS = sorted((ROOT / "results").glob("*/*/*/seed*.json"))

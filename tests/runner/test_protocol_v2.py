@@ -11,8 +11,8 @@ import yaml
 
 from kdbench.cli import main
 from kdbench.errors import UsageError
+from kdbench.protocol import apply_overrides, load_protocol, task_cards
 from kdbench.records import validation_errors
-from kdbench.runner.protocol import apply_overrides, load_protocol, task_cards
 
 SMOKE = ["--task", "classification", "--method", "kd", "--protocol", "smoke"]
 

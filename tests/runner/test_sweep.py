@@ -50,7 +50,7 @@ def test_plan_rejects_bad_names(tmp_path: Path) -> None:
 
 def _broken_card(tmp_path: Path) -> Path:
     """The smoke card with a student that cannot be built: fails at run time, not at planning."""
-    from kdbench.runner.protocol import task_cards
+    from kdbench.protocol import task_cards
 
     card = yaml.safe_load(task_cards("classification")["smoke"].read_text())
     card["name"], card["student"]["widths"] = "broken", [8, 16]
@@ -104,7 +104,7 @@ def test_ray_and_submitit_sweeps(kind: str, tmp_path: Path) -> None:
 
 
 def test_seeds_default_to_each_cards_own(tmp_path: Path) -> None:
-    from kdbench.runner.protocol import load_protocol
+    from kdbench.protocol import load_protocol
 
     plan = make_plan("classification", "baseline", "card", "smoke,small", {}, tmp_path, None)
     by_card: dict[str, list[int]] = {}

@@ -18,8 +18,8 @@ from kdbench.cli import main
 from kdbench.compare import compare_table, load_frame
 from kdbench.compare_render import mdd_line
 from kdbench.errors import UsageError
+from kdbench.protocol import parse_sets
 from kdbench.records import validation_errors, write_record
-from kdbench.runner.protocol import parse_sets
 from kdbench.site import data, pages
 from kdbench.site.build import build_site
 from kdbench.site.catalog import load_catalog
@@ -283,8 +283,8 @@ def test_catalog_matches_the_registries() -> None:
 
 
 def test_card_match_uses_the_effective_card_sha(tmp_path: Path) -> None:
-    """"matches" when the records carry the shipped card's identity (kdbench.runner.protocol's), else "changed"."""
-    from kdbench.runner.protocol import load_protocol
+    """"matches" when the records carry the shipped card's identity (kdbench.protocol's), else "changed"."""
+    from kdbench.protocol import load_protocol
 
     for task in ("classification", "detection"):
         card = load_protocol(task, "small")

@@ -93,7 +93,7 @@ def test_iwslt14_card_scores_de_bped_text(tmp_path: Path) -> None:
     import torch
 
     from kdbench.adapters.translation.adapter import TranslationAdapter
-    from kdbench.runner.protocol import load_protocol
+    from kdbench.protocol import load_protocol
 
     folder = tmp_path / D.IWSLT14_DIR
     folder.mkdir()

@@ -13,9 +13,9 @@ from kdbench.adapters.translation.adapter import TranslationAdapter
 from kdbench.cli import main
 from kdbench.methods import get_method
 from kdbench.methods.base import MethodContext
+from kdbench.protocol import load_protocol
 from kdbench.records import validation_errors
 from kdbench.runner import checkpoint
-from kdbench.runner.protocol import load_protocol
 from kdbench.runner.train import Job, fit, probe_outputs
 
 

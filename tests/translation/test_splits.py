@@ -13,7 +13,7 @@ import torch
 from kdbench.adapters.translation import data as D
 from kdbench.adapters.translation.adapter import TranslationAdapter
 from kdbench.errors import UsageError
-from kdbench.runner.protocol import load_protocol
+from kdbench.protocol import load_protocol
 from tests.datafiles import data_root
 
 

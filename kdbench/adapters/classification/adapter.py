@@ -18,8 +18,8 @@ from kdbench.adapters.splits import check_split
 from kdbench.adapters.supervision import deep_supervision_ce
 from kdbench.errors import KDBenchError, UsageError
 from kdbench.outputs import Head, Outputs
+from kdbench.protocol import Protocol
 from kdbench.runner.checkpoint import cache_dir
-from kdbench.runner.protocol import Protocol
 
 DATASETS = ("digits", "mnist1d", "cifar100")
 _MODEL_KEYS = ("arch", "seed", "train")  # card keys that are not model arguments

@@ -23,8 +23,8 @@ from kdbench.adapters.detection.targets import Batch, DetectionOutputs, Pairs, m
 from kdbench.adapters.splits import check_split
 from kdbench.errors import KDBenchError, UsageError
 from kdbench.outputs import Head
+from kdbench.protocol import Protocol
 from kdbench.runner.checkpoint import cache_dir, sha256_json
-from kdbench.runner.protocol import Protocol
 
 DATASETS = ("shapes", "coco2017")
 ARCHS = ("fdr-detr",)

@@ -23,7 +23,7 @@ from kdbench.adapters.supervision import deep_supervision_ce
 from kdbench.errors import KDBenchError, UsageError
 from kdbench.metrics import METRICS, OOD_DETECTION_METRICS
 from kdbench.outputs import Head, Outputs
-from kdbench.runner.protocol import Protocol
+from kdbench.protocol import Protocol
 
 DATASETS = ("langid", "clinc150")
 _MODEL_KEYS = ("arch", "seed", "train")  # card keys that are not model arguments

@@ -25,8 +25,8 @@ from kdbench.adapters.splits import check_split
 from kdbench.errors import KDBenchError, UsageError
 from kdbench.losses.pose import simcc_kl
 from kdbench.outputs import Head, Outputs
+from kdbench.protocol import Protocol
 from kdbench.runner.checkpoint import cache_dir, sha256_json
-from kdbench.runner.protocol import Protocol
 
 DATASETS = ("figures", "coco", "coco-wholebody")
 _COCO_FILES = {  # dataset → (annotation json pattern, how to get it)

@@ -26,9 +26,9 @@ from kdbench.adapters.translation.tokenizer import Tokenizer, WordTokenizer, tra
 from kdbench.errors import KDBenchError, UsageError
 from kdbench.losses.sequence import label_smoothed_nll
 from kdbench.outputs import Head, Outputs
+from kdbench.protocol import Protocol
 from kdbench.records import atomic_write_bytes
 from kdbench.runner.checkpoint import cache_dir, sha256_json
-from kdbench.runner.protocol import Protocol
 
 DATASETS = ("phrases", "multi30k", "iwslt14")
 _MODEL_KEYS = ("arch", "seed", "train")

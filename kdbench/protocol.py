@@ -8,6 +8,10 @@ prose fields left out), not of its file: a comment or a description edit changes
 run on exactly a shipped card is stored under the card's name; anything else (a `--set`, an
 edited or foreign card file) is an ablation stored under `<name>+<first 8 hex of its sha>`, so
 it never enters the shipped card's table.
+
+This module sits below the adapters and the runner, which both read cards, and above the method
+registry, which it loads lazily (importing this module imports no torch) to check a card's
+`methods:` section (docs/architecture.md, Layers).
 """
 
 from __future__ import annotations
@@ -137,6 +141,7 @@ def _typed(raw: dict[str, Any], task: str, where: str) -> tuple[Card, dict[str, 
 
 
 def _check_methods(typed: Card, where: str) -> None:
+    # imported here: the method registry imports torch; importing this module (the site does) must not
     from kdbench.methods import get_method
     from kdbench.methods.base import make_config
 
@@ -165,8 +170,6 @@ def card_sha256(plain: dict[str, Any]) -> str:
 def _load(path: Path, task: str) -> Protocol:
     raw = _read(path)
     typed, plain, sha = _typed(raw, task, f"protocol card {path}: ")
-    from kdbench.runner.tune import check_citations
-
     check_citations(typed.methods, typed.tuning, path.parent, f"protocol card {path}: ")
     shipped = task_cards(task).get(typed.name)
     if shipped is not None and shipped.resolve() == path.resolve():
@@ -176,6 +179,25 @@ def _load(path: Path, task: str) -> Protocol:
     else:
         shipped_sha = None
     return Protocol(typed.name, task, typed.tier, sha, plain, path, typed, shipped_sha)
+
+
+def check_citations(methods: dict[str, dict[str, Any]], tuning: dict[str, str], folder: Path, where: str) -> None:
+    """A card's `tuning` entries: each file lies in the card's folder, is a tuning file of that
+    method, and its choice is what the card's `methods:` section sets."""
+    for method, rel in tuning.items():
+        path = (folder / rel).resolve()
+        if not path.is_relative_to(folder.resolve()):
+            raise UsageError(f"{where}tuning.{method}: {rel!r} lies outside the card's folder")
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise UsageError(f"{where}tuning.{method}: cannot read {rel!r}: {e}") from None
+        if not isinstance(data, dict) or data.get("method") != method or not isinstance(data.get("choice"), dict):
+            raise UsageError(f"{where}tuning.{method}: {rel!r} is not a kdbench tune file of {method!r}")
+        chosen = methods.get(method, {})
+        differs = {k: v for k, v in data["choice"].items() if chosen.get(k) != v}
+        if differs:
+            raise UsageError(f"{where}tuning.{method}: the card sets {chosen}, the tune file chose {data['choice']}")
 
 
 def apply_overrides(protocol: Protocol, sets: dict[str, Any], method: str | None = None) -> Protocol:
