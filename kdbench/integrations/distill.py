@@ -27,12 +27,12 @@ from mmengine.model import BaseModel
 from mmengine.registry import MODELS as ROOT_MODELS
 from torch import Tensor, nn
 
+from kdbench.cache import sha256_file
 from kdbench.errors import UsageError
 from kdbench.integrations.registry import MODELS
 from kdbench.methods import get_method, make_config, registry
 from kdbench.methods.base import Method, MethodContext, RunState
 from kdbench.outputs import Outputs
-from kdbench.runner.checkpoint import sha256_file
 from kdbench.runner.env import count_params
 
 

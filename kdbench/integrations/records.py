@@ -26,6 +26,7 @@ from typing import Any
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
+from kdbench.cache import sha256_json
 from kdbench.errors import UsageError
 from kdbench.integrations.distill import Distiller, arch_name
 from kdbench.integrations.registry import HOOKS
@@ -53,7 +54,7 @@ def config_hash(cfg: Any) -> str:
     """sha256 of the config as sorted JSON, without `RUN_LOCAL_KEYS`."""
     data = {k: v for k, v in dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg).items()
             if k not in RUN_LOCAL_KEYS}
-    return checkpoint.sha256_json(json.loads(json.dumps(data, sort_keys=True, default=str)))
+    return sha256_json(json.loads(json.dumps(data, sort_keys=True, default=str)))
 
 
 def mm_versions() -> dict[str, str | None]:

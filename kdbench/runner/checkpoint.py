@@ -1,4 +1,4 @@
-"""Atomic checkpoints, loaded without running code, and content hashes.
+"""Atomic checkpoints, loaded without running code (content hashes and the cache folder: kdbench.cache).
 
 Every checkpoint kdbench reads — `--teacher`, cached teachers, a run's `last.pt` and `stage*.pt`
 — is loaded with `torch.load(weights_only=True)`: tensors, containers and plain numbers only, so
@@ -28,11 +28,6 @@ from kdbench.records import atomic_write_bytes, printable
 class CheckpointError(UsageError):
     """A file that cannot be loaded as a kdbench checkpoint or state dict (one line: the file and
     what it holds)."""
-
-
-def cache_dir() -> Path:
-    """`$KDBENCH_CACHE`, else `~/.cache/kdbench`: teachers and run checkpoints live here."""
-    return Path(os.environ.get("KDBENCH_CACHE") or Path.home() / ".cache" / "kdbench")
 
 
 def plain(obj: Any) -> Any:
@@ -123,21 +118,6 @@ def describe(path: Path, error: BaseException | None = None) -> str:
     if all(32 <= b < 127 or b in (9, 10, 13) for b in head):
         return f"text, not a checkpoint ({size} bytes)"
     return f"{size} bytes of no checkpoint format (starting {head[:8].hex()})"
-
-
-def sha256_file(path: str | Path) -> str:
-    """The sha256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def sha256_json(obj: Any) -> str:
-    import json
-
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def move_aside(path: Path) -> Path:

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from kdbench.cache import cache_dir, sha256_json
 from kdbench.errors import UsageError
 from kdbench.methods.base import MethodContext
 from kdbench.records import read_record, record_path, write_record
@@ -62,7 +63,7 @@ def run(options: RunOptions) -> tuple[dict[str, Any], Path]:
     method = spec.method_cls(spec.config, ctx).to(device)
     if "teacher_pass" in spec.method_cls.needs and teacher is not None:
         method.prepare(lambda: adapter.teacher_pass(teacher.model))
-    run_dir = checkpoint.cache_dir() / "runs" / spec.protocol.task / spec.protocol.key / \
+    run_dir = cache_dir() / "runs" / spec.protocol.task / spec.protocol.key / \
         options.method / f"seed{options.seed}-{run_key(spec, teacher, world)[:16]}"
     job = Job(adapter, student, method, teacher.model if teacher else None,
               spec.protocol.card["train"], options.seed, run_dir / "last.pt",
@@ -145,18 +146,18 @@ def _attach_cache(job: Job, spec: RunSpec, teacher: Teacher | None, world: World
         print(f"teacher: run on every batch, not read from the teacher-output cache: {reason}", file=sys.stderr)
         return {"mode": "online", "reason": reason}
     topk = spec.protocol.typed.train.teacher_cache_topk
-    key = checkpoint.sha256_json({
+    key = sha256_json({
         "teacher": teacher.info.get("checkpoint_sha256"), "protocol": spec.protocol.sha256,
         "seed": spec.options.seed, "world": [world.rank, world.size] if world else None,
         "precision": job.precision, "topk": topk})
     job.teacher_cache = TeacherCache(
-        checkpoint.cache_dir() / "teacher-outputs" / spec.protocol.task / key[:24], topk)
+        cache_dir() / "teacher-outputs" / spec.protocol.task / key[:24], topk)
     return {"mode": "cached", "topk": topk}
 
 
 def run_key(spec: RunSpec, teacher: Teacher | None, world: World | None = None) -> str:
     """What a checkpoint belongs to: a resumed run must be the very same run."""
-    return checkpoint.sha256_json({**({"world_size": world.size} if world else {}),
+    return sha256_json({**({"world_size": world.size} if world else {}),
         "protocol": spec.protocol.sha256, "method": spec.options.method, "hparams": spec.hparams,
         "seed": spec.options.seed, "teacher": teacher.info.get("checkpoint_sha256") if teacher else None})
 

@@ -14,6 +14,7 @@ from filelock import FileLock
 from torch import nn
 
 from kdbench.adapters.base import Adapter
+from kdbench.cache import cache_dir, sha256_file, sha256_json
 from kdbench.methods.base import MethodContext
 from kdbench.methods.baseline import Baseline
 from kdbench.protocol import Protocol
@@ -73,7 +74,7 @@ def teacher_key(protocol: Protocol, task: str, seed: int, evaluation_version: in
     """What a cached teacher is the teacher of: every effective card field that trains or scores it
     (data, teacher, train with its overrides, ...), the teacher seed and the evaluation version."""
     card = {k: v for k, v in protocol.card.items() if k not in NOT_TEACHER}
-    return checkpoint.sha256_json({"task": task, "card": card, "seed": seed, "evaluation": evaluation_version})
+    return sha256_json({"task": task, "card": card, "seed": seed, "evaluation": evaluation_version})
 
 
 def teacher_path(protocol: Protocol, task: str, seed: int) -> Path:
@@ -81,7 +82,7 @@ def teacher_path(protocol: Protocol, task: str, seed: int) -> Path:
     from kdbench.adapters import get_adapter
 
     version = get_adapter(task).evaluation_version
-    return checkpoint.cache_dir() / "teachers" / task / f"{teacher_key(protocol, task, seed, version)}.pt"
+    return cache_dir() / "teachers" / task / f"{teacher_key(protocol, task, seed, version)}.pt"
 
 
 def get_teacher(adapter: Adapter, seed: int, given: Path | None) -> Teacher:
@@ -94,7 +95,7 @@ def get_teacher(adapter: Adapter, seed: int, given: Path | None) -> Teacher:
         state = load_state_dict(given)
         check_architecture(model, state, info["arch"], given)
         model.load_state_dict(state)
-        info |= {"checkpoint_sha256": checkpoint.sha256_file(given), "source": "given"}
+        info |= {"checkpoint_sha256": sha256_file(given), "source": "given"}
         info["metrics"] = {"val": adapter.evaluate(model, "val"), "test": adapter.evaluate(model, "test")}
     else:
         path = teacher_path(adapter.protocol, adapter.task, seed)
@@ -107,7 +108,7 @@ def get_teacher(adapter: Adapter, seed: int, given: Path | None) -> Teacher:
             assert cached is not None, "a teacher just trained reads back"
         model.load_state_dict(cached)
         meta = _meta(path, adapter, model)
-        info |= {"checkpoint_sha256": checkpoint.sha256_file(path), "source": "trained by kdbench",
+        info |= {"checkpoint_sha256": sha256_file(path), "source": "trained by kdbench",
                  "metrics": meta["metrics"]}
         trained = trained or {"history": meta["history"], "train_seconds": meta["train_seconds"], "cached": True}
     for p in model.parameters():

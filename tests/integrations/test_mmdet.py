@@ -21,12 +21,12 @@ from mmengine.registry import DefaultScope  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from kdbench.adapters.detection.data import make_shapes_dataset  # noqa: E402
+from kdbench.cache import cache_dir, sha256_file, sha256_json  # noqa: E402
 from kdbench.errors import UsageError  # noqa: E402
 from kdbench.integrations.records import config_hash  # noqa: E402
 from kdbench.methods import get_method  # noqa: E402
 from kdbench.protocol import load_protocol  # noqa: E402
 from kdbench.records import read_record, validation_errors  # noqa: E402
-from kdbench.runner.checkpoint import cache_dir, sha256_file, sha256_json  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,10 @@ from tests.integrations.mmrun import record_hook, require, train
 require("mmdet.models", "mmpose.models")
 
 from kdbench.adapters.pose.synthetic import make_figures_dataset  # noqa: E402
+from kdbench.cache import cache_dir, sha256_json  # noqa: E402
 from kdbench.methods import get_method  # noqa: E402
 from kdbench.protocol import load_protocol  # noqa: E402
 from kdbench.records import read_record, validation_errors  # noqa: E402
-from kdbench.runner.checkpoint import cache_dir, sha256_json  # noqa: E402
 
 
 @pytest.fixture(scope="module")

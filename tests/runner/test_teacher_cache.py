@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from kdbench.cache import cache_dir
 from kdbench.methods import get_method
-from kdbench.runner.checkpoint import cache_dir
 from kdbench.runner.run import run
 from kdbench.runner.spec import RunOptions
 from kdbench.runner.teacher_cache import expand_topk, why_online

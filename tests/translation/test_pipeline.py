@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from kdbench.adapters.translation.adapter import TranslationAdapter
+from kdbench.cache import cache_dir
 from kdbench.cli import main
 from kdbench.methods import get_method
 from kdbench.methods.base import MethodContext
 from kdbench.protocol import load_protocol
 from kdbench.records import validation_errors
-from kdbench.runner import checkpoint
 from kdbench.runner.train import Job, fit, probe_outputs
 
 
@@ -54,7 +54,7 @@ def test_seqkd_targets_are_the_teachers_beam_outputs_and_cached() -> None:
     expected = adapter.translate(teacher, plain.encoded["train"][0])
     assert adapter.encoded["train"][1] == expected != plain.encoded["train"][1]
     assert adapter.encoded["train"][0] == plain.encoded["train"][0]
-    cached = list((checkpoint.cache_dir() / "translation" / "seqkd").glob("*.pt"))
+    cached = list((cache_dir() / "translation" / "seqkd").glob("*.pt"))
     assert cached
     again = _adapter(get_method("seqkd").needs)
     again.attach_teacher(teacher)  # from the cache: same targets

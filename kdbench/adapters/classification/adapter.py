@@ -16,10 +16,10 @@ from kdbench.adapters.classification.metrics import classification_metrics
 from kdbench.adapters.classification.models import build_model
 from kdbench.adapters.splits import check_split
 from kdbench.adapters.supervision import deep_supervision_ce
+from kdbench.cache import cache_dir
 from kdbench.errors import KDBenchError, UsageError
 from kdbench.outputs import Head, Outputs
 from kdbench.protocol import Protocol
-from kdbench.runner.checkpoint import cache_dir
 
 DATASETS = ("digits", "mnist1d", "cifar100")
 _MODEL_KEYS = ("arch", "seed", "train")  # card keys that are not model arguments

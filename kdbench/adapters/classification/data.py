@@ -185,7 +185,7 @@ def mnist1d_pool(num_samples: int, seed: int, cache: Path | None = None) -> tupl
         return x.astype(np.float32), y
     params = {"version": MNIST1D_VERSION, "mnist1d": importlib.metadata.version("mnist1d"),
               "num_samples": num_samples, "seed": seed}
-    from kdbench.runner.checkpoint import sha256_json
+    from kdbench.cache import sha256_json
 
     def write(folder: Path) -> None:
         x, y = _generate_mnist1d(num_samples, seed)

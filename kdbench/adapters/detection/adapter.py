@@ -21,10 +21,10 @@ from kdbench.adapters.detection.matcher import hungarian_match_sets, union_match
 from kdbench.adapters.detection.model import FDRDetector
 from kdbench.adapters.detection.targets import Batch, DetectionOutputs, Pairs, matched_iou, query_labels, query_mask
 from kdbench.adapters.splits import check_split
+from kdbench.cache import cache_dir, sha256_json
 from kdbench.errors import KDBenchError, UsageError
 from kdbench.outputs import Head
 from kdbench.protocol import Protocol
-from kdbench.runner.checkpoint import cache_dir, sha256_json
 
 DATASETS = ("shapes", "coco2017")
 ARCHS = ("fdr-detr",)

@@ -22,11 +22,11 @@ from kdbench.adapters.pose.skeleton import flip_index, sigmas_for
 from kdbench.adapters.pose.synthetic import VERSION as FIGURES_VERSION
 from kdbench.adapters.pose.synthetic import make_figures_dataset
 from kdbench.adapters.splits import check_split
+from kdbench.cache import cache_dir, sha256_json
 from kdbench.errors import KDBenchError, UsageError
 from kdbench.losses.pose import simcc_kl
 from kdbench.outputs import Head, Outputs
 from kdbench.protocol import Protocol
-from kdbench.runner.checkpoint import cache_dir, sha256_json
 
 DATASETS = ("figures", "coco", "coco-wholebody")
 _COCO_FILES = {  # dataset → (annotation json pattern, how to get it)

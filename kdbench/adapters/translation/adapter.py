@@ -23,12 +23,12 @@ from kdbench.adapters.translation.decode import beam_search, greedy, max_length
 from kdbench.adapters.translation.metrics import corpus_metrics, signatures
 from kdbench.adapters.translation.model import Transformer
 from kdbench.adapters.translation.tokenizer import Tokenizer, WordTokenizer, train_sentencepiece
+from kdbench.cache import cache_dir, sha256_json
 from kdbench.errors import KDBenchError, UsageError
 from kdbench.losses.sequence import label_smoothed_nll
 from kdbench.outputs import Head, Outputs
 from kdbench.protocol import Protocol
 from kdbench.records import atomic_write_bytes
-from kdbench.runner.checkpoint import cache_dir, sha256_json
 
 DATASETS = ("phrases", "multi30k", "iwslt14")
 _MODEL_KEYS = ("arch", "seed", "train")
