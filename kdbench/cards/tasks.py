@@ -98,6 +98,7 @@ class DetectionModel:
     layers: int | None = bounded(None, ge=1)
     queries: int | None = bounded(None, ge=1)
     reg_max: int | None = bounded(None, ge=1)
+    query_select: bool | None = None  # queries from the encoder's top-Q tokens (D-FINE) or learnt
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -9,7 +9,7 @@ from kdbench.adapters.detection.matcher import hungarian_match, hungarian_match_
 from kdbench.adapters.detection.model import FDRDetector
 
 
-def _model(**kw: int) -> FDRDetector:
+def _model(**kw: bool) -> FDRDetector:
     torch.manual_seed(0)
     return FDRDetector(3, widths=(8, 8, 16, 16), dim=32, heads=2, ffn=32, layers=3, queries=6, reg_max=8, **kw)
 
@@ -54,3 +54,36 @@ def test_union_keeps_each_querys_most_frequent_ground_truth() -> None:
     (rows, cols), = union_matches(layers)
     # query 0: GT 0 twice, GT 1 once → 0; query 1 → 1; query 2 → 0 (matched once)
     assert rows.tolist() == [0, 1, 2] and cols.tolist() == [0, 1, 0]
+
+
+def test_selected_queries_are_the_top_scoring_memory_tokens() -> None:
+    """D-FINE's query selection: the Q tokens with the highest max class score, their content and
+    reference boxes detached; the proposals' scores and boxes keep their gradient."""
+    from kdbench.adapters.detection.model import token_anchors
+
+    model = _model()
+    images = torch.rand(2, 3, 32, 32)
+    memory, _, _, shapes = model._memory(images)
+    tokens = model.enc_output(memory)
+    scores = model.enc_score_head(tokens)
+    top = scores.max(-1).values.topk(6, dim=1).indices
+    content, ref_logits, enc_logits, enc_boxes = model._select(memory, shapes)
+    for b in range(2):
+        assert torch.equal(content[b], tokens[b, top[b]].detach())
+        assert torch.equal(enc_logits[b], scores[b, top[b]])
+    anchors = token_anchors(shapes, images.device)[0]
+    assert anchors.shape == (sum(h * w for h, w in shapes), 4)
+    # zero-initialised box head: each proposal starts at its token's anchor
+    assert torch.allclose(enc_boxes, anchors[top].sigmoid(), atol=1e-6)
+    assert not content.requires_grad and not ref_logits.requires_grad
+    assert enc_logits.requires_grad and enc_boxes.requires_grad
+    out = model(images)
+    assert out.enc_logits is not None and out.enc_boxes is not None
+    assert out.enc_logits.shape == (2, 6, 3) and out.enc_boxes.shape == (2, 6, 4)
+    # the decoder starts from the proposals' boxes: its first layer's boxes equal pre_boxes
+    assert torch.allclose(out.boxes[0], out.pre_boxes, atol=1e-6)
+
+
+def test_learnt_queries_have_no_proposals() -> None:
+    out = _model(query_select=False)(torch.rand(1, 3, 32, 32))
+    assert out.enc_logits is None and out.enc_boxes is None

@@ -94,3 +94,29 @@ def test_standard_card_reads_coco_format_files(tmp_path: Path) -> None:
     record = json.loads(path.read_text())
     assert record["student"]["arch"].startswith("fdr-detr/hgnetv2_b0") and record["tier"] == "standard"
     assert not validation_errors(record)
+
+
+def test_encoder_proposals_are_matched_trained_and_in_the_union() -> None:
+    """With query selection the proposals get their own matches (in GO-LSD's union, as in D-FINE's
+    criterion) and VFL + L1 + GIoU in the aux terms (query selection is the model's default)."""
+    from kdbench.adapters.detection.matcher import hungarian_match
+
+    adapter = DetectionAdapter(load_protocol("detection", "smoke"), None, torch.device("cpu"))
+    adapter.configure(frozenset({"layers", "union_matching"}))
+    torch.manual_seed(0)
+    model = adapter.build_model("student", frozenset())
+    batch = next(adapter.train_batches(4, torch.Generator().manual_seed(0)))
+    out = adapter.forward(model, batch)
+    assert out.enc_pairs is not None and out.union is not None
+    enc = hungarian_match(out.raw.enc_logits, out.raw.enc_boxes, batch.labels, batch.boxes, **adapter.matcher)
+    for (rows, _), (u_rows, _) in zip(enc, out.union, strict=True):
+        assert set(u_rows.tolist()) >= set(rows.tolist())  # every proposal match's query is in the union
+    terms = adapter.task_loss(out)
+    without = adapter.loss(out.raw, batch, out.pairs, out.pre_pairs, out.union_pairs, None)
+    assert set(terms) == set(without)
+    assert float(terms["aux/vfl"].detach()) > float(without["aux/vfl"].detach())
+    assert float(terms["aux/l1"].detach()) > float(without["aux/l1"].detach())
+    assert torch.equal(terms["cls"], without["cls"])
+    sum(terms.values()).backward()
+    assert model.enc_score_head.weight.grad.abs().sum() > 0
+    assert model.enc_bbox_head[-1].weight.grad.abs().sum() > 0

@@ -115,21 +115,27 @@ class DetectionAdapter(Adapter):
         return FDRDetector(self.num_classes, **spec)
 
     def arch_name(self, role: Role) -> str:
-        """e.g. "fdr-detr/small-16-32-64-96/d64/L3/Q20/N32": what sizes a record's model."""
+        """e.g. "fdr-detr/small-16-32-64-96/d64/L3/Q20/N32/select": what sizes a record's model
+        ("/select": queries selected from the encoder's tokens)."""
         defaults = {k: p.default for k, p in inspect.signature(FDRDetector).parameters.items()}
         spec = {**defaults, **self.protocol.card[role]}
         backbone = spec["backbone"]
         if backbone == "small":
             backbone += "-" + "-".join(str(w) for w in spec["widths"])
-        return f"{spec['arch']}/{backbone}/d{spec['dim']}/L{spec['layers']}/Q{spec['queries']}/N{spec['reg_max']}"
+        name = f"{spec['arch']}/{backbone}/d{spec['dim']}/L{spec['layers']}/Q{spec['queries']}/N{spec['reg_max']}"
+        return name + ("/select" if spec["query_select"] else "")
 
     def forward(self, model: nn.Module, batch: Batch) -> DetectionOutputs:
         raw = model(batch.images)
-        logits = torch.cat([raw.logits, raw.logits[:1]])  # every layer, then the pre-box head
-        boxes = torch.cat([raw.boxes, raw.pre_boxes[None]])
-        sets = hungarian_match_sets(logits, boxes, batch.labels, batch.boxes, **self.matcher)
-        per_layer, pre = sets[:-1], sets[-1]
-        union = union_matches([*per_layer, pre])
+        # every layer, then the pre-box head, then (query selection) the encoder proposals
+        logits, boxes = [raw.logits, raw.logits[:1]], [raw.boxes, raw.pre_boxes[None]]
+        if raw.enc_logits is not None and raw.enc_boxes is not None:
+            logits.append(raw.enc_logits[None])
+            boxes.append(raw.enc_boxes[None])
+        sets = hungarian_match_sets(torch.cat(logits), torch.cat(boxes), batch.labels, batch.boxes, **self.matcher)
+        layers_n = raw.logits.shape[0]
+        per_layer, pre, enc = sets[:layers_n], sets[layers_n], sets[layers_n + 1:]
+        union = union_matches([*per_layer, pre, *enc])  # D-FINE's union holds the encoder's matches too
         pairs = [Pairs.of(m, batch) for m in per_layer]
         union_pairs = Pairs.of(union, batch)
         b, q = raw.logits.shape[1:3]
@@ -148,7 +154,8 @@ class DetectionAdapter(Adapter):
         return DetectionOutputs(heads=layers[-1], layers=layers, features={"c3": raw.features["c3"],
                                 "c4": raw.features["c4"]}, ids=batch.ids, raw=raw, batch=batch,
                                 matches=per_layer, pre_matches=pre, union=union, pairs=pairs,
-                                pre_pairs=Pairs.of(pre, batch), union_pairs=union_pairs)
+                                pre_pairs=Pairs.of(pre, batch), union_pairs=union_pairs,
+                                enc_pairs=Pairs.of(enc[0], batch) if enc else None)
 
     @torch.no_grad()
     def _edge_bins(self, raw: Any, pairs: Pairs, batch: Batch) -> Tensor:
@@ -194,7 +201,7 @@ class DetectionAdapter(Adapter):
         """VFL per layer with its own matches; L1, GIoU and FGL with its own or (GO-LSD) the union."""
         assert outputs.raw is not None and outputs.batch is not None and outputs.pre_pairs is not None
         return self.loss(outputs.raw, outputs.batch, outputs.pairs, outputs.pre_pairs,
-                         outputs.union_pairs if self.union else None)
+                         outputs.union_pairs if self.union else None, outputs.enc_pairs)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:

@@ -14,10 +14,15 @@ from kdbench.losses import box_giou, box_l1, fgl, varifocal
 
 class DetectionLoss:
     """Per layer: w_vfl·VFL (the layer's own matches) + w_l1·L1 + w_giou·GIoU + w_fgl·FGL (its own
-    matches, or GO-LSD's union when given). The pre-box head gets VFL, L1 and GIoU.
+    matches, or GO-LSD's union when given). The pre-box head gets VFL, L1 and GIoU, and so do the
+    encoder proposals when the queries are selected from them (VFL on their own matches, L1 and
+    GIoU on their own or the union: Peterande/D-FINE 4a1f73a, src/zoo/dfine/dfine_criterion.py,
+    the `enc_aux_outputs` loop, where "boxes" takes `indices_go`; FGL needs corners, which the
+    proposals have not).
 
     Terms: the final layer's VFL is "cls" (the hard-label term of head "cls"), its box terms
-    "l1", "giou", "fgl"; earlier layers and the pre-box head are summed into "aux/<term>".
+    "l1", "giou", "fgl"; earlier layers, the pre-box head and the encoder proposals are summed
+    into "aux/<term>".
     As in D-FINE, losses are divided by the number of ground-truth boxes in the batch; box
     losses by the number of union pairs when the union is used.
     """
@@ -28,7 +33,7 @@ class DetectionLoss:
         self.alpha, self.gamma = alpha, gamma
 
     def __call__(self, raw: DetectorOutput, batch: Batch, pairs: list[Pairs], pre: Pairs,
-                 union: Pairs | None) -> dict[str, Tensor]:
+                 union: Pairs | None, enc: Pairs | None = None) -> dict[str, Tensor]:
         n_gt = batch.num_boxes
         n_box = float(max(len(union), 1)) if union is not None else n_gt
         terms: dict[str, Tensor] = {}
@@ -48,6 +53,11 @@ class DetectionLoss:
         add("aux/vfl", "vfl", self._vfl(raw.logits[0], raw.pre_boxes, pre, batch, n_gt))
         for key, value in self._boxes(raw.pre_boxes, union if union is not None else pre, batch, n_box).items():
             add(f"aux/{key}", key, value)
+        if enc is not None:
+            assert raw.enc_logits is not None and raw.enc_boxes is not None
+            add("aux/vfl", "vfl", self._vfl(raw.enc_logits, raw.enc_boxes, enc, batch, n_gt))
+            for key, value in self._boxes(raw.enc_boxes, union if union is not None else enc, batch, n_box).items():
+                add(f"aux/{key}", key, value)
         return terms
 
     def _vfl(self, logits: Tensor, boxes: Tensor, pairs: Pairs, batch: Batch, n: float) -> Tensor:

@@ -3,8 +3,8 @@ layer predicts class logits and FDR box-edge distributions, refined residually l
 
 Peng et al., "D-FINE: Redefine Regression Task of DETRs as Fine-grained Distribution
 Refinement", ICLR 2025. Differences from the official model, for CPU scale: multi-head
-attention over two flattened feature levels instead of deformable attention, and learnable
-anchor-like reference boxes on a grid instead of encoder top-k proposals.
+attention over two flattened feature levels instead of deformable attention, a sine embedding
+of the reference box as the query position, and no denoising queries.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ class DetectorOutput:
         pre_boxes: (B, Q, 4) the first layer's conventional box head (the initial boxes).
         features: named maps, e.g. {"c3": (B, C, H, W), "c4": ..., "memory": (B, T, D)}.
         reg_scale, up: the FDR parameters the boxes were decoded with (the FGL targets need them).
+        enc_logits, enc_boxes: (B, Q, C) and (B, Q, 4) the encoder's top-Q proposals (D-FINE's
+            enc_aux_outputs), None when the queries are learnt (`query_select=False`).
     """
 
     logits: Tensor
@@ -40,6 +42,8 @@ class DetectorOutput:
     features: dict[str, Tensor]
     reg_scale: float
     up: float
+    enc_logits: Tensor | None = None
+    enc_boxes: Tensor | None = None
 
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
@@ -137,13 +141,21 @@ class FDRDetector(nn.Module):
     Per layer l: L^l = L^{l−1} + MLP_l(h^l + sg(h^{l−1})) (residual distribution refinement),
     box^l = distance2bbox(sg(pre_box), Σ_n σ(L^l)_n·W(n), c); the next layer attends around
     sg(box^l). pre_box comes from a conventional box head on the first layer's output.
+
+    Queries (`query_select=True`, D-FINE's and RT-DETR's default): every memory token gets a
+    class score and a box (an offset from its grid anchor, 0.05·2^level wide); the Q tokens with
+    the highest class score become the queries — content sg(token), reference sg(box) — and their
+    scores and boxes are trained as the encoder proposals (Peterande/D-FINE 4a1f73a,
+    src/zoo/dfine/dfine_decoder.py `_get_decoder_input`, `_select_topk`, `_generate_anchors`;
+    `learn_query_content=False`). `query_select=False`: learnt content and reference boxes on a
+    grid, with no encoder proposals (DETR-style; slower to converge).
     """
 
     def __init__(
         self, num_classes: int, backbone: str = "small", widths: tuple[int, ...] = (16, 32, 64, 96),
         dim: int = 64, heads: int = 4, ffn: int = 256, layers: int = 3, queries: int = 20,
         reg_max: int = 32, up: float = 0.5, reg_scale: float = 4.0, encoder_layers: int = 1,
-        strides: tuple[int, int] = (16, 32),
+        strides: tuple[int, int] = (16, 32), query_select: bool = True,
     ) -> None:
         super().__init__()
         self.backbone: nn.Module = SmallBackbone(widths) if backbone == "small" else TimmBackbone(backbone, strides)
@@ -153,8 +165,14 @@ class FDRDetector(nn.Module):
         self.encoder = nn.TransformerEncoder(
             nn.TransformerEncoderLayer(dim, heads, ffn, dropout=0.0, batch_first=True), encoder_layers,
             enable_nested_tensor=False)
-        self.query_content = nn.Embedding(queries, dim)
-        self.ref_logits = nn.Parameter(inverse_sigmoid(_anchor_grid(queries)))
+        self.query_select, self.queries = query_select, queries
+        if query_select:
+            self.enc_output = nn.Sequential(nn.Linear(dim, dim), nn.LayerNorm(dim))
+            self.enc_score_head = nn.Linear(dim, num_classes)
+            self.enc_bbox_head = MLP([dim, dim, dim, 4])
+        else:
+            self.query_content = nn.Embedding(queries, dim)
+            self.ref_logits = nn.Parameter(inverse_sigmoid(_anchor_grid(queries)))
         self.query_pos = MLP([dim, dim, dim])
         self.layers = nn.ModuleList(DecoderLayer(dim, heads, ffn) for _ in range(layers))
         self.score_heads = nn.ModuleList(nn.Linear(dim, num_classes) for _ in range(layers))
@@ -168,15 +186,17 @@ class FDRDetector(nn.Module):
 
     def _reset(self) -> None:
         prior = -math.log((1 - 0.01) / 0.01)  # focal-loss prior: initial sigmoid scores 0.01
-        for head in self.score_heads:
+        heads = [*self.score_heads, self.enc_score_head] if self.query_select else self.score_heads
+        for head in heads:
             nn.init.constant_(cast(nn.Linear, head).bias, prior)
-        for mlp in [*self.corner_heads, self.pre_box_head]:
+        boxes = [self.enc_bbox_head] if self.query_select else []
+        for mlp in [*self.corner_heads, self.pre_box_head, *boxes]:
             last = cast(nn.Linear, cast(MLP, mlp)[-1])
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
         nn.init.normal_(self.level_embed, std=0.02)
 
-    def _memory(self, images: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    def _memory(self, images: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor], list[tuple[int, int]]]:
         c3, c4 = self.backbone(images)
         maps = [p(c) for p, c in zip(self.proj, (c3, c4), strict=True)]
         tokens, pos = [], []
@@ -189,13 +209,35 @@ class FDRDetector(nn.Module):
             tokens.append(t)
             pos.append(p.expand(b, -1, -1))
         memory = torch.cat(tokens, 1)
-        return memory, torch.cat(pos, 1), {"c3": c3, "c4": c4, "memory": memory}
+        shapes = [(m.shape[2], m.shape[3]) for m in maps]
+        return memory, torch.cat(pos, 1), {"c3": c3, "c4": c4, "memory": memory}, shapes
+
+    def _select(self, memory: Tensor, shapes: list[tuple[int, int]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The top-Q memory tokens by class score: (content, reference box logits, their class
+        logits, their boxes); the first two detached, as the decoder's inputs."""
+        tokens = self.enc_output(memory)  # (B, T, D)
+        scores = self.enc_score_head(tokens)  # (B, T, C)
+        index = scores.max(-1).values.topk(self.queries, dim=1).indices  # (B, Q)
+
+        def take(x: Tensor) -> Tensor:
+            return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
+
+        anchors = token_anchors(shapes, memory.device).expand(memory.shape[0], -1, -1)
+        top = take(tokens)
+        box_logits = self.enc_bbox_head(top) + take(anchors)
+        return top.detach(), box_logits.detach(), take(scores), box_logits.sigmoid()
 
     def forward(self, images: Tensor) -> DetectorOutput:
-        memory, memory_pos, features = self._memory(images)
+        memory, memory_pos, features, shapes = self._memory(images)
         b = images.shape[0]
-        h = self.query_content.weight.expand(b, -1, -1)
-        ref = self.ref_logits.sigmoid().expand(b, -1, -1).detach()
+        enc_logits = enc_boxes = None
+        if self.query_select:
+            h, ref_logits, enc_logits, enc_boxes = self._select(memory, shapes)
+            ref = ref_logits.sigmoid()
+        else:
+            h = self.query_content.weight.expand(b, -1, -1)
+            ref_logits = self.ref_logits
+            ref = self.ref_logits.sigmoid().expand(b, -1, -1).detach()
         h_prev = torch.zeros_like(h)
         corners_prev: Tensor | None = None
         init: Tensor | None = None
@@ -205,7 +247,7 @@ class FDRDetector(nn.Module):
             query_pos = self.query_pos(sine_embedding(ref, self.dim))
             h = layer(h, query_pos, memory, memory_pos)
             if init is None:
-                pre_boxes = (self.pre_box_head(h) + self.ref_logits).sigmoid()
+                pre_boxes = (self.pre_box_head(h) + ref_logits).sigmoid()
                 init = pre_boxes.detach()
             delta = self.corner_heads[i](h + h_prev).view(b, -1, 4, self.reg_max + 1)
             corners = delta if corners_prev is None else delta + corners_prev
@@ -215,7 +257,17 @@ class FDRDetector(nn.Module):
             all_boxes.append(boxes)
             corners_prev, h_prev, ref = corners, h.detach(), boxes.detach()
         return DetectorOutput(torch.stack(all_logits), torch.stack(all_corners), torch.stack(all_boxes),
-                              pre_boxes, features, self.reg_scale, self.up)
+                              pre_boxes, features, self.reg_scale, self.up, enc_logits, enc_boxes)
+
+
+def token_anchors(shapes: list[tuple[int, int]], device: torch.device, size: float = 0.05) -> Tensor:
+    """(1, T, 4) inverse-sigmoid anchors of the memory tokens: each level's cell centres,
+    size·2^level wide and high (RT-DETR's and D-FINE's `_generate_anchors`, grid_size 0.05)."""
+    anchors = []
+    for level, (h, w) in enumerate(shapes):
+        centres = grid_positions(h, w, device)
+        anchors.append(torch.cat([centres, torch.full_like(centres, size * 2.0**level)], -1))
+    return inverse_sigmoid(torch.cat(anchors))[None]
 
 
 def _anchor_grid(queries: int, size: float = 0.3) -> Tensor:

@@ -64,6 +64,7 @@ class DetectionOutputs(Outputs):
     union: list[Match] = field(default_factory=list)
     pairs: list[Pairs] = field(default_factory=list)  # flat forms of `matches`
     pre_pairs: Pairs | None = None
+    enc_pairs: Pairs | None = None  # the encoder proposals' own matches (query selection only)
     union_pairs: Pairs | None = None
 
 
