@@ -36,6 +36,10 @@ class Adapter(ABC):
     evaluation_version: ClassVar[int]
     """Bumped whenever data preparation, splits or metric code change what a number means; tables
     never mix versions."""
+    teacher_inputs_fixed: ClassVar[bool] = False
+    """True promises that an epoch's batches and augmentation derive from (seed, epoch) alone,
+    whatever the method, so a frozen teacher's outputs may be cached across the runs of a card
+    (kdbench.runner.teacher_cache). Default False: the teacher runs on every batch."""
 
     def __init__(self, protocol: Protocol, data_root: Path | None, device: torch.device) -> None:
         self.protocol = protocol
@@ -81,6 +85,18 @@ class Adapter(ABC):
         """Told the frozen external teacher once it is built (before the student), for adapters
         whose data or scores depend on it: SeqKD's teacher-decoded targets, OOD scores from the
         student-teacher discrepancy. Default: nothing."""
+
+    def head_stage(self, model: nn.Module) -> nn.Module:
+        """A copy of `model` with a freshly initialised head and the rest frozen, trained in a
+        method's later stage (need `head_stage`; DWPose's second stage). The runner refuses a
+        method with later stages before any training when the task does not provide
+        `head_stage`. Default: a KDBenchError."""
+        raise KDBenchError(f"task {self.task!r} cannot train a head alone (needs head_stage)")
+
+    def evaluation_info(self, split: str) -> dict[str, Any]:
+        """What the record's `evaluation` field says about how `split` was scored (translation:
+        the dataset's split name, decoding settings, sacrebleu signatures). Default: nothing, {}."""
+        return {}
 
     def teacher_pass(self, model: nn.Module) -> Iterator[Outputs]:
         """Eval-mode Outputs over the training set, without augmentation (need `teacher_pass`)."""

@@ -204,8 +204,7 @@ def ensure_teacher_record(spec: RunSpec, adapter: Any, teacher: Teacher, device:
 def _evaluation(adapter: Any) -> dict[str, Any]:
     """What the adapter says about how it scored the test split (translation: decoding settings,
     sacrebleu signatures), if anything."""
-    info = getattr(adapter, "evaluation_info", None)
-    return dict(info("test")) if info is not None else {}
+    return dict(adapter.evaluation_info("test"))
 
 
 def train_teacher(options: RunOptions) -> tuple[dict[str, Any], Path]:

@@ -44,7 +44,7 @@ def why_online(adapter: Any, method_cls: Any) -> str | None:
     """None when the teacher's outputs may be cached for this run, else the reason not to."""
     if os.environ.get("KDBENCH_TEACHER_CACHE", "1") == "0":
         return "the cache is turned off (KDBENCH_TEACHER_CACHE=0)"
-    if not getattr(adapter, "teacher_inputs_fixed", False):
+    if not adapter.teacher_inputs_fixed:
         return (f"the {adapter.task} task does not promise that the teacher sees the same batches whatever "
                 "the method, so another run's teacher outputs cannot be reused")
     if "sequence_targets" in method_cls.needs:

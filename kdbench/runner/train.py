@@ -154,8 +154,7 @@ def fit_stages(job: Job) -> FitResult:
     stages = job.method.later_stages()
     if not stages:
         return fit(job)
-    head_stage = getattr(job.adapter, "head_stage", None)
-    if head_stage is None:
+    if "head_stage" not in job.adapter.provides:  # refused before any stage trains
         raise KDBenchError(f"task {job.adapter.task!r} cannot train a head alone (needs head_stage)")
     folder = job.checkpoint.parent if job.checkpoint is not None else None
     total = FitResult()
@@ -180,7 +179,7 @@ def fit_stages(job: Job) -> FitResult:
         if i < len(stages):
             teacher = copy.deepcopy(model).eval().requires_grad_(False)
             torch.manual_seed(epoch_seed(job.seed, 1000 + i))  # the fresh head's initialisation
-            model = head_stage(teacher)
+            model = job.adapter.head_stage(teacher)
             job = replace(job, teacher=teacher)
     job.student.load_state_dict(model.state_dict())
     return total  # the stage files stay until the run's record is written (clean_checkpoints)

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from kdbench.adapters import TASKS, Adapter, get_adapter
-from kdbench.errors import UsageError
+from kdbench.errors import KDBenchError, UsageError
 from kdbench.methods import get_method, register, registry
-from kdbench.methods.base import NEEDS, Method, MethodContext, RunState, make_config
+from kdbench.methods.base import NEEDS, Method, MethodContext, RunState, Stage, make_config
 from kdbench.protocol import load_protocol
-from kdbench.runner.train import Job, _terms, probe_outputs
+from kdbench.runner.train import Job, _terms, fit_stages, probe_outputs
 
 ALL = sorted(registry())
 SERVED = [(task, name) for task in TASKS for name in ALL if get_method(name).needs <= get_adapter(task).provides]
@@ -94,3 +94,29 @@ def test_one_step_trains_the_student_only(task: str, name: str) -> None:
         assert not teacher.training
         assert all(p.grad is None for p in teacher.parameters())
         assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_an_adapter_overrides_the_hooks_of_the_services_it_provides(task: str) -> None:
+    """`teacher_pass` and `head_stage` are a provided need and a hook whose base default raises:
+    a task provides the need exactly when it overrides the hook (the runner reads `provides`)."""
+    cls = get_adapter(task)
+    for hook in ("teacher_pass", "head_stage"):
+        assert (hook in cls.provides) == (getattr(cls, hook) is not getattr(Adapter, hook)), (task, hook)
+
+
+def test_a_later_stage_on_a_task_without_head_stage_is_refused_before_training() -> None:
+    adapter = _adapter("classification")
+    assert "head_stage" not in adapter.provides
+    method = type("TwoStages", (), {"later_stages": lambda self: (Stage(0.5),)})()
+    job = Job(adapter, adapter.build_model("student", frozenset()), method, None, {"epochs": 1}, 0, None)  # type: ignore[arg-type]
+    with pytest.raises(KDBenchError, match="task 'classification' cannot train a head alone"):
+        fit_stages(job)
+
+
+def test_the_base_hook_defaults() -> None:
+    adapter = _adapter("classification")
+    assert Adapter.teacher_inputs_fixed is False and get_adapter("detection").teacher_inputs_fixed is False
+    assert Adapter.evaluation_info(adapter, "test") == {}
+    with pytest.raises(KDBenchError, match="cannot train a head alone"):
+        Adapter.head_stage(adapter, torch.nn.Linear(1, 1))
