@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -15,9 +15,14 @@ from kdbench.outputs import Outputs
 from kdbench.protocol import Protocol
 
 Role = Literal["student", "teacher"]
+BatchT = TypeVar("BatchT")
+"""An adapter's training batch type (its `Batch` dataclass)."""
+OutT = TypeVar("OutT", bound=Outputs)
+"""What its `forward` returns: `Outputs`, or a subclass carrying what its task loss and `align`
+read (detection's `DetectionOutputs`)."""
 
 
-class Adapter(ABC):
+class Adapter(ABC, Generic[BatchT, OutT]):
     """One task pipeline: data tiers, model factories, task loss, forward, alignment, metrics.
 
     Attributes:
@@ -46,7 +51,7 @@ class Adapter(ABC):
         self.data_root = data_root
         self.device = device
 
-    def configure(self, needs: frozenset[str]) -> None:  # noqa: B027
+    def configure(self, needs: frozenset[str]) -> None:
         """Told the method's needs and requests before any model is built (default: nothing)."""
 
     @property
@@ -55,7 +60,7 @@ class Adapter(ABC):
         """Number of training samples (sizes per-sample memories such as PS-KD's table)."""
 
     @abstractmethod
-    def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Any]:
+    def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[BatchT]:
         """One epoch of augmented training batches on `self.device`, ordered by `generator`."""
 
     @abstractmethod
@@ -66,14 +71,14 @@ class Adapter(ABC):
         """The card's student or teacher; `needs` may ask for extra parts (auxiliary heads)."""
 
     @abstractmethod
-    def forward(self, model: nn.Module, batch: Any) -> Outputs: ...
+    def forward(self, model: nn.Module, batch: BatchT) -> OutT: ...
 
-    def align(self, student: Outputs, teacher: Outputs) -> Outputs:
+    def align(self, student: OutT, teacher: OutT) -> Outputs:
         """The teacher's Outputs position-aligned to the student's (identity by default)."""
         return teacher
 
     @abstractmethod
-    def task_loss(self, outputs: Outputs) -> dict[str, Tensor]:
+    def task_loss(self, outputs: OutT) -> dict[str, Tensor]:
         """The task's supervised loss terms; a final head's hard-label term carries its name."""
 
     @abstractmethod
@@ -81,7 +86,7 @@ class Adapter(ABC):
         """The task's metrics of `model` on `split`: "val" or "test" (some adapters also "train");
         any other split is a UsageError naming the valid ones (`kdbench.adapters.splits`)."""
 
-    def attach_teacher(self, teacher: nn.Module) -> None:  # noqa: B027
+    def attach_teacher(self, teacher: nn.Module) -> None:
         """Told the frozen external teacher once it is built (before the student), for adapters
         whose data or scores depend on it: SeqKD's teacher-decoded targets, OOD scores from the
         student-teacher discrepancy. Default: nothing."""

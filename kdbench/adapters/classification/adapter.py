@@ -32,7 +32,7 @@ class Batch:
     ids: Tensor  # (B,) indices into the training set
 
 
-class ClassificationAdapter(Adapter):
+class ClassificationAdapter(Adapter[Batch, Outputs]):
     """Classification with a CE task loss; auxiliary per-stage heads when `layers` is needed."""
 
     task = "classification"

@@ -30,7 +30,7 @@ DATASETS = ("shapes", "coco2017")
 ARCHS = ("fdr-detr",)
 
 
-class DetectionAdapter(Adapter):
+class DetectionAdapter(Adapter[Batch, DetectionOutputs]):
     """Heads "cls" (B, Q, C) and "box" (B, Q, 4, N+1) per decoder layer; teacher Outputs are
     aligned to the student's by ground-truth matches (the final layers' Hungarian matches).
 
@@ -177,7 +177,7 @@ class DetectionAdapter(Adapter):
         weight[union.batch, union.query] = iou.to(weight.dtype)
         return weight
 
-    def align(self, student: DetectionOutputs, teacher: DetectionOutputs) -> DetectionOutputs:  # type: ignore[override]
+    def align(self, student: DetectionOutputs, teacher: DetectionOutputs) -> DetectionOutputs:
         """The teacher's final heads re-indexed so that, for every ground-truth object, the teacher
         query matched to it sits at the student query matched to it; other queries are masked."""
         s_match, t_match = student.matches[-1], teacher.matches[-1]
@@ -197,7 +197,7 @@ class DetectionAdapter(Adapter):
                                   target=None if head.target is None else student.heads[name].target)
         return DetectionOutputs(heads=heads, features=teacher.features, ids=teacher.ids)
 
-    def task_loss(self, outputs: DetectionOutputs) -> dict[str, Tensor]:  # type: ignore[override]
+    def task_loss(self, outputs: DetectionOutputs) -> dict[str, Tensor]:
         """VFL per layer with its own matches; L1, GIoU and FGL with its own or (GO-LSD) the union."""
         assert outputs.raw is not None and outputs.batch is not None and outputs.pre_pairs is not None
         return self.loss(outputs.raw, outputs.batch, outputs.pairs, outputs.pre_pairs,

@@ -37,7 +37,7 @@ class Batch:
     ids: Tensor  # (B,) indices into the training set
 
 
-class OODAdapter(Adapter):
+class OODAdapter(Adapter[Batch, Outputs]):
     """ID text classification with a CE task loss; per-layer heads when `layers` is needed.
 
     `evaluate(model, split)` reports ID accuracy ("id_acc") and ECE on the split's ID set, and for

@@ -48,7 +48,7 @@ class Batch:
     ids: Tensor  # (B,) instance indices
 
 
-class PoseAdapter(Adapter):
+class PoseAdapter(Adapter[Batch, Outputs]):
     """Heads "simcc_x" (B, K, Wx) and "simcc_y" (B, K, Wy): logits β·z of the distributions
     σ(β·z) that RTMPose's loss trains (β = `loss.beta`, 10); target = the label distribution
     σ(β_label·Gaussian); weight = the keypoint weight (labeled and inside the crop), mask =

@@ -43,7 +43,7 @@ class Batch:
     ids: Tensor  # (B,) indices into the training split
 
 
-class TranslationAdapter(Adapter):
+class TranslationAdapter(Adapter[Batch, Outputs]):
     """Teacher-forced next-token heads (padding masked), decoder-layer heads, encoder q/k/v."""
 
     task = "translation"
