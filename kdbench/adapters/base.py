@@ -63,8 +63,10 @@ class Adapter(ABC, Generic[BatchT, OutT]):
     def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[BatchT]:
         """One epoch of augmented training batches on `self.device`, ordered by `generator`."""
 
-    @abstractmethod
-    def steps_per_epoch(self, batch_size: int) -> int: ...
+    def steps_per_epoch(self, batch_size: int) -> int:
+        """How many batches `train_batches(batch_size, ...)` yields: ⌈train_size / batch_size⌉ by
+        default (every sample once, the last batch short); it sizes the schedule and the step count."""
+        return -(-self.train_size // batch_size)
 
     @abstractmethod
     def build_model(self, role: Role, needs: frozenset[str]) -> nn.Module:

@@ -120,3 +120,11 @@ def test_the_base_hook_defaults() -> None:
     assert Adapter.evaluation_info(adapter, "test") == {}
     with pytest.raises(KDBenchError, match="cannot train a head alone"):
         Adapter.head_stage(adapter, torch.nn.Linear(1, 1))
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_steps_per_epoch_counts_the_batches_of_an_epoch(task: str) -> None:
+    adapter = _adapter(task)
+    for batch_size in (16, adapter.train_size, adapter.train_size + 1):
+        count = sum(1 for _ in adapter.train_batches(batch_size, torch.Generator().manual_seed(0)))
+        assert count == adapter.steps_per_epoch(batch_size), (task, batch_size)

@@ -86,9 +86,6 @@ class ClassificationAdapter(Adapter[Batch, Outputs]):
     def train_size(self) -> int:
         return len(self.train_set)
 
-    def steps_per_epoch(self, batch_size: int) -> int:
-        return -(-len(self.train_set) // batch_size)
-
     def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
         data = self.train_set
         for idx in D.batches(len(data), batch_size, generator, shuffle=True):

@@ -86,9 +86,6 @@ class DetectionAdapter(Adapter[Batch, DetectionOutputs]):
     def train_size(self) -> int:
         return len(self.train_set.image_ids)
 
-    def steps_per_epoch(self, batch_size: int) -> int:
-        return -(-self.train_size // batch_size)
-
     def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
         order = torch.randperm(self.train_size, generator=generator)
         for start in range(0, self.train_size, batch_size):

@@ -97,9 +97,6 @@ class OODAdapter(Adapter[Batch, Outputs]):
     def train_size(self) -> int:
         return len(self.data.train)
 
-    def steps_per_epoch(self, batch_size: int) -> int:
-        return -(-len(self.data.train) // batch_size)
-
     def _batch(self, data: D.TextSet, idx: Tensor) -> Batch:
         tokens = D.pad([data.tokens[i] for i in idx.tolist()])
         return Batch(tokens.to(self.device), data.labels[idx].to(self.device), idx.to(self.device))

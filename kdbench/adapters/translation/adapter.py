@@ -106,9 +106,6 @@ class TranslationAdapter(Adapter[Batch, Outputs]):
     def train_size(self) -> int:
         return len(self.splits["train"])
 
-    def steps_per_epoch(self, batch_size: int) -> int:
-        return -(-self.train_size // batch_size)
-
     def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
         """Shuffled batches of similar source lengths: shuffle, sort chunks of 50 batches by
         length, batch, shuffle the batches (all from `generator`)."""
