@@ -30,10 +30,34 @@ class Adapter(ABC, Generic[BatchT, OutT]):
         provides: which method needs (kdbench.methods.base.NEEDS) this adapter can supply.
         evaluation_version: bumped whenever data preparation, splits or metric code change what a
             number means; tables never mix versions.
+        teacher_inputs_fixed: True when batches and augmentation derive from (seed, epoch) alone
+            (default False).
 
     Every adapter holds three disjoint splits fixed by its card: "train" (fitted), "val"
     (everything a benchmark chooses: schedules, stage fractions, hyperparameters) and "test"
     (the reported numbers, scored once at the end).
+
+    Abstract: `train_size`, `train_batches`, `build_model`, `forward`, `task_loss`, `evaluate`,
+    `example_input`. Hooks with a default (the runner calls every one of them): `configure`,
+    `steps_per_epoch`, `align`, `attach_teacher`, `head_stage`, `evaluation_info`, `teacher_pass`,
+    `arch_name`.
+
+    Batches (`BatchT`). Under torchrun every rank draws the same global batch and trains on its
+    contiguous shard, cut by kdbench.runner.distributed.shard: rank r of N keeps rows
+    [B·r // N, B·(r+1) // N). A batch is therefore a Tensor, a list or tuple, a dict, or (as
+    every shipped adapter does) a dataclass, and
+      - B is read as a Tensor's dim 0; a non-empty list or tuple whose first item is not a
+        Tensor, list or tuple: its length; otherwise the dim 0 of the first top-level value (a
+        dataclass's first field, in order) that is a Tensor of at least one dimension. Put such a
+        per-sample tensor first; with none, `shard` raises TypeError;
+      - then, recursively: a Tensor whose dim 0 is B is sliced along dim 0 and any other Tensor
+        (0-d, another length) is kept whole; a list or tuple of length B is cut as one item per
+        sample (detection's per-image boxes), one of another length item by item; a dict value by
+        value; a dataclass is rebuilt with dataclasses.replace from its sliced fields (every
+        field must be an init field; `__post_init__` runs again on the shard, so attributes it
+        derives, such as detection's concatenated boxes, follow); anything else is kept.
+    So per-sample data lies along dim 0 with length B, or in a sequence of B items; shared data
+    must not have a leading length that can equal B, or it is cut too.
     """
 
     task: ClassVar[str]

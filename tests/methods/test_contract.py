@@ -14,6 +14,7 @@ from kdbench.errors import KDBenchError, UsageError
 from kdbench.methods import get_method, register, registry
 from kdbench.methods.base import NEEDS, Method, MethodContext, RunState, Stage, make_config
 from kdbench.protocol import load_protocol
+from kdbench.runner.distributed import World, shard
 from kdbench.runner.train import Job, _terms, fit_stages, probe_outputs
 
 ALL = sorted(registry())
@@ -128,3 +129,49 @@ def test_steps_per_epoch_counts_the_batches_of_an_epoch(task: str) -> None:
     for batch_size in (16, adapter.train_size, adapter.train_size + 1):
         count = sum(1 for _ in adapter.train_batches(batch_size, torch.Generator().manual_seed(0)))
         assert count == adapter.steps_per_epoch(batch_size), (task, batch_size)
+
+
+def _rows(value: object) -> list[object]:
+    return list(value.unbind(0)) if isinstance(value, torch.Tensor) else list(value)  # type: ignore[call-overload]
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_a_training_batch_shards_along_its_samples(task: str) -> None:
+    """The batch protocol in the Adapter docstring, on each task's own Batch: three ranks' shards
+    are contiguous, cover the batch, and cut every per-sample field (tensors and lists of B)."""
+    adapter = _adapter(task)
+    batch = next(iter(adapter.train_batches(10, torch.Generator().manual_seed(0))))
+    assert dataclasses.is_dataclass(batch)
+    shards = [shard(batch, World(r, 3)) for r in range(3)]
+    assert [len(s.ids) for s in shards] == [3, 3, 4]
+    for f in dataclasses.fields(batch):
+        whole, parts = getattr(batch, f.name), [getattr(s, f.name) for s in shards]
+        assert len(whole) == 10, (task, f.name)  # every shipped field is per sample
+        joined = [row for part in parts for row in _rows(part)]
+        assert len(joined) == 10 and all(torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+                                         for a, b in zip(joined, _rows(whole), strict=True)), (task, f.name)
+
+
+def test_shard_keeps_what_is_not_per_sample_and_rebuilds_dataclasses() -> None:
+    @dataclasses.dataclass
+    class Toy:
+        x: torch.Tensor  # (B, 2): sets B
+        per_sample: list[int]
+        table: torch.Tensor  # (3,): another length, kept
+        scale: torch.Tensor  # 0-d, kept
+        nested: tuple[torch.Tensor, torch.Tensor]  # not of length B: cut item by item
+
+        def __post_init__(self) -> None:
+            self.total = float(self.x.sum())
+
+    toy = Toy(torch.arange(10.0).view(5, 2), [0, 1, 2, 3, 4], torch.ones(3), torch.tensor(2.0),
+              (torch.arange(5), torch.zeros(5, 4)))
+    part = shard(toy, World(1, 2))  # rows [2, 5)
+    assert torch.equal(part.x, toy.x[2:]) and part.per_sample == [2, 3, 4]
+    assert torch.equal(part.table, toy.table) and torch.equal(part.scale, toy.scale)
+    assert torch.equal(part.nested[0], torch.arange(2, 5)) and part.nested[1].shape == (3, 4)
+    assert part.total == float(toy.x[2:].sum())  # __post_init__ ran again on the shard
+    assert shard([7, 8, 9, 10], World(0, 2)) == [7, 8] and torch.equal(shard(torch.arange(4), World(1, 2)),
+                                                                         torch.arange(2, 4))
+    with pytest.raises(TypeError, match="cannot shard a batch of type int"):
+        shard(3, World(0, 2))
