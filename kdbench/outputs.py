@@ -56,6 +56,10 @@ class Head:
         return replace(self, logits=self.logits.detach())
 
 
+#: The parts of Outputs a method may need (kdbench.methods.base.NEEDS) and `Outputs.provides` reports.
+PARTS: frozenset[str] = frozenset({"heads", "layers", "features", "attentions", "ids"})
+
+
 @dataclass
 class Outputs:
     """What an adapter's `forward` returns for one batch.
@@ -115,4 +119,4 @@ def masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
     return (values * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-__all__ = ["Head", "Outputs", "masked_mean"]
+__all__ = ["PARTS", "Head", "Outputs", "masked_mean"]

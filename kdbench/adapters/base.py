@@ -27,7 +27,9 @@ class Adapter(ABC, Generic[BatchT, OutT]):
 
     Attributes:
         task: the task's name on the command line.
-        provides: which method needs (kdbench.methods.base.NEEDS) this adapter can supply.
+        provides: which method needs (kdbench.methods.base.NEEDS) this adapter can supply; those
+            that are parts of Outputs are checked against the student's Outputs on one batch
+            before training (kdbench.runner.train.probe_outputs).
         evaluation_version: bumped whenever data preparation, splits or metric code change what a
             number means; tables never mix versions.
         teacher_inputs_fixed: True when batches and augmentation derive from (seed, epoch) alone

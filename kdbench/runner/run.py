@@ -57,7 +57,7 @@ def run(options: RunOptions) -> tuple[dict[str, Any], Path]:
     torch.manual_seed(options.seed)
     student = adapter.build_model("student", spec.method_cls.needs).to(device)
     ctx = MethodContext(
-        probe_outputs(adapter, student),
+        probe_outputs(adapter, student, spec.method_cls),
         probe_outputs(adapter, teacher.model) if teacher else None,
         adapter.train_size, int(spec.protocol.typed.train.epochs))
     method = spec.method_cls(spec.config, ctx).to(device)

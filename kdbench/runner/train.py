@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from kdbench.adapters.base import Adapter
 from kdbench.errors import KDBenchError
 from kdbench.methods.base import Method, RunState
+from kdbench.outputs import PARTS, Outputs
 from kdbench.records import printable
 from kdbench.runner import checkpoint
 from kdbench.runner.distributed import World, all_finite, average_gradients, average_terms, gather_heads, shard
@@ -292,12 +293,26 @@ def _terms(job: Job, student: Any, teacher: Any, state: RunState) -> dict[str, T
 
 
 
-def probe_outputs(adapter: Adapter, model: nn.Module) -> Any:
-    """Detached eval-mode Outputs on a fixed small batch (sizes methods' own modules)."""
+def probe_outputs(adapter: Adapter, model: nn.Module, method: type[Method] | None = None) -> Outputs:
+    """Detached eval-mode Outputs on a fixed small batch (sizes methods' own modules).
+
+    With `method` (the student's probe): the method's needs that are parts of Outputs
+    (`layers`, `features`, `attentions`, `ids`) must be in what these outputs hold, or a
+    KDBenchError names the method, the missing parts and what the outputs provide — the task
+    declared them in `provides`, so its `provides` or its `forward` is stale.
+    """
     was_training = model.training
     model.eval()
     with torch.no_grad():
         batch = next(iter(adapter.train_batches(2, torch.Generator().manual_seed(0))))
         outputs = adapter.forward(model, batch).detach()
     model.train(was_training)
+    if method is not None:
+        missing = (method.needs & PARTS) - outputs.provides
+        if missing:
+            raise KDBenchError(
+                f"method {method.name!r} needs {', '.join(sorted(missing))} from the student's Outputs, which "
+                f"task {adapter.task!r} declares in its provides, but its forward returned Outputs that provide "
+                f"only {', '.join(sorted(outputs.provides))} (Outputs.provides; a `layers` need wants more than "
+                "the final heads)")
     return outputs

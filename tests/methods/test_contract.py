@@ -1,6 +1,7 @@
 """Contract tests parametrized over the registry (docs/architecture.md, Code rules): for every method the classification
 task serves, one tiny step is finite, gradients reach the student only, the teacher stays frozen
-in eval mode; and the registry is loud."""
+in eval mode; and the registry is loud. The adapter contract: hooks and their defaults, batches per
+epoch, the batch protocol `shard` relies on, and Outputs that hold what `provides` promises."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from kdbench.adapters import TASKS, Adapter, get_adapter
 from kdbench.errors import KDBenchError, UsageError
 from kdbench.methods import get_method, register, registry
 from kdbench.methods.base import NEEDS, Method, MethodContext, RunState, Stage, make_config
+from kdbench.outputs import PARTS
 from kdbench.protocol import load_protocol
 from kdbench.runner.distributed import World, shard
 from kdbench.runner.train import Job, _terms, fit_stages, probe_outputs
@@ -73,7 +75,7 @@ def test_one_step_trains_the_student_only(task: str, name: str) -> None:
         for p in teacher.parameters():
             p.requires_grad_(False)
         before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    ctx = MethodContext(probe_outputs(adapter, student),
+    ctx = MethodContext(probe_outputs(adapter, student, cls),  # the structural needs are in the Outputs
                         probe_outputs(adapter, teacher) if teacher else None, adapter.train_size, 2)
     method = cls(cls.Config(), ctx)
     if "teacher_pass" in cls.needs:
@@ -175,3 +177,32 @@ def test_shard_keeps_what_is_not_per_sample_and_rebuilds_dataclasses() -> None:
                                                                          torch.arange(2, 4))
     with pytest.raises(TypeError, match="cannot shard a batch of type int"):
         shard(3, World(0, 2))
+
+
+def test_a_stale_provides_fails_at_the_probe_naming_method_parts_and_outputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task whose `provides` promises a part of Outputs its forward does not fill is served by
+    `resolve`; the student's probe refuses it before training."""
+    adapter = _adapter("classification")
+    monkeypatch.setattr(type(adapter), "provides", adapter.provides | {"attentions"})
+    minilm = get_method("minilm")
+    assert minilm.needs <= adapter.provides  # so resolve() would serve it
+    adapter.configure(minilm.needs | minilm.requests)
+    student = adapter.build_model("student", minilm.needs)
+    with pytest.raises(KDBenchError, match=r"method 'minilm' needs attentions from the student's Outputs, which task "
+                       r"'classification' declares in its provides, but its forward returned Outputs that provide "
+                       r"only features, heads, ids"):
+        probe_outputs(adapter, student, minilm)
+    probe_outputs(adapter, student)  # without a method: no check (teacher probes)
+
+
+def test_a_student_without_earlier_layers_fails_a_layers_need() -> None:
+    adapter = _adapter("classification")
+    gold = get_method("gold")
+    adapter.configure(gold.needs | gold.requests)
+    with pytest.raises(KDBenchError, match=r"method 'gold' needs layers .* provide only features, heads, ids"):
+        probe_outputs(adapter, adapter.build_model("student", frozenset()), gold)  # no auxiliary heads asked for
+    assert "layers" in probe_outputs(adapter, adapter.build_model("student", gold.needs), gold).provides
+
+
+def test_every_output_part_is_a_need_or_the_heads() -> None:
+    assert PARTS - {"heads"} <= set(NEEDS)

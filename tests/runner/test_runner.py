@@ -131,6 +131,22 @@ def test_a_task_that_cannot_serve_a_method_says_so_before_training() -> None:
         ClassificationAdapter.provides = provided  # type: ignore[misc]
 
 
+def test_outputs_short_of_a_methods_needs_fail_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A stale `provides` (here: a student built without the auxiliary heads `layers` asks for)
+    is one error line from the student's probe, and no record."""
+    from kdbench.adapters.classification.adapter import ClassificationAdapter
+
+    build = ClassificationAdapter.build_model
+    monkeypatch.setattr(ClassificationAdapter, "build_model", lambda self, role, needs: build(self, role, frozenset()))
+    assert main([*SMOKE, "--method", "gold", "--results", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "method 'gold' needs layers from the student's Outputs" in err[-1]
+    assert "provide only features, heads, ids" in err[-1]
+    assert not list(tmp_path.rglob("*.json"))
+
+
 def test_resume_restores_ema_and_method_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A crash after an epoch's checkpoint, then the same command: same metrics as uninterrupted
     (the detection smoke card trains with EMA weights; GO-LSD's union matching is on)."""
