@@ -84,7 +84,7 @@ def test_evaluate_scores_the_split_it_is_asked(adapter: DetectionAdapter) -> Non
     val, test = adapter.evaluate(oracle, "val"), adapter.evaluate(oracle, "test")
     assert val["ap"] == pytest.approx(1.0) and test["ap"] < 0.1
     assert adapter.evaluate(Oracle(adapter.test_set), "test")["ap"] == pytest.approx(1.0)
-    assert adapter.evaluation_version == 2
+    assert adapter.evaluation_version == 3
 
 
 def test_unknown_split_names_the_valid_ones(adapter: DetectionAdapter) -> None:

@@ -42,7 +42,9 @@ class DetectionAdapter(Adapter[Batch, DetectionOutputs]):
 
     task = "detection"
     provides = frozenset({"layers", "features", "ids"})
-    evaluation_version = 2  # 2: train/val/test (shapes: n_test scenes; COCO: val held out of train2017)
+    # 2: train/val/test (shapes: n_test scenes; COCO: val held out of train2017); 3: the queries are
+    # selected from the encoder (D-FINE), not learnt: every detection number and teacher changed
+    evaluation_version = 3
 
     def __init__(self, protocol: Protocol, data_root: Path | None, device: torch.device) -> None:
         super().__init__(protocol, data_root, device)
