@@ -62,9 +62,11 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def servable(cat: dict[str, Any], method: str) -> list[str]:
-    """The tasks whose Outputs provide everything the method needs (the rule `kdbench run` applies)."""
-    needs = set(cat["methods"][method]["needs"])
-    return [t for t, info in cat["tasks"].items() if needs <= set(info["provides"])]
+    """The tasks that serve the method: those that provide everything it needs and offer a head of
+    a kind it distils (kdbench.methods.base.refusal, the rule `kdbench run` applies, as the catalog
+    recorded it)."""
+    refused = cat["methods"][method]["refused"]
+    return [t for t in cat["tasks"] if t not in refused]
 
 
 def list_tasks() -> str:
@@ -73,8 +75,9 @@ def list_tasks() -> str:
     for task in TASKS:
         info = cat["tasks"][task]
         served = sum(task in servable(cat, m) for m in cat["methods"])
-        rows.append([task, str(served), ", ".join(info["provides"])])
-    return table(["task", "methods", "provides"], rows)
+        heads = ", ".join(f"{h} ({k})" for h, k in info["heads"].items())
+        rows.append([task, str(served), heads, ", ".join(info["provides"])])
+    return table(["task", "methods", "heads", "provides"], rows)
 
 
 def list_methods() -> str:
@@ -83,8 +86,9 @@ def list_methods() -> str:
     for name, m in sorted(cat["methods"].items()):
         tasks = servable(cat, name)
         shown = "all" if len(tasks) == len(cat["tasks"]) else ", ".join(tasks) or "-"
-        rows.append([name, m["teacher"], ", ".join(m["needs"]) or "-", shown, m["paper"]])
-    return table(["method", "teacher", "needs", "tasks", "paper"], rows)
+        rows.append([name, m["teacher"], ", ".join(m["needs"]) or "-", ", ".join(m["accepts"]) or "-", shown,
+                     m["paper"]])
+    return table(["method", "teacher", "needs", "heads", "tasks", "paper"], rows)
 
 
 def shorten(text: str, width: int = 96) -> str:

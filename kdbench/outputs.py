@@ -1,28 +1,43 @@
 """The contract between task adapters and distillation methods (docs/architecture.md, Outputs).
 
-Every distillation loss acts on categorical distributions (a `Head`), stacks of them
-(`Outputs.layers`), or intermediate features and attention inputs. Adapters expose their
-models' outputs in this form; methods never see task-specific structure.
+Every distillation loss acts on a prediction over positions (a `Head`) whose `kind` says which
+distribution its logits carry, stacks of them (`Outputs.layers`), or intermediate features and
+attention inputs. Adapters expose their models' outputs in this form; methods never see
+task-specific structure, and distil only the kinds of head they declare (`Method.accepts`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Literal, get_args
 
 from torch import Tensor
+
+HeadKind = Literal["categorical", "binary", "binned"]
+
+#: What the logits of each kind of head carry (docs/architecture.md, Outputs).
+HEAD_KINDS: dict[str, str] = {
+    "categorical": "one softmax over the last dim, a class per position: classifier, token and OOD heads",
+    "binary": "an independent sigmoid per class, C yes/no decisions per position and not one distribution: "
+              "detection's VFL class head",
+    "binned": "one softmax over the bins of a discretised coordinate: detection's box edges, pose's SimCC",
+}
+assert set(HEAD_KINDS) == set(get_args(HeadKind))
 
 
 @dataclass
 class Head:
-    """One categorical prediction over positions.
+    """One prediction over positions, of a declared kind.
 
     Attributes:
-        logits: (..., K) unnormalised scores, the distribution on the last dimension.
+        logits: (..., K) unnormalised scores: one distribution on the last dimension
+            ("categorical", "binned"), or K independent sigmoid logits ("binary").
         target: class indices (...) , a soft target (..., K), or None.
         mask: (...) bool, True at valid positions; None means every position is valid.
         weight: (...) per-position weight, or None (e.g. a detector's distillation weight).
         matched: (...) bool, True at positions matched to a ground-truth object, or None; losses
             that normalise matched and unmatched positions separately (DDF) use it.
+        kind: which distribution the logits carry (HEAD_KINDS); every adapter sets it.
     """
 
     logits: Tensor
@@ -30,8 +45,11 @@ class Head:
     mask: Tensor | None = None
     weight: Tensor | None = None
     matched: Tensor | None = None
+    kind: HeadKind = field(kw_only=True)
 
     def __post_init__(self) -> None:
+        if self.kind not in HEAD_KINDS:
+            raise ValueError(f"Head.kind {self.kind!r} is not one of {', '.join(HEAD_KINDS)}")
         positions = self.logits.shape[:-1]
         if self.target is not None and self.target.shape not in (positions, self.logits.shape):
             raise ValueError(
@@ -119,4 +137,4 @@ def masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
     return (values * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-__all__ = ["PARTS", "Head", "Outputs", "masked_mean"]
+__all__ = ["HEAD_KINDS", "PARTS", "Head", "HeadKind", "Outputs", "masked_mean"]

@@ -17,25 +17,25 @@ from tests.recordkit import valid_record
 
 def test_head_checks_shapes_and_hard_target() -> None:
     logits = torch.randn(2, 3, 5)
-    Head(logits, torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.bool))
+    Head(logits, torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.bool), kind="categorical")
     soft = torch.softmax(torch.randn(2, 3, 5), -1)
-    assert torch.equal(Head(logits, soft).hard_target, soft.argmax(-1))  # type: ignore[arg-type]
+    assert torch.equal(Head(logits, soft, kind="categorical").hard_target, soft.argmax(-1))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="target"):
-        Head(logits, torch.zeros(2, dtype=torch.long))
+        Head(logits, torch.zeros(2, dtype=torch.long), kind="categorical")
     with pytest.raises(ValueError, match="mask"):
-        Head(logits, mask=torch.ones(3, dtype=torch.bool))
+        Head(logits, mask=torch.ones(3, dtype=torch.bool), kind="categorical")
 
 
 def test_outputs_layers_end_with_the_final_heads_and_detach() -> None:
-    final = {"cls": Head(torch.randn(4, 3, requires_grad=True))}
-    out = Outputs(heads=final, layers=[{"cls": Head(torch.randn(4, 3))}, final],
+    final = {"cls": Head(torch.randn(4, 3, requires_grad=True), kind="categorical")}
+    out = Outputs(heads=final, layers=[{"cls": Head(torch.randn(4, 3), kind="categorical")}, final],
                   features={"f": torch.randn(4, 2, requires_grad=True)}, ids=torch.arange(4))
     assert out.provides == {"heads", "layers", "features", "ids"}
     detached = out.detach()
     assert not detached.heads["cls"].logits.requires_grad
     assert not detached.features["f"].requires_grad
     with pytest.raises(ValueError, match="final heads"):
-        Outputs(heads=final, layers=[{"box": Head(torch.randn(4, 3))}])
+        Outputs(heads=final, layers=[{"box": Head(torch.randn(4, 3), kind="categorical")}])
 
 
 def test_masked_mean_ignores_masked_positions() -> None:

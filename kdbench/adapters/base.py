@@ -11,7 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from kdbench.errors import KDBenchError
-from kdbench.outputs import Outputs
+from kdbench.methods.base import Method, refusal
+from kdbench.outputs import HeadKind, Outputs
 from kdbench.protocol import Protocol
 
 Role = Literal["student", "teacher"]
@@ -30,6 +31,8 @@ class Adapter(ABC, Generic[BatchT, OutT]):
         provides: which method needs (kdbench.methods.base.NEEDS) this adapter can supply; those
             that are parts of Outputs are checked against the student's Outputs on one batch
             before training (kdbench.runner.train.probe_outputs).
+        head_kinds: the final heads its `forward` returns, name → kind (kdbench.outputs.HEAD_KINDS);
+            the same probe checks them against the Outputs' heads.
         evaluation_version: bumped whenever data preparation, splits or metric code change what a
             number means; tables never mix versions.
         teacher_inputs_fixed: True when batches and augmentation derive from (seed, epoch) alone
@@ -64,6 +67,7 @@ class Adapter(ABC, Generic[BatchT, OutT]):
 
     task: ClassVar[str]
     provides: ClassVar[frozenset[str]]
+    head_kinds: ClassVar[dict[str, HeadKind]]
     evaluation_version: ClassVar[int]
     """Bumped whenever data preparation, splits or metric code change what a number means; tables
     never mix versions."""
@@ -142,3 +146,9 @@ class Adapter(ABC, Generic[BatchT, OutT]):
     def arch_name(self, role: Role) -> str:
         spec = self.protocol.card[role]
         return str(spec["arch"]) if isinstance(spec, dict) else str(spec)
+
+
+def why_not_served(adapter: type[Adapter], method: type[Method]) -> str | None:
+    """Why the task cannot serve the method (one line), or None when it can: its needs against
+    `provides`, the kinds it distils against `head_kinds` (kdbench.methods.base.refusal)."""
+    return refusal(method, adapter.task, adapter.provides, adapter.head_kinds)

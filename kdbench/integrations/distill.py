@@ -31,7 +31,7 @@ from kdbench.cache import sha256_file
 from kdbench.errors import UsageError
 from kdbench.integrations.registry import MODELS
 from kdbench.methods import get_method, make_config, registry
-from kdbench.methods.base import Method, MethodContext, RunState
+from kdbench.methods.base import Method, MethodContext, RunState, refusal
 from kdbench.outputs import Outputs
 from kdbench.runner.env import count_params
 
@@ -67,6 +67,10 @@ class MethodLoss(nn.Module):
         if missing:
             raise UsageError(f"method {self.name!r} needs {', '.join(missing)}, which {where} does not provide "
                              f"(it provides: {', '.join(sorted(provides))})")
+        heads = {name: head.kind for name, head in ctx.student.heads.items()}
+        refused = refusal(self.method_cls, where, provides, heads)
+        if refused:
+            raise UsageError(refused)
         self.method = self.method_cls(self.config, ctx)
 
     def _bound(self) -> Method:

@@ -32,7 +32,7 @@ from torch import Tensor
 from kdbench.errors import UsageError
 from kdbench.integrations.distill import Distiller
 from kdbench.integrations.registry import MODELS
-from kdbench.outputs import Head, Outputs
+from kdbench.outputs import Head, HeadKind, Outputs
 
 
 def _flatten(levels: list[Tensor], channels: int) -> Tensor:
@@ -69,7 +69,9 @@ class DetDistiller(Distiller):
             mask = labels < head.num_classes
             target = torch.where(mask, labels, torch.zeros_like(labels))
         features = {"backbone": backbone[-1], **{f"neck{i}": f for i, f in enumerate(feats)}}
-        outputs = Outputs(heads={"cls": Head(logits, target=target, mask=mask)}, features=features)
+        # RetinaNet-style heads score each class with its own sigmoid (focal loss): binary, not a softmax
+        kind: HeadKind = "binary" if head.use_sigmoid_cls else "categorical"
+        outputs = Outputs(heads={"cls": Head(logits, target=target, mask=mask, kind=kind)}, features=features)
         return outputs, (cls_scores, bbox_preds)
 
     @staticmethod

@@ -116,7 +116,7 @@ class PoseDistiller(Distiller):
                 target = (F.softmax(label * loss.label_beta, dim=-1) if loss.label_softmax
                           else label / label.sum(-1, keepdim=True).clamp_min(1e-12))
                 weight_ = gt[2]
-            heads[name] = Head(loss.beta * pred, target=target, weight=weight_)
+            heads[name] = Head(loss.beta * pred, target=target, weight=weight_, kind="binned")  # SimCC bins
         features = {f"backbone{i}": f for i, f in enumerate(backbone)}
         return Outputs(heads=heads, features=features), (pred_x, pred_y, gt)
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABCMeta, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from torch import Tensor, nn
 
 from kdbench.errors import UsageError
-from kdbench.outputs import Head, Outputs
+from kdbench.outputs import HEAD_KINDS, Head, Outputs
 
 TeacherKind = Literal["none", "external", "self"]
 
@@ -38,6 +38,11 @@ NEEDS: dict[str, str] = {
     "past_model": "the student as it was at the end of the previous epoch, run on every batch and "
                   "handed to the method as its teacher (served by the runner on any task)",
 }
+
+#: The head kinds (kdbench.outputs.HEAD_KINDS) a softmax-family method distils: one distribution
+#: per position, whether over classes or over the bins of a coordinate. Never "binary": a softmax
+#: over independent sigmoid logits is not a distribution the model predicts.
+SOFTMAX_KINDS: frozenset[str] = frozenset({"categorical", "binned"})
 
 #: Optional adapter behaviours a method may request; adapters apply those they have.
 REQUESTS: dict[str, str] = {
@@ -97,6 +102,10 @@ class Method(nn.Module, metaclass=ABCMeta):
     teacher: ClassVar[TeacherKind]
     needs: ClassVar[frozenset[str]] = frozenset()
     requests: ClassVar[frozenset[str]] = frozenset()
+    #: The kinds of head it distils (kdbench.outputs.HEAD_KINDS); heads of other kinds are left to
+    #: the task loss. Empty: it reads no heads (attention or nothing). A task offering no head of
+    #: these kinds is refused before training (`refusal`).
+    accepts: ClassVar[frozenset[str]] = SOFTMAX_KINDS
     #: `kdbench tune`'s grid: one or two key hyperparameters, TUNE_BUDGET points in all (the same
     #: budget for every method), the paper default among them. Empty: nothing to tune.
     tune_grid: ClassVar[dict[str, tuple[Any, ...]]] = {}
@@ -108,7 +117,8 @@ class Method(nn.Module, metaclass=ABCMeta):
     def __init__(self, config: Any, ctx: MethodContext) -> None:
         super().__init__()
         self.config = config
-        self.head_names = frozenset(ctx.student.heads)
+        # the heads it distils, whose hard-label terms `ce_weight` re-weights (others keep weight 1)
+        self.head_names = frozenset(n for n, h in ctx.student.heads.items() if h.kind in self.accepts)
         self.stage = 0  # which stage trains: 0 the first, i the i-th of `later_stages()`
 
     def later_stages(self) -> tuple[Stage, ...]:
@@ -155,21 +165,64 @@ class Method(nn.Module, metaclass=ABCMeta):
         doc = (cls.__doc__ or "").strip().splitlines()
         return doc[0] if doc else cls.name
 
+    def own_heads(self, outputs: Outputs) -> dict[str, Head]:
+        """The final heads of `outputs` whose kind the method accepts (the ones it distils)."""
+        return {name: head for name, head in outputs.heads.items() if head.kind in self.accepts}
+
+    def paired(self, student: Outputs, teacher: Outputs | None) -> Iterator[tuple[str, Head, Head]]:
+        """`paired_heads` over the heads this method distils: those of a kind it accepts."""
+        for name, s, t in paired_heads(student, teacher):
+            if s.kind in self.accepts:
+                yield name, s, t
+
 
 def paired_heads(student: Outputs, teacher: Outputs | None) -> Iterator[tuple[str, Head, Head]]:
     """(name, student head, teacher head) for every final head the two share.
 
     The student head's mask is narrowed to the positions the teacher's aligned head marks valid
-    (a detector's teacher covers only queries matched to the same ground-truth object).
+    (a detector's teacher covers only queries matched to the same ground-truth object). Methods
+    call `Method.paired`, which keeps the heads they distil.
     """
     if teacher is None:
         raise ValueError("this method needs a teacher's outputs")
     for name, head in student.heads.items():
         other = teacher.heads[name]
+        if other.kind != head.kind:
+            raise ValueError(f"head {name!r}: the student's is {head.kind}, the teacher's {other.kind}")
         if other.mask is not None:
             mask = other.mask if head.mask is None else head.mask & other.mask
             head = dataclasses.replace(head, mask=mask)
         yield name, head, other
+
+
+def head_refusals(method: type[Method], heads: Mapping[str, str]) -> dict[str, str]:
+    """For each head of a task (name → kind), why the method does not distil it ("" where it does):
+    a head is distilled when its kind is in `method.accepts`. The single rule behind `refusal`,
+    `Method.paired` and `Method.own_heads`."""
+    return {name: "" if kind in method.accepts else f"{name} is {kind} ({HEAD_KINDS[kind].split(':')[0]})"
+            for name, kind in heads.items()}
+
+
+def refusal(method: type[Method], task: str, provides: Iterable[str], heads: Mapping[str, str]) -> str | None:
+    """Why `task` cannot serve `method`, in one line, or None when it can: the one decision
+    `kdbench run`, sweeps, the protocol check, `kdbench list`, the site catalog and the contract
+    tests share.
+
+    Refused: a need the task does not provide (`needs` ⊄ `provides`), or, for a method that
+    reads heads (`accepts` not empty), no head it would distil (`head_refusals`).
+    """
+    missing = method.needs - frozenset(provides)
+    if missing:
+        what = "; ".join(f"{n} ({NEEDS.get(n, n)})" for n in sorted(missing))
+        return f"task {task!r} cannot serve method {method.name!r}: it needs {what}, which this task does not provide"
+    if not method.accepts:
+        return None
+    why = head_refusals(method, heads)
+    if any(not reason for reason in why.values()):
+        return None
+    kinds = " and ".join(sorted(method.accepts))
+    return (f"task {task!r} cannot serve method {method.name!r}: it distils {kinds} heads, and no head of "
+            f"this task is one it can distil: {'; '.join(why.values()) or 'the task has no heads'}")
 
 
 def require_target(head: Head, method: str) -> Tensor:

@@ -18,6 +18,7 @@ class Baseline(Method):
     name = "baseline"
     paper = "—"
     teacher = "none"
+    accepts = frozenset()  # reads no heads
 
     @dataclass
     class Config:

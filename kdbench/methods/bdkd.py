@@ -11,7 +11,7 @@ from torch import Tensor
 
 from kdbench.losses import bdkd
 from kdbench.methods import register
-from kdbench.methods.base import Method, RunState, paired_heads
+from kdbench.methods.base import Method, RunState
 from kdbench.outputs import Outputs
 
 
@@ -36,5 +36,5 @@ class BDKD(Method):
         c = self.config
         return {
             f"bdkd/{name}": c.kd_weight * bdkd(s.logits, t.logits, c.temperature, s.mask)
-            for name, s, t in paired_heads(student, teacher)
+            for name, s, t in self.paired(student, teacher)
         }

@@ -50,6 +50,7 @@ class DHKD(Method):
     paper = "Yang et al., Dual-Head Knowledge Distillation: Enhancing Logits Utilization with an Auxiliary Head, 2024"
     teacher = "external"
     needs = frozenset({"features", "sample_heads"})
+    accepts = frozenset({"categorical"})
 
     @dataclass
     class Config:
@@ -64,7 +65,7 @@ class DHKD(Method):
         width = ctx.student.features[config.feature].shape[-1]
         self.aux = nn.ModuleDict({
             name: _head(width, head.logits.shape[-1], config.nonlinear)
-            for name, head in ctx.student.heads.items()
+            for name, head in self.own_heads(ctx.student).items()
         })
 
     def loss(
@@ -76,7 +77,7 @@ class DHKD(Method):
         return {
             f"dhkd/{name}": c.alpha * binary_kl_norm(
                 self.aux[name](emb), teacher.heads[name].logits, c.temperature, head.mask)
-            for name, head in student.heads.items()
+            for name, head in self.own_heads(student).items()
         }
 
     def backward(self, loss: Tensor, terms: dict[str, Tensor], params: list[nn.Parameter]) -> None:

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from kdbench.losses import dkd
 from kdbench.methods import register
-from kdbench.methods.base import Method, RunState, paired_heads, require_target
+from kdbench.methods.base import Method, RunState, require_target
 from kdbench.outputs import Outputs
 
 
@@ -39,5 +39,5 @@ class DKD(Method):
             f"dkd/{name}": ramp
             * dkd(s.logits, t.logits, require_target(s, self.name), c.alpha, c.beta,
                   c.temperature, s.mask)
-            for name, s, t in paired_heads(student, teacher)
+            for name, s, t in self.paired(student, teacher)
         }

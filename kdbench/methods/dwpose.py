@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from kdbench.losses.pose import dwpose_feature, dwpose_logit
 from kdbench.methods import register
-from kdbench.methods.base import Method, MethodContext, RunState, Stage, paired_heads
+from kdbench.methods.base import Method, MethodContext, RunState, Stage
 from kdbench.outputs import Outputs
 
 
@@ -59,6 +59,7 @@ class DWPose(Method):
     paper = "Yang et al., Effective Whole-body Pose Estimation with Two-stages Distillation, ICCVW 2023"
     teacher = "external"
     needs = frozenset({"features", "head_stage"})
+    accepts = frozenset({"binned"})  # SimCC
 
     @dataclass
     class Config:
@@ -103,7 +104,7 @@ class DWPose(Method):
         weight = c.head_weight if self.stage > 0 else c.logit_weight * decay(state.epoch, state.epochs)
         # the official code sums the axes' (1/B)·Σ_b Σ_k KL and divides by K once; every axis
         # has the same K, so dividing each axis by K (as dwpose_logit does) is the same
-        logit = [dwpose_logit(s.logits, t.logits, c.beta) for _, s, t in paired_heads(student, teacher)]
+        logit = [dwpose_logit(s.logits, t.logits, c.beta) for _, s, t in self.paired(student, teacher)]
         terms = {"dwpose/logit": weight * sum(logit[1:], start=logit[0])}
         if self.stage == 0:
             fs, ft = student.features[self.feature], teacher.features[self.feature]

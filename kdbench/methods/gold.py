@@ -11,7 +11,7 @@ from torch import Tensor
 
 from kdbench.losses import ddf, layer_self_distillation
 from kdbench.methods import register
-from kdbench.methods.base import Method, RunState, require_target
+from kdbench.methods.base import Method, MethodContext, RunState, require_target
 from kdbench.outputs import Head, Outputs
 
 
@@ -40,15 +40,26 @@ class GOLD(Method):
     class Config:
         weight: float = 1.5
         temperature: float = 5.0
-        heads: str = ""  # comma-separated head names to distill; empty: every head
+        heads: str = ""  # comma-separated head names to distil; empty: every head of a kind it accepts
+
+    def __init__(self, config: Config, ctx: MethodContext) -> None:
+        super().__init__(config, ctx)
+        named = [h.strip() for h in config.heads.split(",") if h.strip()]
+        heads = ctx.student.heads
+        for name in named:
+            if name not in heads:
+                raise ValueError(f"gold heads: no head {name!r}; the student's heads are {', '.join(heads)}")
+            if heads[name].kind not in self.accepts:
+                raise ValueError(f"gold heads: {name!r} is a {heads[name].kind} head; GO-LSD distils "
+                                 f"{' and '.join(sorted(self.accepts))} heads")
+        self.chosen = named or list(self.own_heads(ctx.student))
 
     def loss(
         self, student: Outputs, teacher: Outputs | None, progress: float, state: RunState
     ) -> dict[str, Tensor]:
-        c = self.config
-        chosen = [h.strip() for h in c.heads.split(",") if h.strip()] or list(student.heads)
         terms = {}
-        for name in chosen:
+        c = self.config
+        for name in self.chosen:
             final = student.heads[name]
             earlier = [layer[name] for layer in student.layers[:-1]]
             terms[f"gold/{name}"] = c.weight * sum(

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from kdbench.losses import kd
 from kdbench.methods import register
-from kdbench.methods.base import Method, RunState, paired_heads
+from kdbench.methods.base import Method, RunState
 from kdbench.outputs import Outputs
 
 
@@ -34,5 +34,5 @@ class KD(Method):
         c = self.config
         return {
             f"kd/{name}": c.kd_weight * kd(s.logits, t.logits, c.temperature, s.mask)
-            for name, s, t in paired_heads(student, teacher)
+            for name, s, t in self.paired(student, teacher)
         }

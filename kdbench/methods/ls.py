@@ -22,6 +22,7 @@ class LabelSmoothing(Method):
     paper = "Szegedy et al., Rethinking the Inception Architecture for Computer Vision, CVPR 2016"
     teacher = "none"
     needs = frozenset({"ce_heads"})
+    accepts = frozenset({"categorical"})
 
     @dataclass
     class Config:
@@ -35,5 +36,5 @@ class LabelSmoothing(Method):
             f"ls/{name}": label_smoothing(
                 head.logits, require_target(head, self.name), self.config.epsilon, head.mask
             )
-            for name, head in student.heads.items()
+            for name, head in self.own_heads(student).items()
         }

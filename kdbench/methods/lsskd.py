@@ -41,7 +41,7 @@ class LSSKD(Method):
     ) -> dict[str, Tensor]:
         c = self.config
         terms = {}
-        for name, final in student.heads.items():
+        for name, final in self.own_heads(student).items():
             chain = [layer[name].logits for layer in student.layers]
             total = sum(
                 (kd(shallow, deep, c.temperature, final.mask)

@@ -45,6 +45,7 @@ class MiniLM(Method):
              "of Pre-Trained Transformers, NeurIPS 2020")
     teacher = "external"
     needs = frozenset({"attentions"})
+    accepts = frozenset()  # attention relations only: no heads
 
     @dataclass
     class Config:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from kdbench.losses import kd, similarity
 from kdbench.methods import register
 from kdbench.methods._features import pooled
-from kdbench.methods.base import Method, MethodContext, RunState, paired_heads
+from kdbench.methods.base import Method, MethodContext, RunState
 from kdbench.outputs import Outputs
 
 
@@ -82,7 +82,7 @@ class MLKD(Method):
         terms = {
             f"mlkd_pred/{name}": c.kd_weight * kd(s.logits, t.logits, c.temperature, s.mask)
             / c.temperature**2
-            for name, s, t in paired_heads(student, teacher)
+            for name, s, t in self.paired(student, teacher)
         }
         weights = self.layer_logits.softmax(-1) * self.layer_logits.shape[-1]  # 1 at init
         fs = [pooled(student.features[n]) for n in self.names_s]

@@ -40,6 +40,7 @@ class ND(Method):
     paper = "Wang et al., Improving Knowledge Distillation via Regularizing Feature Norm and Direction, 2023"
     teacher = "external"
     needs = frozenset({"features", "teacher_pass", "sample_heads"})
+    accepts = frozenset({"categorical"})
 
     @dataclass
     class Config:
@@ -62,7 +63,7 @@ class ND(Method):
                 nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Linear):
                 nn.init.zeros_(module.bias)
-        (name, head), = ctx.student.heads.items()
+        (name, head), = self.own_heads(ctx.student).items()
         self.head = name
         self.register_buffer("class_means", torch.zeros(head.logits.shape[-1], dt))
 

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from kdbench.losses import nkd
 from kdbench.methods import register
-from kdbench.methods.base import Method, RunState, paired_heads, require_target
+from kdbench.methods.base import Method, RunState, require_target
 from kdbench.outputs import Outputs
 
 
@@ -35,5 +35,5 @@ class NKD(Method):
         return {
             f"nkd/{name}": nkd(s.logits, t.logits, require_target(s, self.name),
                                c.temperature, c.gamma, s.mask)
-            for name, s, t in paired_heads(student, teacher)
+            for name, s, t in self.paired(student, teacher)
         }

@@ -53,11 +53,11 @@ class PSKD(Method):
     def __init__(self, config: Config, ctx: MethodContext) -> None:
         super().__init__(config, ctx)
         self.table = ctx.student.ids is not None and all(
-            h.logits.dim() == 2 for h in ctx.student.heads.values())
+            h.logits.dim() == 2 for h in self.own_heads(ctx.student).values())
         if not self.table:
             self.runtime_needs = frozenset({"past_model"})
             return
-        for name, head in ctx.student.heads.items():
+        for name, head in self.own_heads(ctx.student).items():
             table = torch.zeros(ctx.train_size, head.logits.shape[-1])
             self.register_buffer(f"past_{name}", table)
             self.register_buffer(f"seen_{name}", torch.zeros(ctx.train_size, dtype=torch.bool))
@@ -73,7 +73,7 @@ class PSKD(Method):
     ) -> dict[str, Tensor]:
         alpha = self.config.alpha_T * (state.epoch + 1) / state.epochs
         terms = {}
-        for name, head in student.heads.items():
+        for name, head in self.own_heads(student).items():
             labels = head.target is not None and head.target.shape == head.logits.shape
             target = head.target if labels and head.target is not None else require_target(head, self.name)
             if self.table:
@@ -96,6 +96,6 @@ class PSKD(Method):
         if not self.table:
             return
         assert student.ids is not None
-        for name, head in student.heads.items():
+        for name, head in self.own_heads(student).items():
             getattr(self, f"past_{name}")[student.ids] = F.softmax(head.logits.float(), -1)
             getattr(self, f"seen_{name}")[student.ids] = True

@@ -38,6 +38,7 @@ class SeqKD(Method):
     paper = "Kim & Rush, Sequence-Level Knowledge Distillation, EMNLP 2016"
     teacher = "external"
     needs = frozenset({"sequence_targets"})
+    accepts = frozenset({"categorical"})
 
     @dataclass
     class Config:
@@ -48,5 +49,5 @@ class SeqKD(Method):
     ) -> dict[str, Tensor]:
         return {
             f"seqkd/{name}": label_smoothed_nll(head.logits, require_target(head, self.name), 0.0, head.mask)
-            for name, head in student.heads.items()
+            for name, head in self.own_heads(student).items()
         }

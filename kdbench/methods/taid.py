@@ -12,7 +12,7 @@ from torch import Tensor
 
 from kdbench.losses import taid
 from kdbench.methods import register
-from kdbench.methods.base import Method, MethodContext, RunState, paired_heads
+from kdbench.methods.base import Method, MethodContext, RunState
 from kdbench.outputs import Outputs
 
 
@@ -64,7 +64,7 @@ class TAID(Method):
         t = float(self.t)
         return {
             f"taid/{name}": taid(s.logits, tt.logits, t, s.mask)
-            for name, s, tt in paired_heads(student, teacher)
+            for name, s, tt in self.paired(student, teacher)
         }
 
     def after_step(self, student: Outputs, losses: dict[str, Tensor], state: RunState) -> None:

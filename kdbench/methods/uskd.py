@@ -43,6 +43,7 @@ class USKD(Method):
     paper = "Yang et al., Normalized Loss and Customized Soft Labels (NKD/USKD), ICCV 2023"
     teacher = "self"
     needs = frozenset({"features", "sample_heads"})
+    accepts = frozenset({"categorical"})
 
     @dataclass
     class Config:
@@ -61,7 +62,7 @@ class USKD(Method):
             raise ValueError(f"uskd rank must be 'official' or 'paper', got {config.rank!r}")
         width = pooled(ctx.student.features[config.feature]).shape[-1]
         self.weak = nn.ModuleDict({
-            name: nn.Linear(width, head.logits.shape[-1]) for name, head in ctx.student.heads.items()
+            name: nn.Linear(width, head.logits.shape[-1]) for name, head in self.own_heads(ctx.student).items()
         })
 
     def loss(
@@ -70,7 +71,7 @@ class USKD(Method):
         c = self.config
         mid = pooled(student.features[c.feature])
         terms = {}
-        for name, head in student.heads.items():
+        for name, head in self.own_heads(student).items():
             require_target(head, self.name)  # refuses a head without targets
             assert head.target is not None
             parts = uskd_terms(head.logits, self.weak[name](mid), head.target,  # soft targets as they are

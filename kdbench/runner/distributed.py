@@ -137,8 +137,8 @@ def gather_heads(outputs: Outputs, world: World) -> Outputs:
     def cat(values: list[Any]) -> Any:
         return None if values[0] is None else torch.cat(values).to(device)
 
-    heads = {name: Head(*(cat([p["heads"][name][i] for p in parts]) for i in range(5)))
-             for name in outputs.heads}
+    heads = {name: Head(*(cat([p["heads"][name][i] for p in parts]) for i in range(5)), kind=head.kind)
+             for name, head in outputs.heads.items()}
     return Outputs(heads=heads, ids=cat([p["ids"] for p in parts]))
 
 

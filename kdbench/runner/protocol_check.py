@@ -103,6 +103,7 @@ def _val(record: dict[str, Any], primary: str) -> float:
 def protocol_check(task: str, protocol: str, results: Path, *, device: str = "auto",
                    data_root: Path | None = None, alpha: float = ALPHA, records_only: bool = False) -> CheckReport:
     from kdbench.adapters import get_adapter
+    from kdbench.adapters.base import why_not_served
     from kdbench.methods import registry
     from kdbench.protocol import load_protocol
     from kdbench.runner.spec import RunOptions
@@ -137,7 +138,7 @@ def protocol_check(task: str, protocol: str, results: Path, *, device: str = "au
     gap = sign * (t_val - b.mean)
     sd_pair = math.sqrt(2.0) * b.std if b.n >= 2 else math.nan
     served = [m for m, cls in registry().items()
-              if m != "baseline" and cls.needs <= get_adapter(task).provides and m not in ("teacher",)]
+              if m != "baseline" and why_not_served(get_adapter(task), cls) is None and m not in ("teacher",)]
     alpha_holm = alpha / max(len(served), 1)
     mdd = minimal_detectable_difference(sd_pair, len(seeds), alpha_holm, POWER)
     best = ceiling(primary)

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from kdbench.adapters import Adapter, get_adapter
+from kdbench.adapters.base import why_not_served
 from kdbench.errors import UsageError
 from kdbench.methods import get_method
-from kdbench.methods.base import NEEDS, Method, make_config
+from kdbench.methods.base import Method, make_config
 from kdbench.metrics import METRICS
 from kdbench.protocol import Protocol, apply_overrides, load_protocol
 from kdbench.record_checks import SEED_LIMIT
@@ -76,11 +77,9 @@ def resolve(options: RunOptions) -> RunSpec:
     if primary not in METRICS:
         raise UsageError(f"protocol {protocol.name!r}: metrics.primary {primary!r} is not a registered "
                          f"metric; valid: {', '.join(sorted(METRICS))}")
-    missing = method_cls.needs - adapter_cls.provides
-    if missing:
-        what = "; ".join(f"{n} ({NEEDS.get(n, n)})" for n in sorted(missing))
-        raise UsageError(f"task {options.task!r} cannot serve method {options.method!r}: it needs "
-                         f"{what}, which this task does not provide")
+    refused = why_not_served(adapter_cls, method_cls)  # needs, and the kinds of head it distils
+    if refused:
+        raise UsageError(refused)
     if not 0 <= options.seed < SEED_LIMIT:
         shown = str(options.seed) if len(str(options.seed)) <= 40 else f"an integer of {len(str(options.seed))} digits"
         raise UsageError(f"--seed must be an integer in [0, 2**32), got {shown} (torch seeds with 32 bits: "

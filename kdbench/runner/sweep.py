@@ -123,6 +123,7 @@ def make_plan(tasks: str, methods: str, seeds: str, protocols: str, sets: dict[s
               results: Path, data_root: Path | None) -> Plan:
     """Expand and resolve the sweep; raise UsageError on any bad name before anything runs."""
     from kdbench.adapters import TASKS, get_adapter
+    from kdbench.adapters.base import why_not_served
     from kdbench.methods import get_method, registry
     from kdbench.protocol import TIERS, load_protocol, task_cards
     from kdbench.runner.spec import RunOptions, resolve
@@ -137,12 +138,11 @@ def make_plan(tasks: str, methods: str, seeds: str, protocols: str, sets: dict[s
         adapter_cls = get_adapter(task)
         explicit_methods = methods.strip() != "all"
         for method in _names(methods, sorted(registry()), "method"):
-            missing = get_method(method).needs - adapter_cls.provides
-            if missing:
-                why = f"needs {', '.join(sorted(missing))}"
+            refused = why_not_served(adapter_cls, get_method(method))
+            if refused:
                 if explicit_methods and tasks.strip() != "all" and "," not in tasks:
-                    raise UsageError(f"task {task!r} cannot serve method {method!r}: it {why}")
-                plan.not_served.append((task, method, why))
+                    raise UsageError(refused)
+                plan.not_served.append((task, method, refused.split(": ", 1)[1]))
                 continue
             for choice in _protocol_names(task, protocols, task_cards, TIERS):
                 loaded = load_protocol(task, choice)

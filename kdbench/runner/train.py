@@ -9,6 +9,7 @@ import copy
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -299,7 +300,8 @@ def probe_outputs(adapter: Adapter, model: nn.Module, method: type[Method] | Non
     With `method` (the student's probe): the method's needs that are parts of Outputs
     (`layers`, `features`, `attentions`, `ids`) must be in what these outputs hold, or a
     KDBenchError names the method, the missing parts and what the outputs provide — the task
-    declared them in `provides`, so its `provides` or its `forward` is stale.
+    declared them in `provides`, so its `provides` or its `forward` is stale. Likewise the final
+    heads' names and kinds must be the task's `head_kinds`, which decided that it serves the method.
     """
     was_training = model.training
     model.eval()
@@ -315,4 +317,13 @@ def probe_outputs(adapter: Adapter, model: nn.Module, method: type[Method] | Non
                 f"task {adapter.task!r} declares in its provides, but its forward returned Outputs that provide "
                 f"only {', '.join(sorted(outputs.provides))} (Outputs.provides; a `layers` need wants more than "
                 "the final heads)")
+        kinds = {name: head.kind for name, head in outputs.heads.items()}
+        if kinds != adapter.head_kinds:
+            raise KDBenchError(
+                f"task {adapter.task!r} declares the heads {_kinds(adapter.head_kinds)} (head_kinds), but its "
+                f"forward returned {_kinds(kinds)}: its head_kinds or its forward is stale")
     return outputs
+
+
+def _kinds(heads: Mapping[str, str]) -> str:
+    return ", ".join(f"{name} ({kind})" for name, kind in heads.items()) or "none"

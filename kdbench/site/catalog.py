@@ -1,8 +1,9 @@
 """What the leaderboard knows about methods and tasks without importing them.
 
 The method classes and the adapters import torch; the site must not (docs/architecture.md, Leaderboard). So their
-metadata — paper, docstring (which states the formula), teacher kind, needs, hyperparameter
-defaults, family; each task's primary metric and what its Outputs provide — is written once
+metadata — paper, docstring (which states the formula), teacher kind, needs, the head kinds it
+distils, hyperparameter defaults, family, and why each task that cannot serve it refuses it; each
+task's primary metric, what its Outputs provide and the kind of each head — is written once
 from the live registries into `catalog.json` beside this file, and the site reads only that.
 `python -m kdbench.site.catalog` regenerates it; a test fails while the committed file differs
 from the registries, naming that command.
@@ -58,8 +59,10 @@ def _hparams(config: type) -> list[dict[str, Any]]:
 def generate() -> dict[str, Any]:
     """The catalog from the live registries (imports every method and adapter, hence torch)."""
     from kdbench.adapters import TASKS, get_adapter
+    from kdbench.adapters.base import why_not_served
     from kdbench.methods import registry
     from kdbench.methods.base import NEEDS
+    from kdbench.outputs import HEAD_KINDS
 
     repo_root = Path(__file__).resolve().parents[2]
     methods = {}
@@ -70,6 +73,8 @@ def generate() -> dict[str, Any]:
             "teacher": cls.teacher,
             "needs": sorted(cls.needs),
             "requests": sorted(cls.requests),
+            "accepts": sorted(cls.accepts),
+            "refused": {task: why for task in TASKS if (why := why_not_served(get_adapter(task), cls))},
             "family": family(name, cls.teacher, cls.needs),
             "summary": cls.summary(),
             "doc": inspect.cleandoc(cls.__doc__ or ""),
@@ -81,10 +86,11 @@ def generate() -> dict[str, Any]:
         adapter = get_adapter(task)
         tasks[task] = {
             "provides": sorted(adapter.provides),
+            "heads": dict(adapter.head_kinds),
             "doc": inspect.cleandoc(adapter.__doc__ or "").split("\n\n")[0],
         }
-    return {"generated_by": "python -m kdbench.site.catalog", "needs": dict(NEEDS), "tasks": tasks,
-            "methods": methods}
+    return {"generated_by": "python -m kdbench.site.catalog", "needs": dict(NEEDS), "head_kinds": dict(HEAD_KINDS),
+            "tasks": tasks, "methods": methods}
 
 
 @cache

@@ -312,10 +312,12 @@ def method_info(name: str, records: list[dict[str, Any]] | None = None) -> dict[
         return {**entry, "known": True}
     teacher = next((r["method"]["teacher"] for r in records or [] if r["method"]["name"] == name), "none")
     if name == TEACHER:
-        return {"paper": "", "teacher": "none", "needs": [], "requests": [], "family": "teacher",
+        return {"paper": "", "teacher": "none", "needs": [], "requests": [], "accepts": [],
+                "refused": {}, "family": "teacher",
                 "summary": "The protocol card's teacher model, trained once per card and teacher seed.",
                 "doc": "", "hparams": [], "source": "", "known": True}
-    return {"paper": "", "teacher": teacher, "needs": [], "requests": [], "family": family(name, teacher, set()),
+    return {"paper": "", "teacher": teacher, "needs": [], "requests": [], "accepts": [],
+            "refused": {}, "family": family(name, teacher, set()),
             "summary": "", "doc": "", "hparams": [], "source": "", "known": False}
 
 
@@ -325,11 +327,8 @@ def serves(method: str, task: str) -> tuple[bool | None, str]:
     m, t = cat["methods"].get(method), cat["tasks"].get(task)
     if m is None or t is None:
         return None, "not in the site's catalog"
-    missing = sorted(set(m["needs"]) - set(t["provides"]))
-    if not missing:
-        return True, ""
-    why = "; ".join(f"{n} ({cat['needs'].get(n, n)})" for n in missing)
-    return False, f"{task} does not provide what {method} needs: {why}"
+    why = m["refused"].get(task)  # kdbench.methods.base.refusal, recorded by the catalog
+    return (True, "") if why is None else (False, why)
 
 
 def on_leaderboard(s: Setting) -> bool:

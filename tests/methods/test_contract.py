@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from kdbench.adapters import TASKS, Adapter, get_adapter
+from kdbench.adapters.base import why_not_served
 from kdbench.errors import KDBenchError, UsageError
 from kdbench.methods import get_method, register, registry
 from kdbench.methods.base import NEEDS, Method, MethodContext, RunState, Stage, make_config
@@ -20,7 +21,7 @@ from kdbench.runner.distributed import World, shard
 from kdbench.runner.train import Job, _terms, fit_stages, probe_outputs
 
 ALL = sorted(registry())
-SERVED = [(task, name) for task in TASKS for name in ALL if get_method(name).needs <= get_adapter(task).provides]
+SERVED = [(task, name) for task in TASKS for name in ALL if why_not_served(get_adapter(task), get_method(name)) is None]
 _ADAPTERS: dict[str, Adapter] = {}
 
 

@@ -25,7 +25,8 @@ def _randn(*shape: int, seed: int) -> torch.Tensor:
 
 
 def _outputs(logits: torch.Tensor, emb: torch.Tensor) -> Outputs:
-    return Outputs(heads={"cls": Head(logits, torch.tensor([0, 1, 2, 1]))}, features={"embedding": emb})
+    return Outputs(heads={"cls": Head(logits, torch.tensor([0, 1, 2, 1]), kind="categorical")},
+                   features={"embedding": emb})
 
 
 def _method(**overrides: object) -> nn.Module:

@@ -29,7 +29,7 @@ def _randn(*shape: int, seed: int) -> torch.Tensor:
 
 def _head(logits: torch.Tensor, mask: torch.Tensor) -> Outputs:
     target = torch.tensor([[0, 3, 1], [2, 2, 0]])
-    return Outputs(heads={"cls": Head(logits, target, mask=mask)})
+    return Outputs(heads={"cls": Head(logits, target, mask=mask, kind="categorical")})
 
 
 def _dkd_by_hand(s: list[float], t: list[float], y: int, alpha: float, beta: float) -> float:

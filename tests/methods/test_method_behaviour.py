@@ -13,7 +13,7 @@ from kdbench.outputs import Head, Outputs
 
 def _outputs(logits: torch.Tensor, target: torch.Tensor, ids: torch.Tensor | None = None,
              features: dict[str, torch.Tensor] | None = None) -> Outputs:
-    return Outputs(heads={"cls": Head(logits, target)}, features=features or {}, ids=ids)
+    return Outputs(heads={"cls": Head(logits, target, kind="categorical")}, features=features or {}, ids=ids)
 
 
 def test_pskd_targets_start_one_hot_then_follow_the_last_prediction() -> None:

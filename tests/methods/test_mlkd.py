@@ -25,7 +25,7 @@ def _randn(*shape: int, seed: int) -> torch.Tensor:
 
 def _outputs(logits: torch.Tensor, names: tuple[str, ...], width: int, seed: int) -> Outputs:
     feats = {n: _randn(B, width, seed=seed + i) for i, n in enumerate(names)}
-    return Outputs(heads={"cls": Head(logits, torch.tensor([0, 1, 2, 1]))}, features=feats)
+    return Outputs(heads={"cls": Head(logits, torch.tensor([0, 1, 2, 1]), kind="categorical")}, features=feats)
 
 
 def _card() -> dict[str, object]:

@@ -22,7 +22,7 @@ def _randn(*shape: int, seed: int) -> torch.Tensor:
 
 
 def _outputs(logits: torch.Tensor, emb: torch.Tensor, target: torch.Tensor) -> Outputs:
-    return Outputs(heads={"cls": Head(logits, target)}, features={"embedding": emb})
+    return Outputs(heads={"cls": Head(logits, target, kind="categorical")}, features={"embedding": emb})
 
 
 def _pair(ds: int = DS) -> tuple[Outputs, Outputs]:

@@ -31,7 +31,7 @@ def _mixup() -> torch.Tensor:
 
 
 def _student(logits: torch.Tensor, target: torch.Tensor, mid: torch.Tensor) -> Outputs:
-    return Outputs(heads={"cls": Head(logits, target)}, features={"stage2": mid})
+    return Outputs(heads={"cls": Head(logits, target, kind="categorical")}, features={"stage2": mid})
 
 
 def _method(**overrides: object) -> nn.Module:

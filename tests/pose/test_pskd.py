@@ -14,7 +14,7 @@ B, K, W = 3, 4, 16
 
 
 def _outputs(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> Outputs:
-    return Outputs(heads={"simcc_x": Head(logits, target, mask=weight > 0, weight=weight)})
+    return Outputs(heads={"simcc_x": Head(logits, target, mask=weight > 0, weight=weight, kind="binned")})
 
 
 def _case(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -59,7 +59,7 @@ def test_seqkd_is_plain_nll_on_the_teachers_targets_whatever_the_cards_smoothing
     """Kim & Rush's seq2seq-attn trains with ClassNLLCriterion (no smoothing, padding weight 0)."""
     logits = _randn(2, 4, 5, seed=3).requires_grad_(True)
     beam = torch.tensor([[2, 0, 4, -100], [1, 3, -100, -100]])  # teacher's tokens; padding −100
-    out = Outputs(heads={"token": Head(logits, beam, MASK)})
+    out = Outputs(heads={"token": Head(logits, beam, MASK, kind="categorical")})
     cls = get_method("seqkd")
     method = cls(cls.Config(), MethodContext(out.detach(), None, 2, 1))
     assert method.task_weight("token", 0.5) == 0.0  # the card's label-smoothed term is off
@@ -73,12 +73,14 @@ def test_seqkd_is_plain_nll_on_the_teachers_targets_whatever_the_cards_smoothing
     # zero when the student puts all its mass on the teacher's tokens
     sure = torch.full((2, 4, 5), -1e4, dtype=torch.float64)
     sure.scatter_(-1, beam.clamp_min(0).unsqueeze(-1), 0.0)
-    confident = method.loss(Outputs(heads={"token": Head(sure, beam, MASK)}), None, 0.0, RunState(0, 1, 0, 1))
+    confident = method.loss(Outputs(heads={"token": Head(sure, beam, MASK, kind="categorical")}), None, 0.0,
+                            RunState(0, 1, 0, 1))
     assert float(confident["seqkd/token"]) == 0.0
     # padded positions change nothing and get no gradient
     noisy = logits.detach().clone()
     noisy[~MASK] = 1e6
-    again = method.loss(Outputs(heads={"token": Head(noisy, beam, MASK)}), None, 0.0, RunState(0, 1, 0, 1))
+    again = method.loss(Outputs(heads={"token": Head(noisy, beam, MASK, kind="categorical")}), None, 0.0,
+                        RunState(0, 1, 0, 1))
     assert torch.equal(again["seqkd/token"], terms["seqkd/token"].detach())
     terms["seqkd/token"].backward()
     assert logits.grad is not None and (logits.grad[~MASK] == 0).all() and torch.isfinite(logits.grad).all()
@@ -97,9 +99,9 @@ def test_minilm_method_last_layer_with_padding_from_zeroed_rows() -> None:
     def qkv(d: int, seed: int) -> tuple[torch.Tensor, ...]:
         return tuple(_randn(2, 2, 4, d, seed=seed + i) * valid[:, None, :, None] for i in range(3))
 
-    student = Outputs(heads={"token": Head(_randn(2, 4, 5, seed=9))},
+    student = Outputs(heads={"token": Head(_randn(2, 4, 5, seed=9), kind="categorical")},
                       attentions={"encoder.0": qkv(3, 100), "encoder.1": qkv(3, 10)})
-    teacher = Outputs(heads={"token": Head(_randn(2, 4, 5, seed=8))},
+    teacher = Outputs(heads={"token": Head(_randn(2, 4, 5, seed=8), kind="categorical")},
                       attentions={"encoder.0": qkv(5, 200), "encoder.1": qkv(5, 20)})
     assert torch.equal(padding_mask(student.attentions["encoder.1"]), valid)
     method = MiniLM(MiniLM.Config(weight=1.0), MethodContext(student, teacher, 2, 1))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -18,7 +18,7 @@ from kdbench.adapters.splits import check_split
 from kdbench.adapters.supervision import deep_supervision_ce
 from kdbench.cache import cache_dir
 from kdbench.errors import KDBenchError, UsageError
-from kdbench.outputs import Head, Outputs
+from kdbench.outputs import Head, HeadKind, Outputs
 from kdbench.protocol import Protocol
 
 DATASETS = ("digits", "mnist1d", "cifar100")
@@ -37,6 +37,7 @@ class ClassificationAdapter(Adapter[Batch, Outputs]):
 
     task = "classification"
     provides = frozenset({"layers", "features", "ids", "teacher_pass", "sample_heads", "ce_heads", "label_heads"})
+    head_kinds: ClassVar[dict[str, HeadKind]] = {"cls": "categorical"}
     evaluation_version = 2  # 2: train/val/test (val held out of the training data), test scored once
     teacher_inputs_fixed = True  # batches and augmentation derive from (seed, epoch) alone
 
@@ -109,8 +110,8 @@ class ClassificationAdapter(Adapter[Batch, Outputs]):
 
     def forward(self, model: nn.Module, batch: Batch) -> Outputs:
         out = model(batch.images)
-        heads = {"cls": Head(out.logits, batch.labels)}
-        layers = [{"cls": Head(aux, batch.labels)} for aux in out.aux_logits]
+        heads = {"cls": Head(out.logits, batch.labels, kind="categorical")}
+        layers = [{"cls": Head(aux, batch.labels, kind="categorical")} for aux in out.aux_logits]
         return Outputs(heads=heads, layers=[*layers, heads] if layers else [],
                        features=dict(out.features), ids=batch.ids)
 
@@ -139,7 +140,7 @@ class ClassificationAdapter(Adapter[Batch, Outputs]):
         for part, out in self._logits(model, data.images):
             ids = torch.arange(len(data))[part]
             batch = self._batch(data.images[part], data.labels[part], ids)
-            yield Outputs(heads={"cls": Head(out.logits, batch.labels)},
+            yield Outputs(heads={"cls": Head(out.logits, batch.labels, kind="categorical")},
                           features=dict(out.features), ids=batch.ids)
 
     def example_input(self) -> Tensor:

@@ -6,7 +6,7 @@ import inspect
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -23,7 +23,7 @@ from kdbench.adapters.detection.targets import Batch, DetectionOutputs, Pairs, m
 from kdbench.adapters.splits import check_split
 from kdbench.cache import cache_dir, sha256_json
 from kdbench.errors import KDBenchError, UsageError
-from kdbench.outputs import Head
+from kdbench.outputs import Head, HeadKind
 from kdbench.protocol import Protocol
 
 DATASETS = ("shapes", "coco2017")
@@ -34,14 +34,18 @@ class DetectionAdapter(Adapter[Batch, DetectionOutputs]):
     """Heads "cls" (B, Q, C) and "box" (B, Q, 4, N+1) per decoder layer; teacher Outputs are
     aligned to the student's by ground-truth matches (the final layers' Hungarian matches).
 
-    "cls": target = the matched ground truth's class, mask = the layer's matched queries.
-    "box": every query valid; target = the bin nearest each ground-truth edge at matched queries;
-    weight and matched = GO-LSD's DDF weight (IoU for union-matched queries, else the final
-    layer's max class score) and the union's matched queries.
+    "cls" (binary: VFL's independent sigmoid per class): target = the matched ground truth's
+    class, mask = the layer's matched queries.
+    "box" (binned: a softmax over each edge's N+1 bins): every query valid; target = the bin
+    nearest each ground-truth edge at matched queries; weight and matched = GO-LSD's DDF weight
+    (IoU for union-matched queries, else the final layer's max class score) and the union's
+    matched queries.
     """
 
     task = "detection"
     provides = frozenset({"layers", "features", "ids"})
+    # cls: VFL's independent sigmoid per class; box: a softmax over each edge's N+1 bins
+    head_kinds: ClassVar[dict[str, HeadKind]] = {"cls": "binary", "box": "binned"}
     # 2: train/val/test (shapes: n_test scenes; COCO: val held out of train2017); 3: the queries are
     # selected from the encoder (D-FINE), not learnt: every detection number and teacher changed
     evaluation_version = 3
@@ -145,10 +149,11 @@ class DetectionAdapter(Adapter[Batch, DetectionOutputs]):
         layers = []
         for i, layer_pairs in enumerate(pairs):
             cls = Head(raw.logits[i], query_labels(layer_pairs, batch, (b, q), device),
-                       mask=query_mask(layer_pairs, (b, q), device))
+                       mask=query_mask(layer_pairs, (b, q), device), kind="binary")
             weight = self._ddf_weight(raw.boxes[i], union_pairs, batch, final_conf)
             box = Head(raw.corners[i], self._edge_bins(raw, layer_pairs, batch),
-                       weight=weight[..., None].expand(-1, -1, 4), matched=union_mask[..., None].expand(-1, -1, 4))
+                       weight=weight[..., None].expand(-1, -1, 4), matched=union_mask[..., None].expand(-1, -1, 4),
+                       kind="binned")
             layers.append({"cls": cls, "box": box})
         return DetectionOutputs(heads=layers[-1], layers=layers, features={"c3": raw.features["c3"],
                                 "c4": raw.features["c4"]}, ids=batch.ids, raw=raw, batch=batch,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from kdbench.adapters.splits import EVAL_SPLITS, check_split
 from kdbench.adapters.supervision import deep_supervision_ce
 from kdbench.errors import KDBenchError, UsageError
 from kdbench.metrics import METRICS, OOD_DETECTION_METRICS
-from kdbench.outputs import Head, Outputs
+from kdbench.outputs import Head, HeadKind, Outputs
 from kdbench.protocol import Protocol
 
 DATASETS = ("langid", "clinc150")
@@ -50,6 +50,7 @@ class OODAdapter(Adapter[Batch, Outputs]):
     task = "ood"
     provides = frozenset({"layers", "features", "attentions", "ids", "teacher_pass",
                           "sample_heads", "ce_heads", "label_heads"})
+    head_kinds: ClassVar[dict[str, HeadKind]] = {"cls": "categorical"}
     evaluation_version = 2  # 2: ID and OOD val splits (langid: generated, disjoint; CLINC150: val, oos_val)
 
     def __init__(self, protocol: Protocol, data_root: Path | None, device: torch.device) -> None:
@@ -120,8 +121,8 @@ class OODAdapter(Adapter[Batch, Outputs]):
 
     def forward(self, model: nn.Module, batch: Batch) -> Outputs:
         out: EncoderOutput = model(batch.tokens)
-        heads = {"cls": Head(out.logits, batch.labels)}
-        layers = [{"cls": Head(aux, batch.labels)} for aux in out.aux_logits]
+        heads = {"cls": Head(out.logits, batch.labels, kind="categorical")}
+        layers = [{"cls": Head(aux, batch.labels, kind="categorical")} for aux in out.aux_logits]
         return Outputs(heads=heads, layers=[*layers, heads] if layers else [],
                        features=dict(out.features), attentions=dict(out.attentions), ids=batch.ids)
 
@@ -182,7 +183,7 @@ class OODAdapter(Adapter[Batch, Outputs]):
         model.eval()
         for idx, out in self._run(model, self.data.train):
             batch = self._batch(self.data.train, idx)
-            yield Outputs(heads={"cls": Head(out.logits, batch.labels)},
+            yield Outputs(heads={"cls": Head(out.logits, batch.labels, kind="categorical")},
                           features=dict(out.features), ids=batch.ids)
 
     def example_input(self) -> Tensor:

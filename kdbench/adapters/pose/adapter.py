@@ -6,7 +6,7 @@ import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from kdbench.adapters.splits import check_split
 from kdbench.cache import cache_dir, sha256_json
 from kdbench.errors import KDBenchError, UsageError
 from kdbench.losses.pose import simcc_kl
-from kdbench.outputs import Head, Outputs
+from kdbench.outputs import Head, HeadKind, Outputs
 from kdbench.protocol import Protocol
 
 DATASETS = ("figures", "coco", "coco-wholebody")
@@ -66,6 +66,8 @@ class PoseAdapter(Adapter[Batch, Outputs]):
 
     task = "pose"
     provides = frozenset({"features", "ids", "head_stage", "label_heads"})
+    # SimCC: a softmax over the W bins of a keypoint's x (y) in the crop, the same pixel bins in every model
+    head_kinds: ClassVar[dict[str, HeadKind]] = {"simcc_x": "binned", "simcc_y": "binned"}
     evaluation_version = 2  # 2: train/val/test (figures: n_test images; COCO: val held out of train2017)
 
     def __init__(self, protocol: Protocol, data_root: Path | None, device: torch.device) -> None:
@@ -168,8 +170,10 @@ class PoseAdapter(Adapter[Batch, Outputs]):
     def forward(self, model: nn.Module, batch: Batch) -> Outputs:
         out = model(batch.images)
         mask = batch.weight > 0
-        heads = {"simcc_x": Head(self.beta * out.simcc_x, batch.target_x, mask=mask, weight=batch.weight),
-                 "simcc_y": Head(self.beta * out.simcc_y, batch.target_y, mask=mask, weight=batch.weight)}
+        heads = {"simcc_x": Head(self.beta * out.simcc_x, batch.target_x, mask=mask, weight=batch.weight,
+                                   kind="binned"),
+                 "simcc_y": Head(self.beta * out.simcc_y, batch.target_y, mask=mask, weight=batch.weight,
+                                   kind="binned")}
         return Outputs(heads=heads, features=dict(out.features), ids=batch.ids)
 
     def task_loss(self, outputs: Outputs) -> dict[str, Tensor]:

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from filelock import FileLock
@@ -26,7 +26,7 @@ from kdbench.adapters.translation.tokenizer import Tokenizer, WordTokenizer, tra
 from kdbench.cache import cache_dir, sha256_json
 from kdbench.errors import KDBenchError, UsageError
 from kdbench.losses.sequence import label_smoothed_nll
-from kdbench.outputs import Head, Outputs
+from kdbench.outputs import Head, HeadKind, Outputs
 from kdbench.protocol import Protocol
 from kdbench.records import atomic_write_bytes
 
@@ -48,6 +48,7 @@ class TranslationAdapter(Adapter[Batch, Outputs]):
 
     task = "translation"
     provides = frozenset({"layers", "attentions", "ids", "ce_heads", "label_heads", "sequence_targets"})
+    head_kinds: ClassVar[dict[str, HeadKind]] = {HEAD: "categorical"}
     teacher_inputs_fixed = True  # batches derive from (seed, epoch) alone; SeqKD's targets go online
     evaluation_version = 2  # 2: the datasets' valid splits are scored as "val", test only at the end
 
@@ -145,8 +146,8 @@ class TranslationAdapter(Adapter[Batch, Outputs]):
         out = model(batch.src, batch.tgt_in, layers=bool(getattr(model, "expose_layers", False)),
                     attentions=self.attentions)
         mask = batch.tgt_out != self.tokenizer.pad
-        heads = {HEAD: Head(out.logits, batch.tgt_out, mask)}
-        layers = [{HEAD: Head(z, batch.tgt_out, mask)} for z in out.layer_logits[:-1]]
+        heads = {HEAD: Head(out.logits, batch.tgt_out, mask, kind="categorical")}
+        layers = [{HEAD: Head(z, batch.tgt_out, mask, kind="categorical")} for z in out.layer_logits[:-1]]
         return Outputs(heads=heads, layers=[*layers, heads] if layers else [],
                        attentions=dict(out.attentions), ids=batch.ids)
 
