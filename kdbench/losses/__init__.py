@@ -10,7 +10,7 @@ from kdbench.losses.divergence import bdkd, binary_kl_norm
 from kdbench.losses.feature import feature_mse, minilm_relations, nd, similarity
 from kdbench.losses.gold import ddf, layer_self_distillation
 from kdbench.losses.localization import box_giou, box_l1, fgl, varifocal
-from kdbench.losses.logit import dkd, kd, nkd, taid
+from kdbench.losses.logit import binary_kd, dkd, kd, nkd, taid
 from kdbench.losses.self_distill import (
     label_smoothing,
     pskd_targets,
@@ -21,6 +21,7 @@ from kdbench.losses.self_distill import (
 
 __all__ = [
     "bdkd",
+    "binary_kd",
     "binary_kl_norm",
     "box_giou",
     "box_l1",

@@ -1,4 +1,5 @@
-"""Logit distillation losses with an external teacher: KD, DKD, NKD, TAID.
+"""Logit distillation losses with an external teacher: KD (and its per-class binary form), DKD,
+NKD, TAID.
 
 All functions take logits with the class distribution on the last dimension and any number
 of leading position dimensions; `mask` (bool, the leading shape, True = valid) selects the
@@ -46,6 +47,43 @@ def kd(
     log_p_teacher = F.log_softmax(teacher_logits.detach() / t, dim=-1)
     log_p_student = F.log_softmax(student_logits / t, dim=-1)
     return mean_valid(kl_log(log_p_teacher, log_p_student) * t**2, mask)
+
+
+def binary_kd(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    beta: float = 1.0,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """Binary-classification distillation: KD for heads with an independent sigmoid per class.
+
+    Yang et al., "Bridging Cross-task Protocol Inconsistency for Distillation in
+    Dense Object Detection" (BCKD), ICCV 2023: a sigmoid detector's class scores are C binary
+    classifiers, so each is distilled as one, not through a softmax over classes. Follows the
+    official `novel_kd_loss` (TinyTigerPan/BCKD at 851f5b4, mmdet/models/losses/kd_loss.py,
+    lines 11-38): with p_S = σ(z_S), p_T = sg(σ(z_T)), per position
+
+        L = Σ_c BCE(z_S,c; p_T,c) · |p_T,c − p_S,c|^β
+          = Σ_c −[p_T,c log p_S,c + (1 − p_T,c) log(1 − p_S,c)] · |p_T,c − p_S,c|^β,
+
+    summed over classes (`kd_loss.sum(dim=1)`), the modulating factor not detached (as there),
+    no temperature; averaged over valid positions (the official divides the sum over anchors by
+    the number of positive anchors). β = 1 is the official default (`NovelKDLoss.forward`;
+    configs/bckd/*.py leave it).
+
+    Args:
+        student_logits: (..., C) student sigmoid logits.
+        teacher_logits: (..., C) teacher sigmoid logits (detached here).
+        beta: exponent β of the modulating factor.
+        mask: (...) bool, True at valid positions; None means all valid.
+
+    Returns:
+        Scalar loss.
+    """
+    p_teacher = torch.sigmoid(teacher_logits.detach().to(student_logits.dtype))
+    bce = F.binary_cross_entropy_with_logits(student_logits, p_teacher, reduction="none")
+    scale = (p_teacher - torch.sigmoid(student_logits)).abs().pow(beta)
+    return mean_valid((bce * scale).sum(dim=-1), mask)
 
 
 def _binary_log_split(log_probs: Tensor, is_target: Tensor) -> Tensor:
@@ -194,4 +232,4 @@ def taid(
     return mean_valid(-terms.sum(dim=-1), mask)
 
 
-__all__ = ["dkd", "kd", "nkd", "taid"]
+__all__ = ["binary_kd", "dkd", "kd", "nkd", "taid"]

@@ -81,15 +81,17 @@ def test_kd_distils_a_retinanet_and_writes_a_valid_record(mm_env: dict[str, Path
     assert {"loss_cls", "loss_bbox"} <= set(terms)
 
 
-def _kl_rows(student: torch.Tensor, teacher: torch.Tensor, t: float) -> torch.Tensor:
-    """Σ_c p_T log(p_T / p_S) per row, float64, temperature t."""
-    s, te = student.double() / t, teacher.double() / t
-    p_t = te.softmax(-1)
-    return (p_t * (te.log_softmax(-1) - s.log_softmax(-1))).sum(-1)
+def _bckd_rows(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Σ_c BCE(z_S; σ(z_T))·|σ(z_T) − σ(z_S)| per row, float64 (BCKD's novel_kd_loss, β 1)."""
+    p_s, p_t = student.double().sigmoid(), teacher.double().sigmoid()
+    bce = -(p_t * p_s.log() + (1 - p_t) * (1 - p_s).log())
+    return (bce * (p_t - p_s).abs()).sum(-1)
 
 
-def test_kd_term_is_hintons_kd_at_the_assigned_anchors(mm_env: dict[str, Path], teacher_ckpt: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kd_term_on_retinanets_sigmoid_head_is_bckds_binary_distillation(
+        mm_env: dict[str, Path], teacher_ckpt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RetinaNet scores each class with its own sigmoid (focal loss): the head is binary, and KD is the
+    per-class binary distillation of BCKD (kdbench.losses.binary_kd), never a softmax over classes."""
     monkeypatch.setenv("KDBENCH_MM_TEACHER", str(teacher_ckpt))
     cfg = load("retinanet_tiny_kd_shapes.py", mm_env["work"] / "kd-unit",
                **{"model.distill_loss.temperature": 2.0, "model.distill_loss.kd_weight": 0.5})
@@ -102,10 +104,11 @@ def test_kd_term_is_hintons_kd_at_the_assigned_anchors(mm_env: dict[str, Path], 
         losses = model.loss(inputs, samples)
         s, _ = model.outputs(model.student, inputs, samples)
         t, _ = model.outputs(model.teacher, inputs, samples)
+    assert s.heads["cls"].kind == "binary"
     mask = s.heads["cls"].mask
     assert mask.any() and mask.float().mean() < 0.5  # some anchors, not all
-    # T²·KL(σ(z_T/T) ‖ σ(z_S/T)), summed over classes, mean over the anchors assigned an object
-    expected = 0.5 * 4.0 * _kl_rows(s.heads["cls"].logits[mask], t.heads["cls"].logits[mask], 2.0).mean()
+    # w_kd·Σ_c BCE·|Δp|, mean over the anchors assigned an object; the temperature does not enter
+    expected = 0.5 * _bckd_rows(s.heads["cls"].logits[mask], t.heads["cls"].logits[mask]).mean()
     assert losses["loss_kd_cls"].item() == pytest.approx(expected.item(), rel=1e-4)  # float32 vs float64
 
 
