@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal, get_args
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 HeadKind = Literal["categorical", "binary", "binned"]
@@ -23,6 +25,37 @@ HEAD_KINDS: dict[str, str] = {
     "binned": "one softmax over the bins of a discretised coordinate: detection's box edges, pose's SimCC",
 }
 assert set(HEAD_KINDS) == set(get_args(HeadKind))
+
+
+@dataclass(frozen=True)
+class Rebin:
+    """A distribution over one model's bins re-expressed on another model's bins, per position.
+
+    Bin n of the source is a coordinate value (for a detector: an edge position); that value falls
+    between two neighbouring target bins l and l + 1 and is split between them linearly, as FGL's
+    two-bin targets are built (`bbox2distance`):
+
+        q_m = Σ_n p_n·(ω←_n·[m = l_n] + ω→_n·[m = l_n + 1]),
+
+    so q keeps p's mass (Σ q = Σ p) and, inside the target's range, its expected coordinate.
+
+    Attributes:
+        left: (..., K_from) long, l_n in [0, bins − 2] for every source bin n.
+        weight_left: (..., K_from) ω←_n.
+        weight_right: (..., K_from) ω→_n = 1 − ω←_n.
+        bins: K_to, the number of target bins.
+    """
+
+    left: Tensor
+    weight_left: Tensor
+    weight_right: Tensor
+    bins: int
+
+    def __call__(self, probs: Tensor) -> Tensor:
+        """(..., K_from) probabilities on the source bins → (..., K_to) on the target bins."""
+        out = probs.new_zeros(*probs.shape[:-1], self.bins)
+        out = out.scatter_add(-1, self.left, probs * self.weight_left.to(probs.dtype))
+        return out.scatter_add(-1, self.left + 1, probs * self.weight_right.to(probs.dtype))
 
 
 @dataclass
@@ -38,6 +71,9 @@ class Head:
         matched: (...) bool, True at positions matched to a ground-truth object, or None; losses
             that normalise matched and unmatched positions separately (DDF) use it.
         kind: which distribution the logits carry (HEAD_KINDS); every adapter sets it.
+        rebin: on a teacher's head aligned to a student's, the map of its distribution onto the
+            student's bins where the two models' bins are relative to references of their own
+            (detection's box edges); None where the bins are shared. See `in_frame`.
     """
 
     logits: Tensor
@@ -46,10 +82,14 @@ class Head:
     weight: Tensor | None = None
     matched: Tensor | None = None
     kind: HeadKind = field(kw_only=True)
+    rebin: Rebin | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         if self.kind not in HEAD_KINDS:
             raise ValueError(f"Head.kind {self.kind!r} is not one of {', '.join(HEAD_KINDS)}")
+        if self.rebin is not None and (self.kind != "binned" or self.rebin.left.shape != self.logits.shape):
+            raise ValueError(f"Head.rebin is for binned heads with a left bin per logit; got a {self.kind} head "
+                             f"of shape {tuple(self.logits.shape)}, left bins {tuple(self.rebin.left.shape)}")
         positions = self.logits.shape[:-1]
         if self.target is not None and self.target.shape not in (positions, self.logits.shape):
             raise ValueError(
@@ -72,6 +112,21 @@ class Head:
 
     def detach(self) -> Head:
         return replace(self, logits=self.logits.detach())
+
+    def in_frame(self, temperature: float = 1.0) -> Tensor:
+        """Logits z' with softmax(z'/T) = this head's distribution at T on the bins it is compared on.
+
+        Without `rebin`: the logits themselves (the same tensor). With it: the distribution is
+        tempered on the head's own bins, then moved onto the other model's (`Rebin`),
+        z' = T·log Rebin(softmax(sg(z)/T)): −∞ on bins that receive no mass, which every
+        distillation loss reads as probability 0. Teacher side only (detached).
+        """
+        if self.rebin is None:
+            return self.logits
+        logits = self.logits.detach()
+        logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits  # float32 at least
+        probs = F.softmax(logits / temperature, dim=-1)
+        return temperature * torch.log(self.rebin(probs))
 
 
 #: The parts of Outputs a method may need (kdbench.methods.base.NEEDS) and `Outputs.provides` reports.
@@ -137,4 +192,4 @@ def masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
     return (values * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-__all__ = ["HEAD_KINDS", "PARTS", "Head", "HeadKind", "Outputs", "masked_mean"]
+__all__ = ["HEAD_KINDS", "PARTS", "Head", "HeadKind", "Outputs", "Rebin", "masked_mean"]

@@ -33,6 +33,9 @@ class Adapter(ABC, Generic[BatchT, OutT]):
             before training (kdbench.runner.train.probe_outputs).
         head_kinds: the final heads its `forward` returns, name → kind (kdbench.outputs.HEAD_KINDS);
             the same probe checks them against the Outputs' heads.
+        relative_heads: the binned heads whose bins are relative to a reference of each model's
+            own (detection's box edges: offsets from the model's initial box), which `align`
+            re-expresses on the student's bins (`Head.rebin`); default none.
         evaluation_version: bumped whenever data preparation, splits or metric code change what a
             number means; tables never mix versions.
         teacher_inputs_fixed: True when batches and augmentation derive from (seed, epoch) alone
@@ -68,6 +71,7 @@ class Adapter(ABC, Generic[BatchT, OutT]):
     task: ClassVar[str]
     provides: ClassVar[frozenset[str]]
     head_kinds: ClassVar[dict[str, HeadKind]]
+    relative_heads: ClassVar[frozenset[str]] = frozenset()
     evaluation_version: ClassVar[int]
     """Bumped whenever data preparation, splits or metric code change what a number means; tables
     never mix versions."""
@@ -151,4 +155,4 @@ class Adapter(ABC, Generic[BatchT, OutT]):
 def why_not_served(adapter: type[Adapter], method: type[Method]) -> str | None:
     """Why the task cannot serve the method (one line), or None when it can: its needs against
     `provides`, the kinds it distils against `head_kinds` (kdbench.methods.base.refusal)."""
-    return refusal(method, adapter.task, adapter.provides, adapter.head_kinds)
+    return refusal(method, adapter.task, adapter.provides, adapter.head_kinds, adapter.relative_heads)

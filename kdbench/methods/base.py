@@ -106,6 +106,12 @@ class Method(nn.Module, metaclass=ABCMeta):
     #: the task loss. Empty: it reads no heads (attention or nothing). A task offering no head of
     #: these kinds is refused before training (`refusal`).
     accepts: ClassVar[frozenset[str]] = SOFTMAX_KINDS
+    #: Whether it distils a teacher's binned head whose bins are relative to each model's own
+    #: reference (an adapter's `relative_heads`, detection's box edges), re-expressed on the
+    #: student's bins (`Head.rebin`, `Head.in_frame`). True only where its loss reads the teacher
+    #: solely as softmax(z_T/T) at one T and stays finite where the re-expressed distribution has
+    #: empty bins (no reverse KL); a method that does not is not given such heads.
+    rebins: ClassVar[bool] = False
     #: `kdbench tune`'s grid: one or two key hyperparameters, TUNE_BUDGET points in all (the same
     #: budget for every method), the paper default among them. Empty: nothing to tune.
     tune_grid: ClassVar[dict[str, tuple[Any, ...]]] = {}
@@ -170,9 +176,10 @@ class Method(nn.Module, metaclass=ABCMeta):
         return {name: head for name, head in outputs.heads.items() if head.kind in self.accepts}
 
     def paired(self, student: Outputs, teacher: Outputs | None) -> Iterator[tuple[str, Head, Head]]:
-        """`paired_heads` over the heads this method distils: those of a kind it accepts."""
+        """`paired_heads` over the heads this method distils: of a kind it accepts, and a teacher
+        head re-expressed on the student's bins (`Head.rebin`) only when it `rebins`."""
         for name, s, t in paired_heads(student, teacher):
-            if s.kind in self.accepts:
+            if s.kind in self.accepts and (t.rebin is None or self.rebins):
                 yield name, s, t
 
 
@@ -195,15 +202,35 @@ def paired_heads(student: Outputs, teacher: Outputs | None) -> Iterator[tuple[st
         yield name, head, other
 
 
-def head_refusals(method: type[Method], heads: Mapping[str, str]) -> dict[str, str]:
-    """For each head of a task (name → kind), why the method does not distil it ("" where it does):
-    a head is distilled when its kind is in `method.accepts`. The single rule behind `refusal`,
-    `Method.paired` and `Method.own_heads`."""
-    return {name: "" if kind in method.accepts else f"{name} is {kind} ({HEAD_KINDS[kind].split(':')[0]})"
-            for name, kind in heads.items()}
+def across_models(method: type[Method]) -> bool:
+    """Whether the method compares heads of two models: an external teacher's, or (a self-teacher
+    without `layers`) another pass of the student's own (PS-KD's previous epoch). Layers of one
+    forward pass (GO-LSD, LSSKD) share their model's reference."""
+    return method.teacher == "external" or (method.teacher == "self" and "layers" not in method.needs)
 
 
-def refusal(method: type[Method], task: str, provides: Iterable[str], heads: Mapping[str, str]) -> str | None:
+def head_refusals(method: type[Method], heads: Mapping[str, str], relative: Iterable[str] = ()) -> dict[str, str]:
+    """For each head of a task (name → kind), why the method does not distil it ("" where it does).
+
+    A head is distilled when its kind is in `method.accepts` and, for a head whose bins are
+    relative to each model's own reference (`relative`) compared across two models, the method
+    `rebins`. The single rule behind `refusal`, `Method.paired` and `Method.own_heads`.
+    """
+    relative = frozenset(relative)
+    out = {}
+    for name, kind in heads.items():
+        if kind not in method.accepts:
+            out[name] = f"{name} is {kind} ({HEAD_KINDS[kind].split(':')[0]})"
+        elif name in relative and across_models(method) and not method.rebins:
+            out[name] = (f"{name} is {kind} with bins relative to each model's own reference, which "
+                         f"{method.name} does not re-express on the student's bins (Method.rebins)")
+        else:
+            out[name] = ""
+    return out
+
+
+def refusal(method: type[Method], task: str, provides: Iterable[str], heads: Mapping[str, str],
+            relative: Iterable[str] = ()) -> str | None:
     """Why `task` cannot serve `method`, in one line, or None when it can: the one decision
     `kdbench run`, sweeps, the protocol check, `kdbench list`, the site catalog and the contract
     tests share.
@@ -217,7 +244,7 @@ def refusal(method: type[Method], task: str, provides: Iterable[str], heads: Map
         return f"task {task!r} cannot serve method {method.name!r}: it needs {what}, which this task does not provide"
     if not method.accepts:
         return None
-    why = head_refusals(method, heads)
+    why = head_refusals(method, heads, relative)
     if any(not reason for reason in why.values()):
         return None
     kinds = " and ".join(sorted(method.accepts))

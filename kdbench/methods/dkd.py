@@ -21,6 +21,7 @@ class DKD(Method):
     tune_grid: ClassVar[dict[str, tuple[float, ...]]] = {"beta": (1.0, 2.0, 4.0, 8.0)}
     paper = "Zhao et al., Decoupled Knowledge Distillation, CVPR 2022"
     teacher = "external"
+    rebins = True  # reads the teacher only as softmax(z_T/T), shift-invariant
 
     @dataclass
     class Config:
@@ -37,7 +38,7 @@ class DKD(Method):
         ramp = min((state.epoch + 1) / max(c.warmup_epochs, 1), 1.0)
         return {
             f"dkd/{name}": ramp
-            * dkd(s.logits, t.logits, require_target(s, self.name), c.alpha, c.beta,
+            * dkd(s.logits, t.in_frame(c.temperature), require_target(s, self.name), c.alpha, c.beta,
                   c.temperature, s.mask)
             for name, s, t in self.paired(student, teacher)
         }

@@ -24,7 +24,16 @@ class KD(Method):
 
     - categorical: the formula above, per position, summed over classes, averaged over valid
       positions (`kdbench.losses.kd`).
-    - binned: the same KL over bins.
+    - binned: the same KL over bins, which is localization distillation (LD: Zheng et al.,
+      "Localization Distillation for Dense Object Detection", CVPR 2022) on a detector's box-edge
+      distributions. LD compares the two models' edge distributions where they share a reference
+      (the same anchors: open-mmlab/mmdetection mmdet/models/dense_heads/ld_head.py
+      `LDHead.loss_single`, the teacher's `soft_corners` at the student's `pos_inds`); a DETR's
+      bins are offsets from each model's own initial box, so the teacher's distribution at T is
+      first re-expressed on the student's reference and bins (`Head.in_frame`; detection's
+      `align` and `fdr.rebin_edges`). LD's own weighting (loss weight 0.25, T 10, KL averaged
+      over the bins and weighted by the student's max class score) is not taken over: the
+      card's `kd` settings apply as on any head.
     - binary (an independent sigmoid per class: detection's VFL head, RetinaNet's focal head): no
       softmax over classes, which would turn C independent decisions into one distribution; the
       per-class binary distillation of BCKD (Yang et al., ICCV 2023; `kdbench.losses.binary_kd`,
@@ -40,6 +49,7 @@ class KD(Method):
     paper = "Hinton, Vinyals & Dean, Distilling the Knowledge in a Neural Network, 2015"
     teacher = "external"
     accepts = frozenset({"categorical", "binned", "binary"})
+    rebins = True  # it reads the teacher only as softmax(z_T/T) (forward KL)
 
     @dataclass
     class Config:
@@ -56,6 +66,6 @@ class KD(Method):
             if s.kind == "binary":
                 value = binary_kd(s.logits, t.logits, BINARY_BETA, s.mask)
             else:
-                value = kd(s.logits, t.logits, c.temperature, s.mask)
+                value = kd(s.logits, t.in_frame(c.temperature), c.temperature, s.mask)
             terms[f"kd/{name}"] = c.kd_weight * value
         return terms

@@ -54,6 +54,7 @@ class MLKD(Method):
     paper = "Wu et al., Multi-Level Knowledge Distillation for Out-of-Distribution Detection in Text, ACL 2023"
     teacher = "external"
     needs = frozenset({"features"})
+    rebins = True  # its prediction term reads the teacher only as softmax(z_T/τ)
 
     @dataclass
     class Config:
@@ -80,7 +81,7 @@ class MLKD(Method):
         assert teacher is not None
         c = self.config
         terms = {
-            f"mlkd_pred/{name}": c.kd_weight * kd(s.logits, t.logits, c.temperature, s.mask)
+            f"mlkd_pred/{name}": c.kd_weight * kd(s.logits, t.in_frame(c.temperature), c.temperature, s.mask)
             / c.temperature**2
             for name, s, t in self.paired(student, teacher)
         }

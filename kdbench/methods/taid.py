@@ -38,6 +38,7 @@ class TAID(Method):
     tune_grid: ClassVar[dict[str, tuple[float, ...]]] = {"alpha": (1e-4, 5e-4, 1e-3, 5e-3)}
     paper = "Shing et al., TAID: Temporally Adaptive Interpolated Distillation, ICLR 2025"
     teacher = "external"
+    rebins = True  # reads the teacher only through softmax(z_T) (logits up to a shift)
 
     @dataclass
     class Config:
@@ -63,7 +64,7 @@ class TAID(Method):
     ) -> dict[str, Tensor]:
         t = float(self.t)
         return {
-            f"taid/{name}": taid(s.logits, tt.logits, t, s.mask)
+            f"taid/{name}": taid(s.logits, tt.in_frame(1.0), t, s.mask)
             for name, s, tt in self.paired(student, teacher)
         }
 

@@ -74,6 +74,7 @@ def generate() -> dict[str, Any]:
             "needs": sorted(cls.needs),
             "requests": sorted(cls.requests),
             "accepts": sorted(cls.accepts),
+            "rebins": cls.rebins,
             "refused": {task: why for task in TASKS if (why := why_not_served(get_adapter(task), cls))},
             "family": family(name, cls.teacher, cls.needs),
             "summary": cls.summary(),
@@ -87,6 +88,7 @@ def generate() -> dict[str, Any]:
         tasks[task] = {
             "provides": sorted(adapter.provides),
             "heads": dict(adapter.head_kinds),
+            "relative_heads": sorted(adapter.relative_heads),
             "doc": inspect.cleandoc(adapter.__doc__ or "").split("\n\n")[0],
         }
     return {"generated_by": "python -m kdbench.site.catalog", "needs": dict(NEEDS), "head_kinds": dict(HEAD_KINDS),

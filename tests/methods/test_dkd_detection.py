@@ -1,5 +1,9 @@
 """The detection cards run DKD with mdistiller's detection settings (megvii-research/mdistiller,
-detection/model/config.py: α 1, β 0.25, T 1; rcnn.py: no warm-up), checked by hand in float64."""
+detection/model/config.py: α 1, β 0.25, T 1; rcnn.py: no warm-up), checked by hand in float64 on
+a softmax (categorical) head, the kind mdistiller's ROI head is. kdbench's detector has no such
+head: its class head is binary (VFL's sigmoids), which DKD does not distil, so on detection these
+settings apply to the box head's edge distributions, re-expressed on the student's bins
+(tests/detection/test_shared_frame.py)."""
 
 from __future__ import annotations
 

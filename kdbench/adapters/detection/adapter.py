@@ -15,7 +15,7 @@ from torchvision.ops import box_convert
 from kdbench.adapters.base import Adapter, Role
 from kdbench.adapters.detection import data as D
 from kdbench.adapters.detection.evaluate import coco_detection_metrics, to_coco_results
-from kdbench.adapters.detection.fdr import bbox2distance
+from kdbench.adapters.detection.fdr import bbox2distance, rebin_edges
 from kdbench.adapters.detection.losses import DetectionLoss
 from kdbench.adapters.detection.matcher import hungarian_match_sets, union_matches
 from kdbench.adapters.detection.model import FDRDetector
@@ -23,7 +23,7 @@ from kdbench.adapters.detection.targets import Batch, DetectionOutputs, Pairs, m
 from kdbench.adapters.splits import check_split
 from kdbench.cache import cache_dir, sha256_json
 from kdbench.errors import KDBenchError, UsageError
-from kdbench.outputs import Head, HeadKind
+from kdbench.outputs import Head, HeadKind, Rebin
 from kdbench.protocol import Protocol
 
 DATASETS = ("shapes", "coco2017")
@@ -36,16 +36,19 @@ class DetectionAdapter(Adapter[Batch, DetectionOutputs]):
 
     "cls" (binary: VFL's independent sigmoid per class): target = the matched ground truth's
     class, mask = the layer's matched queries.
-    "box" (binned: a softmax over each edge's N+1 bins): every query valid; target = the bin
-    nearest each ground-truth edge at matched queries; weight and matched = GO-LSD's DDF weight
-    (IoU for union-matched queries, else the final layer's max class score) and the union's
-    matched queries.
+    "box" (binned, relative: a softmax over each edge's N+1 bins, offsets from the model's own
+    initial box): every query valid; target = the bin nearest each ground-truth edge at matched
+    queries; weight and matched = GO-LSD's DDF weight (IoU for union-matched queries, else the
+    final layer's max class score) and the union's matched queries. A teacher's box head is
+    re-expressed on the student's bins (`align`).
     """
 
     task = "detection"
     provides = frozenset({"layers", "features", "ids"})
-    # cls: VFL's independent sigmoid per class; box: a softmax over each edge's N+1 bins
+    # cls: VFL's independent sigmoid per class; box: a softmax over each edge's N+1 bins, offsets
+    # from the model's own initial box (relative: a teacher's reaches the student re-expressed)
     head_kinds: ClassVar[dict[str, HeadKind]] = {"cls": "binary", "box": "binned"}
+    relative_heads = frozenset({"box"})
     # 2: train/val/test (shapes: n_test scenes; COCO: val held out of train2017); 3: the queries are
     # selected from the encoder (D-FINE), not learnt: every detection number and teacher changed
     evaluation_version = 3
@@ -183,23 +186,55 @@ class DetectionAdapter(Adapter[Batch, DetectionOutputs]):
 
     def align(self, student: DetectionOutputs, teacher: DetectionOutputs) -> DetectionOutputs:
         """The teacher's final heads re-indexed so that, for every ground-truth object, the teacher
-        query matched to it sits at the student query matched to it; other queries are masked."""
+        query matched to it sits at the student query matched to it; other queries are masked.
+
+        The box head's bins are offsets from each model's own initial box, so the teacher's edge
+        distributions are not copied bin for bin: the aligned head keeps the teacher's logits and
+        carries a `Rebin` (`fdr.rebin_edges`, teacher pre-box → student pre-box and bins) that
+        methods which rebin apply to the teacher's tempered distribution (`Head.in_frame`), the
+        shared frame that localization distillation compares edge distributions in (Zheng et al.,
+        "Localization Distillation for Dense Object Detection", CVPR 2022: teacher and student
+        predict at the same anchors, open-mmlab/mmdetection mmdet/models/dense_heads/ld_head.py
+        `LDHead.loss_single`, the teacher's `soft_corners` at the student's `pos_inds`). Here
+        there are no shared anchors, so the frame is made: each teacher bin's edge position is
+        expressed on the student's reference and bins as FGL's two-bin targets are.
+        """
         s_match, t_match = student.matches[-1], teacher.matches[-1]
+        pairs = []  # (image, student query, teacher query) for each ground truth both matched
+        for b, ((s_rows, s_cols), (t_rows, t_cols)) in enumerate(zip(s_match, t_match, strict=True)):
+            s_of_gt = {int(g): int(r) for r, g in zip(s_rows, s_cols, strict=True)}
+            pairs += [(b, s_of_gt[int(g)], int(r)) for r, g in zip(t_rows, t_cols, strict=True) if int(g) in s_of_gt]
+        device = teacher.heads["cls"].logits.device
+        bi, si, ti = (torch.tensor(x, dtype=torch.long, device=device)
+                      for x in (zip(*pairs, strict=True) if pairs else ([], [], [])))
         heads = {}
         for name, head in teacher.heads.items():
             logits = torch.zeros_like(head.logits)
-            mask = torch.zeros(head.logits.shape[:2], dtype=torch.bool, device=head.logits.device)
-            for b, ((s_rows, s_cols), (t_rows, t_cols)) in enumerate(zip(s_match, t_match, strict=True)):
-                s_of_gt = {int(g): int(r) for r, g in zip(s_rows, s_cols, strict=True)}
-                pairs = [(s_of_gt[int(g)], int(r)) for r, g in zip(t_rows, t_cols, strict=True) if int(g) in s_of_gt]
-                if pairs:
-                    s_idx, t_idx = (torch.tensor(x, device=logits.device) for x in zip(*pairs, strict=True))
-                    logits[b, s_idx] = head.logits[b, t_idx]
-                    mask[b, s_idx] = True
+            logits[bi, si] = head.logits[bi, ti]
+            mask = torch.zeros(head.logits.shape[:2], dtype=torch.bool, device=device)
+            mask[bi, si] = True
             mask = mask.view(*mask.shape, *([1] * (head.logits.dim() - 3))).expand(head.logits.shape[:-1])
-            heads[name] = replace(head, logits=logits, mask=mask, weight=None, matched=None,
+            rebin = self._rebin(student, teacher, (bi, si, ti)) if name in self.relative_heads else None
+            heads[name] = replace(head, logits=logits, mask=mask, weight=None, matched=None, rebin=rebin,
                                   target=None if head.target is None else student.heads[name].target)
         return DetectionOutputs(heads=heads, features=teacher.features, ids=teacher.ids)
+
+    @torch.no_grad()
+    def _rebin(self, student: DetectionOutputs, teacher: DetectionOutputs,
+               pairs: tuple[Tensor, Tensor, Tensor]) -> Rebin:
+        """(B, Q, 4, N_T+1) map of the teacher's edge bins at the aligned positions onto the student's
+        bins: teacher bin n of a matched query as two-bin weights on the student query's pre-box and
+        bins (`fdr.rebin_edges`); unmatched positions (masked) put everything on bin 0."""
+        s_raw, t_raw = student.raw, teacher.raw
+        assert s_raw is not None and t_raw is not None
+        bi, si, ti = pairs
+        shape = t_raw.corners.shape[1:]  # (B, Q, 4, N_T + 1)
+        left = torch.zeros(shape, dtype=torch.long, device=t_raw.corners.device)
+        w_left, w_right = torch.ones(shape, device=left.device), torch.zeros(shape, device=left.device)
+        bins, wl, wr = rebin_edges(t_raw.pre_boxes[bi, ti], s_raw.pre_boxes[bi, si], shape[-1] - 1,
+                                   s_raw.corners.shape[-1] - 1, t_raw.reg_scale, t_raw.up, s_raw.reg_scale, s_raw.up)
+        left[bi, si], w_left[bi, si], w_right[bi, si] = bins, wl.to(w_left.dtype), wr.to(w_right.dtype)
+        return Rebin(left, w_left, w_right, s_raw.corners.shape[-1])
 
     def task_loss(self, outputs: DetectionOutputs) -> dict[str, Tensor]:
         """VFL per layer with its own matches; L1, GIoU and FGL with its own or (GO-LSD) the union."""

@@ -158,4 +158,45 @@ def bbox2distance(
     return left, 1.0 - weight_right, weight_right
 
 
-__all__ = ["bbox2distance", "distance2bbox", "integral", "weighting_function"]
+def rebin_edges(
+    ref_from: Tensor, ref_to: Tensor, reg_max_from: int, reg_max_to: int,
+    reg_scale_from: float = 4.0, up_from: float = 0.5, reg_scale_to: float = 4.0, up_to: float = 0.5,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One model's edge bins as two-bin targets on another model's bins: a shared frame.
+
+    Each model's edge bins are offsets from its own reference box (its initial box), so bin n of
+    one model and bin n of another are different edge positions. Here bin n of edge e of the
+    source model is put where it lies in the image, by `distance2bbox`'s edge formulas on the
+    source reference (c = |reg_scale_from|),
+
+        x1_n = cx − (c/2 + W(n))·(w/c),  x2_n = cx + (c/2 + W(n))·(w/c)   (y1, y2 likewise),
+
+    and that position is re-expressed on the target reference and bins by `bbox2distance`, the
+    two neighbouring bins and weights FGL's targets are built with. Moving a distribution p over
+    the source bins with these weights (`kdbench.outputs.Rebin`) gives one over the target bins
+    with the same mass and, where every position lies inside the target's range, the same
+    expected edge; positions out of range are clamped to an end bin, as `bbox2distance` does.
+    With equal references and equal bins it is the identity. Computed in float64 and detached.
+
+    Args:
+        ref_from: (..., 4) source reference boxes (cx, cy, w, h), normalised.
+        ref_to: (..., 4) target reference boxes at the same positions.
+        reg_max_from, reg_max_to: N of each model.
+        reg_scale_from, up_from, reg_scale_to, up_to: each model's c and a.
+
+    Returns:
+        (left_bin, weight_left, weight_right), each (..., 4, N_from + 1): for every edge and
+        source bin, the target's left bin (long, in [0, N_to − 1]) and the two weights.
+    """
+    a = ref_from.detach().to(torch.float64)
+    b = ref_to.detach().to(torch.float64)
+    values = weighting_function(reg_max_from, up_from, reg_scale_from, dtype=torch.float64, device=a.device)
+    c = abs(reg_scale_from)
+    reach = (0.5 * c + values) / c  # (K,) each bin's distance from the centre, in box widths
+    cx, cy, w, h = (v[..., None] for v in a.unbind(-1))  # (..., 1)
+    edges = torch.stack([cx - reach * w, cy - reach * h, cx + reach * w, cy + reach * h], dim=-1)  # (..., K, 4)
+    left, w_left, w_right = bbox2distance(b[..., None, :].expand_as(edges), edges, reg_max_to, reg_scale_to, up_to)
+    return left.transpose(-1, -2), w_left.transpose(-1, -2), w_right.transpose(-1, -2)
+
+
+__all__ = ["bbox2distance", "distance2bbox", "integral", "rebin_edges", "weighting_function"]
