@@ -90,6 +90,9 @@ def test_one_step_trains_the_student_only(task: str, name: str) -> None:
     terms = _terms(job, out, t_out, state)
     loss = torch.stack(list(terms.values())).sum()
     assert torch.isfinite(loss), terms
+    kinds = {head: h.kind for head, h in out.heads.items()}
+    on_heads = {k.rsplit("/", 1)[1] for k in terms if not k.startswith("task/") and k.rsplit("/", 1)[-1] in kinds}
+    assert all(kinds[head] in cls.accepts for head in on_heads), (terms, kinds)  # only kinds it accepts
     loss.backward()
     grads = [p.grad for p in student.parameters() if p.grad is not None]
     assert grads and any(g.abs().sum() > 0 for g in grads)
