@@ -115,7 +115,10 @@ def dkd(
     applied after dividing by T; KL summed over classes, divided by the batch size). The
     warm-up factor min(epoch/20, 1) of the original (epochs counted from 1) is the method's business, not included.
     The binary log-probabilities are computed by logsumexp instead of log(Σ p): same value,
-    no log(0).
+    no log(0). A teacher with no probability outside the target (possible only with −∞ teacher
+    logits, e.g. a distribution re-expressed on another model's bins, `Head.in_frame`) has no
+    non-target distribution to transfer: NCKD is 0 there (the −1000 offset would otherwise make
+    the target itself p̂_T's only class and NCKD ≈ 1000); finite teacher logits never meet it.
 
     Args:
         student_logits: (..., K) student logits.
@@ -133,12 +136,11 @@ def dkd(
     is_target = target_mask(student_logits, hard_target(target, student_logits, mask))
     s = student_logits / t
     z = teacher_logits.detach() / t
-    tckd = kl_log(
-        _binary_log_split(F.log_softmax(z, dim=-1), is_target),
-        _binary_log_split(F.log_softmax(s, dim=-1), is_target),
-    )
+    split_teacher = _binary_log_split(F.log_softmax(z, dim=-1), is_target)
+    tckd = kl_log(split_teacher, _binary_log_split(F.log_softmax(s, dim=-1), is_target))
     offset = is_target.to(s.dtype) * _DKD_TARGET_OFFSET
     nckd = kl_log(F.log_softmax(z - offset, dim=-1), F.log_softmax(s - offset, dim=-1))
+    nckd = torch.where(torch.isneginf(split_teacher[..., 1]), torch.zeros_like(nckd), nckd)  # no non-target mass
     return mean_valid((alpha * tckd + beta * nckd) * t**2, mask)
 
 

@@ -201,3 +201,27 @@ def test_a_teacher_that_is_the_student_is_distilled_onto_itself(adapter: Detecti
     method = kd(kd.Config(), MethodContext(out, aligned, 4, 1))
     terms = method.loss(out, aligned, 0.0, RunState(0, 1, 0, 1))
     assert float(terms["kd/box"]) == pytest.approx(0.0, abs=1e-4)
+
+
+def test_dkd_on_a_re_expressed_teacher_with_no_mass_off_the_target_has_no_nckd() -> None:
+    """A teacher edge clamped onto the student's end bin that is also the ground truth's: q is one-hot
+    on the target, so there is no non-target distribution; NCKD is 0 there (not the ≈1000 the −1000
+    offset would give), and DKD is α·T²·KL((1, 0) ‖ (p_S,t, 1 − p_S,t)) = −α·T²·log p_S,t."""
+    from kdbench.losses import dkd
+    from tests.losses.lossref import log_softmax
+
+    z_s = torch.tensor([[0.3, -1.2, 0.8, 2.0, -0.5]], dtype=F64)
+    z_t = torch.log(torch.tensor([[0.0, 0.0, 0.0, 0.0, 1.0]], dtype=F64)) * 2.0  # T·log q at T = 2
+    target = torch.tensor([4])
+    value = float(dkd(z_s, z_t, target, alpha=1.0, beta=8.0, temperature=2.0))
+    expected = -4.0 * log_softmax([v / 2.0 for v in z_s[0].tolist()])[4]
+    assert math.isclose(value, expected, rel_tol=0, abs_tol=1e-12)
+    # with mass off the target the offset trick is untouched: NCKD over the teacher's non-target bins
+    z_t = torch.log(torch.tensor([[0.0, 0.25, 0.0, 0.25, 0.5]], dtype=F64)) * 2.0
+    p_t, p_s = softmax([v / 2.0 for v in z_t[0].tolist()]), softmax([v / 2.0 for v in z_s[0].tolist()])
+    rest_t = [p_t[1] / 0.5, p_t[3] / 0.5]
+    rest_s = softmax([z_s[0, k].item() / 2.0 for k in (0, 1, 2, 3)])
+    nckd = sum(r * math.log(r / rest_s[k]) for r, k in zip(rest_t, (1, 3), strict=True))
+    tckd = kl([p_t[4], 1 - p_t[4]], [p_s[4], 1 - p_s[4]])
+    value = float(dkd(z_s, z_t, target, alpha=1.0, beta=8.0, temperature=2.0))
+    assert math.isclose(value, 4.0 * (tckd + 8.0 * nckd), rel_tol=0, abs_tol=1e-10)
