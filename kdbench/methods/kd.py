@@ -27,7 +27,7 @@ class KD(Method):
     - binned: the same KL over bins, which is localization distillation (LD: Zheng et al.,
       "Localization Distillation for Dense Object Detection", CVPR 2022) on a detector's box-edge
       distributions. LD compares the two models' edge distributions where they share a reference
-      (the same anchors: open-mmlab/mmdetection mmdet/models/dense_heads/ld_head.py
+      (the same anchors: open-mmlab/mmdetection at 0b4d8a4, mmdet/models/dense_heads/ld_head.py
       `LDHead.loss_single`, the teacher's `soft_corners` at the student's `pos_inds`); a DETR's
       bins are offsets from each model's own initial box, so the teacher's distribution at T is
       first re-expressed on the student's reference and bins (`Head.in_frame`; detection's

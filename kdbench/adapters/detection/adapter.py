@@ -194,7 +194,7 @@ class DetectionAdapter(Adapter[Batch, DetectionOutputs]):
         methods which rebin apply to the teacher's tempered distribution (`Head.in_frame`), the
         shared frame that localization distillation compares edge distributions in (Zheng et al.,
         "Localization Distillation for Dense Object Detection", CVPR 2022: teacher and student
-        predict at the same anchors, open-mmlab/mmdetection mmdet/models/dense_heads/ld_head.py
+        predict at the same anchors, open-mmlab/mmdetection at 0b4d8a4, mmdet/models/dense_heads/ld_head.py
         `LDHead.loss_single`, the teacher's `soft_corners` at the student's `pos_inds`). Here
         there are no shared anchors, so the frame is made: each teacher bin's edge position is
         expressed on the student's reference and bins as FGL's two-bin targets are.
