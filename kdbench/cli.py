@@ -193,8 +193,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_teacher(args: argparse.Namespace) -> int:
     from kdbench.runner.run import train_teacher
+    from kdbench.runner.spec import TEACHER_ONLY
 
-    record, path = train_teacher(_options(args, "kd"))
+    record, path = train_teacher(_options(args, TEACHER_ONLY))
     _summary(record, path)
     return 0
 

@@ -61,12 +61,12 @@ def _reuse_or_run(options: Any, records_only: bool = False) -> dict[str, Any]:
     """The ok record of exactly this run if one exists, else a fresh run's record (with
     `records_only`, a missing record is an error instead)."""
     from kdbench.runner.run import run, train_teacher
-    from kdbench.runner.spec import resolve
+    from kdbench.runner.spec import TEACHER_ONLY, resolve
     from kdbench.runner.sweep import _done
 
     teacher = options.method == "teacher"
     if teacher:
-        options.method = "kd"
+        options.method = TEACHER_ONLY
     spec = resolve(options)
     if teacher:
         from kdbench.records import record_path

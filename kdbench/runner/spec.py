@@ -18,6 +18,27 @@ from kdbench.protocol import Protocol, apply_overrides, load_protocol
 from kdbench.record_checks import SEED_LIMIT
 from kdbench.records import default_results, record_path
 
+#: The method slot of a teacher-only run (`kdbench teacher`, a sweep's teacher items, the protocol
+#: check's teacher rows). It is no registered method: it names no loss, takes no `--set method.*`
+#: and is never refused for what a method distils; such runs write the teacher's record.
+TEACHER_ONLY = "teacher"
+
+
+class _TeacherOnly(Method):
+    """The method of a teacher-only run: the card's external teacher, and nothing to distil."""
+
+    name = TEACHER_ONLY
+    paper = ""
+    teacher = "external"  # `--teacher PATH` and the cards' given teachers apply as to any KD run
+    accepts = frozenset()
+
+    @dataclass(frozen=True)
+    class Config:
+        pass
+
+    def loss(self, student: Any, teacher: Any, progress: float, state: Any) -> dict[str, Any]:
+        raise AssertionError("a teacher-only run trains no student")
+
 
 @dataclass
 class RunOptions:
@@ -70,14 +91,21 @@ class RunSpec:
 def resolve(options: RunOptions) -> RunSpec:
     """Check every name, value and override; raise UsageError with the valid choices on bad input."""
     adapter_cls = get_adapter(options.task)
-    method_cls = get_method(options.method)
-    protocol = apply_overrides(load_protocol(options.task, options.protocol), options.sets, options.method)
-    config = make_config(method_cls.Config, protocol.method_hparams(options.method))
+    teacher_only = options.method == TEACHER_ONLY
+    method_cls: type[Method] = _TeacherOnly if teacher_only else get_method(options.method)
+    hyper = [k for k in options.sets if k.split(".")[0] == "method"] if teacher_only else []
+    if hyper:
+        raise UsageError(f"--set {hyper[0]}: a teacher-only run trains the card's teacher and takes no "
+                         "method hyperparameters; valid --set keys are the card's (e.g. teacher.train.epochs=5)")
+    protocol = apply_overrides(load_protocol(options.task, options.protocol), options.sets,
+                               None if teacher_only else options.method)
+    config = _TeacherOnly.Config() if teacher_only else make_config(method_cls.Config,
+                                                                     protocol.method_hparams(options.method))
     primary = protocol.typed.metrics.primary
     if primary not in METRICS:
         raise UsageError(f"protocol {protocol.name!r}: metrics.primary {primary!r} is not a registered "
                          f"metric; valid: {', '.join(sorted(METRICS))}")
-    refused = why_not_served(adapter_cls, method_cls)  # needs, and the kinds of head it distils
+    refused = None if teacher_only else why_not_served(adapter_cls, method_cls)  # needs, head kinds
     if refused:
         raise UsageError(refused)
     if not 0 <= options.seed < SEED_LIMIT:

@@ -54,9 +54,9 @@ def execute(item: Item, results: str, data_root: str | None, device: str = "auto
 
 def options_for(item: Item, results: str | Path, data_root: str | Path | None, device: str = "auto") -> Any:
     """The RunOptions of a sweep item (`--overwrite`: the plan chose to run it)."""
-    from kdbench.runner.spec import RunOptions
+    from kdbench.runner.spec import TEACHER_ONLY, RunOptions
 
-    return RunOptions(task=item.task, method=item.method or "kd", protocol=item.protocol,
+    return RunOptions(task=item.task, method=item.method or TEACHER_ONLY, protocol=item.protocol,
                       seed=item.seed, device=device, data_root=Path(data_root) if data_root else None,
                       results=Path(results), sets=dict(item.sets), overwrite=True)
 
