@@ -81,6 +81,13 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def method_params(method: nn.Module, student: nn.Module) -> int:
+    """Trainable parameters a method adds beside the student (DWPose's align conv, DHKD's extra
+    head, ND's projector ...): its own, not the student's it may hold, nor frozen copies."""
+    student_ids = {id(p) for p in student.parameters()}
+    return sum(p.numel() for p in method.parameters() if p.requires_grad and id(p) not in student_ids)
+
+
 def count_flops(model: nn.Module, example: Any) -> int | None:
     """Forward FLOPs of one sample (torch's FlopCounterMode; None where it cannot count)."""
     from torch.utils.flop_counter import FlopCounterMode

@@ -17,7 +17,7 @@ from kdbench.methods.base import MethodContext
 from kdbench.records import read_record, record_path, write_record
 from kdbench.runner import checkpoint
 from kdbench.runner.distributed import World, barrier, init_from_env
-from kdbench.runner.env import count_flops, count_params, resolve_device
+from kdbench.runner.env import count_flops, count_params, method_params, resolve_device
 from kdbench.runner.record import Outcome, build_record
 from kdbench.runner.spec import RunOptions, RunSpec, refuse_existing, resolve
 from kdbench.runner.teacher_cache import TeacherCache, why_online
@@ -86,7 +86,8 @@ def run(options: RunOptions) -> tuple[dict[str, Any], Path]:
         if result.history:
             result.history[-1]["metrics"] = outcome.val
     model_info = {"arch": adapter.arch_name("student"), "params": count_params(student),
-                  "flops": count_flops(student, adapter.example_input()), "checkpoint_sha256": student_sha}
+                  "flops": count_flops(student, adapter.example_input()),
+                  "method_params": method_params(method, student), "checkpoint_sha256": student_sha}
     record = build_record(spec, outcome, device=device, world_size=world.size if world else 1,
                           precision=job.precision, student=model_info, teacher=_teacher_entry(teacher),
                           teacher_outputs=teacher_outputs, evaluation=_evaluation(adapter))

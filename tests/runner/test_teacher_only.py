@@ -33,3 +33,4 @@ def test_kdbench_teacher_refuses_method_hyperparameters(tmp_path: Path, capsys: 
     err = capsys.readouterr().err
     assert code != 0 and "--set method.temperature: a teacher-only run" in err and len(err.strip().splitlines()) == 1
     assert not any(tmp_path.rglob("*.json"))
+
