@@ -149,6 +149,8 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
                    help="an override applied to every run (as in kdbench run: an ablation)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     p.add_argument("--logs", type=Path, default=None, help="where per-run logs go (default: a temp dir)")
+    p.add_argument("--fresh-workers", action="store_true", help="local: a fresh worker process per run "
+                   "(default: one long-lived worker per slot, importing once)")
     p.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local one)")
     p.add_argument("--slurm-partition", default=None)
     p.add_argument("--slurm-cluster", default=None, help="submitit cluster: slurm (default when "
@@ -237,7 +239,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.slurm_partition:
         slurm["slurm_partition"] = args.slurm_partition
     opts = ExecutorOptions(args.executor, args.workers, args.results, args.data_root, args.device, args.threads,
-                           args.ray_address, slurm, args.slurm_cluster, args.slurm_array, args.logs)
+                           args.ray_address, slurm, args.slurm_cluster, args.slurm_array, args.logs,
+                           args.fresh_workers)
     print(f"sweep: {len(plan.teachers)} teachers, {len(plan.runs)} runs, {len(plan.skipped)} already done",
           file=sys.stderr)
     outcomes = drive(plan, opts)

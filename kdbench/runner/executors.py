@@ -2,9 +2,15 @@
 
 Each executor takes a list of independent items and yields one outcome per item as it finishes;
 `drive` calls it twice, teachers first, then runs (so each teacher is trained once and shared).
-Every item runs in its own process: the local pool starts `python -m kdbench.runner.worker` with
-its CPU share pinned (affinity and thread count), Ray gives each task a fresh worker process
-(`max_calls=1`), submitit a job (or an array task) per item.
+Every item runs isolated from the others. The local pool keeps, per slot, one long-lived
+`python -m kdbench.runner.worker --serve` with the slot's CPU share pinned (affinity, OMP/MKL env,
+thread count) that imports once and runs the slot's items one at a time over a JSON-lines protocol
+(see `kdbench.runner.worker`); each item's output goes to its own log under `logs`. An item's
+exception or non-finite loss fails that item only; a worker that dies (a signal, OOM, `os._exit`)
+fails the item it was running, as a fresh process's death would, and is replaced by a fresh worker
+for the slot's next item. `fresh_workers=True` (`kdbench sweep --fresh-workers`) starts a fresh
+`python -m kdbench.runner.worker ITEM` per item instead. Ray gives each task a fresh worker
+process (`max_calls=1`), submitit a job (or an array task) per item; neither persists workers yet.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ class ExecutorOptions:
     slurm_cluster: str | None = None  # None: auto (Slurm when available), "local", "debug"
     slurm_array: bool = True
     logs: Path | None = None
+    fresh_workers: bool = False  # local: a fresh process per item instead of one per slot
 
 
 def _cpus() -> list[int]:
@@ -55,7 +62,7 @@ def _cpus() -> list[int]:
 def _outcome(item: Item, raw: dict[str, Any] | None, seconds: float, fallback: str) -> Outcome:
     if raw is None:
         return Outcome(item, "crashed", seconds, fallback)
-    return Outcome(item, raw["status"], raw["seconds"], raw.get("message", ""))
+    return Outcome(item, raw["status"], raw["seconds"], raw.get("message", ""), raw.get("pid"))
 
 
 def run_local(items: list[Item], opts: ExecutorOptions) -> Iterator[Outcome]:
@@ -69,21 +76,31 @@ def run_local(items: list[Item], opts: ExecutorOptions) -> Iterator[Outcome]:
     logs = opts.logs or Path(tempfile.mkdtemp(prefix="kdbench-sweep-"))
     logs.mkdir(parents=True, exist_ok=True)
 
+    kept = [_Worker(slots[i], share, opts, logs, i) for i in range(workers)]
+
     def one(item: Item) -> Outcome:
         with lock:
             slot = free.pop()
         try:
-            return _subprocess(item, slots[slot], share, opts, logs)
+            if opts.fresh_workers:
+                return _subprocess(item, slots[slot], share, opts, logs)
+            return kept[slot].run(item)
         finally:
             with lock:
                 free.append(slot)
 
     with ThreadPoolExecutor(workers) as pool:
         pending: set[Future[Outcome]] = {pool.submit(one, item) for item in items}
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for f in done:
-                yield f.result()
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in done:
+                    yield f.result()
+        finally:  # also on Ctrl-C or an abandoned sweep: no queued item starts, no worker is left
+            for f in pending:
+                f.cancel()
+            for w in kept:  # before the pool's threads end (their PR_SET_PDEATHSIG would kill them)
+                w.close()
 
 
 def worker_command() -> list[str]:
@@ -110,14 +127,8 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _subprocess(item: Item, cpus: list[int], threads: int, opts: ExecutorOptions, logs: Path) -> Outcome:
-    stem = item.label.replace("/", "_")
-    outcome_file, log_file = logs / f"{stem}.outcome.json", logs / f"{stem}.log"
-    outcome_file.unlink(missing_ok=True)
-    cmd = [*worker_command(), item.to_json(), "--results", str(opts.results),
-           "--device", opts.device, "--threads", str(threads), "--outcome", str(outcome_file)]
-    if opts.data_root:
-        cmd += ["--data-root", str(opts.data_root)]
+def _pinned(cpus: list[int], threads: int) -> tuple[dict[str, str], Callable[[], None]]:
+    """The environment and preexec function of a worker pinned to `cpus` with `threads` threads."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONSAFEPATH": "1"}
     parent = os.getpid()
 
@@ -126,6 +137,98 @@ def _subprocess(item: Item, cpus: list[int], threads: int, opts: ExecutorOptions
         if hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, cpus)
 
+    return env, prepare
+
+
+def _paths(item: Item, logs: Path) -> tuple[Path, Path]:
+    stem = item.label.replace("/", "_")
+    return logs / f"{stem}.outcome.json", logs / f"{stem}.log"
+
+
+def _crashed(item: Item, opts: ExecutorOptions, code: int, log_file: Path, started: float,
+             extra: Path | None = None) -> Outcome:
+    """The outcome (and `failed` record) of an item whose worker ended with `code` and no outcome."""
+    lines = log_file.read_text(errors="replace").splitlines() if log_file.is_file() else []
+    if not lines and extra is not None and extra.is_file():  # died before the item's log was opened
+        lines = extra.read_text(errors="replace").splitlines()
+    tail = lines[-5:]
+    why = f"worker killed by signal {_signal_name(-code)}" if code < 0 else f"worker exited with {code}"
+    why = record_crash(item, opts.results, opts.data_root, opts.device,
+                       f"{why} without an outcome: {' | '.join(tail)}"[:2000], "\n".join(tail))
+    return _outcome(item, None, time.perf_counter() - started, why)
+
+
+class _Worker:
+    """One slot's long-lived `kdbench.runner.worker --serve`, started on first use and again after
+    it died; used by one thread at a time (the slot's owner)."""
+
+    def __init__(self, cpus: list[int], threads: int, opts: ExecutorOptions, logs: Path, slot: int) -> None:
+        self.cpus, self.threads, self.opts, self.logs = cpus, threads, opts, logs
+        self.own_log = logs / f"worker-{slot}.log"  # output between items (imports, teardown)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.lock = threading.Lock()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        env, prepare = _pinned(self.cpus, self.threads)
+        with open(self.own_log, "ab") as own:
+            return subprocess.Popen([*worker_command(), "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=own, env=env, preexec_fn=prepare)
+
+    def run(self, item: Item) -> Outcome:
+        log_file = _paths(item, self.logs)[1]
+        log_file.unlink(missing_ok=True)
+        started = time.perf_counter()
+        with self.lock:
+            if self.proc is None or self.proc.poll() is not None:
+                self.proc = self._start()
+            proc = self.proc
+        assert proc.stdin is not None and proc.stdout is not None
+        request = {"item": item.to_json(), "results": str(self.opts.results), "device": self.opts.device,
+                   "data_root": str(self.opts.data_root) if self.opts.data_root else None,
+                   "threads": self.threads, "log": str(log_file.resolve())}
+        try:
+            proc.stdin.write((json.dumps(request) + "\n").encode())
+            proc.stdin.flush()
+            answer = proc.stdout.readline()
+        except (BrokenPipeError, OSError):
+            answer = b""
+        try:
+            raw = json.loads(answer) if answer else None
+        except ValueError:
+            raw = None
+        if raw is not None:
+            return _outcome(item, raw, time.perf_counter() - started, "")
+        with self.lock:  # the worker died mid-item: this item fails, the next one gets a fresh worker
+            code = proc.wait()
+            if self.proc is proc:
+                self.proc = None
+        return _crashed(item, self.opts, code, log_file, started, self.own_log)
+
+    def close(self) -> None:
+        """Ask the worker to exit (EOF on its stdin); kill it if it has not within a few seconds."""
+        with self.lock:
+            proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        try:
+            if proc.stdin is not None:
+                proc.stdin.close()
+            proc.wait(10)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def _subprocess(item: Item, cpus: list[int], threads: int, opts: ExecutorOptions, logs: Path) -> Outcome:
+    outcome_file, log_file = _paths(item, logs)
+    outcome_file.unlink(missing_ok=True)
+    cmd = [*worker_command(), item.to_json(), "--results", str(opts.results),
+           "--device", opts.device, "--threads", str(threads), "--outcome", str(outcome_file)]
+    if opts.data_root:
+        cmd += ["--data-root", str(opts.data_root)]
+    env, prepare = _pinned(cpus, threads)
     started = time.perf_counter()
     with open(log_file, "wb") as log:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=prepare, check=False)
@@ -135,12 +238,7 @@ def _subprocess(item: Item, cpus: list[int], threads: int, opts: ExecutorOptions
         raw = None
     if raw is not None:
         return _outcome(item, raw, time.perf_counter() - started, "")
-    tail = log_file.read_text(errors="replace").splitlines()[-5:]
-    code = proc.returncode
-    why = f"worker killed by signal {_signal_name(-code)}" if code < 0 else f"worker exited with {code}"
-    why = record_crash(item, opts.results, opts.data_root, opts.device,
-                       f"{why} without an outcome: {' | '.join(tail)}"[:2000], "\n".join(tail))
-    return _outcome(item, None, time.perf_counter() - started, why)
+    return _crashed(item, opts, proc.returncode, log_file, started)
 
 
 def _signal_name(number: int) -> str:

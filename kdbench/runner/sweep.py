@@ -81,6 +81,7 @@ class Outcome:
     status: str  # ok | failed | crashed
     seconds: float
     message: str = ""
+    pid: int | None = None  # the worker process that ran it (local pool), when it answered
 
 
 #: A sweep's seed list is at most this long.

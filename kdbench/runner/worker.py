@@ -1,8 +1,17 @@
 """One sweep item, executed in isolation: a run or a teacher, with any failure turned into a
 `failed` record (the error and the tail of its traceback) instead of an exception.
 
-Every executor ends up here: the local pool runs `python -m kdbench.runner.worker` in a fresh
-process per item, Ray and submitit call `execute` inside their own worker processes.
+Every executor ends up here: the local pool keeps one long-lived `python -m kdbench.runner.worker
+--serve` per slot that runs many items one at a time (`serve`; or, with `--fresh-workers`, a fresh
+`python -m kdbench.runner.worker ITEM` per item), Ray and submitit call `execute` inside their own
+worker processes.
+
+The `--serve` protocol: JSON lines. The sweep writes one request per item on the worker's stdin,
+{"item": Item.to_json(), "results", "data_root", "device", "threads", "log"}; the worker points its
+fds 1 and 2 at the item's `log` file for the item's duration (so training output lands there, as
+with a fresh process), runs `execute`, and answers one line, the outcome plus its "pid", on the fd
+that was its stdout at start (kept aside with `os.dup`; fd 0 is pointed at /dev/null). EOF on
+stdin: exit 0. A worker that dies mid-item leaves the sweep an EOF instead of an answer.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ TRACEBACK_LINES = 25
 def execute(item: Item, results: str, data_root: str | None, device: str = "auto",
             threads: int | None = None) -> dict[str, Any]:
     """Run `item`; returns {"label", "status", "seconds", "message"} and never raises."""
-    if threads:
+    if threads:  # per item: a persistent worker must not keep an earlier item's thread count
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
         import torch
 
@@ -86,7 +95,38 @@ def _write_failure(options: Any, message: str, tail: str) -> None:
         print(f"could not write the failed record: {e}", file=sys.stderr)
 
 
+def serve() -> int:
+    """Run items from stdin until EOF, one at a time (the protocol in the module docstring)."""
+    requests = os.fdopen(os.dup(0), "r", encoding="utf-8")
+    answers = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    idle_out, idle_err = os.dup(1), os.dup(2)  # where output between items goes
+    for line in requests:
+        request = json.loads(line)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(log)
+        try:
+            outcome = execute(Item.from_json(request["item"]), request["results"], request["data_root"],
+                              request["device"], request["threads"])
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(idle_out, 1)
+            os.dup2(idle_err, 2)
+        answers.write(json.dumps({**outcome, "pid": os.getpid()}) + "\n")
+        answers.flush()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else argv) == ["--serve"]:
+        return serve()
     p = argparse.ArgumentParser(prog="python -m kdbench.runner.worker")
     p.add_argument("item")
     p.add_argument("--results", required=True)
@@ -98,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     outcome = execute(Item.from_json(args.item), args.results, args.data_root, args.device, args.threads)
     from kdbench.records import atomic_write_bytes
 
-    atomic_write_bytes(Path(args.outcome), json.dumps(outcome).encode())
+    atomic_write_bytes(Path(args.outcome), json.dumps({**outcome, "pid": os.getpid()}).encode())
     return 0 if outcome["status"] == "ok" else 1
 
 
