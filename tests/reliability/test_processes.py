@@ -1,5 +1,6 @@
 """Processes and folders: a sweep from a working directory holding a `kdbench` folder, a sweep
-worker killed with SIGKILL (a `failed` record), a killed sweep (its workers die with it), and a
+worker killed with SIGKILL (a `failed` record; a persistent worker killed mid-item is replaced for
+the next item), a killed sweep (its workers die with it), and a
 results folder that cannot be written (one line before any training)."""
 
 from __future__ import annotations
@@ -88,6 +89,30 @@ def test_a_worker_killed_by_a_signal_gets_a_failed_record(tmp_path: Path, cache:
     record = read_record(results / "classification" / "smoke" / "baseline" / "seed0.json")
     assert record["status"] == "failed" and not validation_errors(record)
     assert record["error"].startswith("worker killed by signal SIGKILL")
+
+
+def test_a_persistent_worker_killed_mid_item_fails_that_item_and_is_replaced(tmp_path: Path, cache: Path) -> None:
+    results, logs = tmp_path / "results", tmp_path / "logs"
+    plan = make_plan("classification", "baseline", "0-1", "smoke", {}, results, None)
+    got: list[Outcome] = []
+    sweep = threading.Thread(target=lambda: got.extend(drive(
+        plan, ExecutorOptions("local", 1, results, threads=1, logs=logs), progress=False)))
+    sweep.start()
+    worker = _wait_for(os.getpid())
+    first = logs / "classification_smoke_baseline_seed0.log"
+    deadline = time.monotonic() + 60
+    while not first.exists() and time.monotonic() < deadline:  # the worker has begun the item
+        time.sleep(0.01)
+    os.kill(worker, signal.SIGKILL)
+    sweep.join(120)
+    by_seed = {o.item.seed: o for o in got}
+    assert by_seed[0].status == "crashed" and "killed by signal SIGKILL" in by_seed[0].message
+    record = read_record(results / "classification" / "smoke" / "baseline" / "seed0.json")
+    assert record["status"] == "failed" and not validation_errors(record)
+    assert record["error"].startswith("worker killed by signal SIGKILL")
+    assert by_seed[1].status == "ok", by_seed[1].message  # a fresh worker ran the next item
+    assert by_seed[1].pid not in (None, worker)
+    assert read_record(results / "classification" / "smoke" / "baseline" / "seed1.json")["status"] == "ok"
 
 
 def test_the_workers_of_a_killed_sweep_die_with_it(tmp_path: Path, cache: Path) -> None:
