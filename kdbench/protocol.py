@@ -136,7 +136,7 @@ def _typed(raw: dict[str, Any], task: str, where: str) -> tuple[Card, dict[str, 
         raise UsageError(f"{where}name {typed.name!r} must be lower-case letters, digits, "
                          "'-' or '_' (it names a results folder)")
     _check_methods(typed, where)
-    plain = _drop_none(to_plain(typed))
+    plain = drop_none(to_plain(typed))
     return typed, plain, card_sha256(plain)
 
 
@@ -152,11 +152,12 @@ def _check_methods(typed: Card, where: str) -> None:
             raise UsageError(f"{where}methods.{name}: {e}") from None
 
 
-def _drop_none(node: Any) -> Any:
+def drop_none(node: Any) -> Any:
+    """A plain card without its unset (None) fields, at every depth: what `card_sha256` hashes."""
     if isinstance(node, dict):
-        return {k: _drop_none(v) for k, v in node.items() if v is not None}
+        return {k: drop_none(v) for k, v in node.items() if v is not None}
     if isinstance(node, list):
-        return [_drop_none(v) for v in node]
+        return [drop_none(v) for v in node]
     return node
 
 

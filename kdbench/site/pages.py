@@ -255,14 +255,6 @@ def table_facts(s: Setting) -> dict[str, str]:
             "hardware": hardware_line(s.table)}
 
 
-def _without_none(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {k: _without_none(v) for k, v in node.items() if v is not None}
-    if isinstance(node, list):
-        return [_without_none(v) for v in node]
-    return node
-
-
 def effective_sha(task: str, raw: Any) -> str | None:
     """The sha256 that identifies a card file's effective content (kdbench.protocol's
     identity: the typed card, defaults filled, unset fields left out, prose fields not hashed), or
@@ -270,12 +262,12 @@ def effective_sha(task: str, raw: Any) -> str | None:
     import torch: a card whose method hyperparameters are wrong still gets its sha."""
     from kdbench.cards.tasks import CARDS
     from kdbench.cards.typed import parse, to_plain
-    from kdbench.protocol import card_sha256
+    from kdbench.protocol import card_sha256, drop_none
 
     if not isinstance(raw, dict) or task not in CARDS:
         return None
     try:
-        return card_sha256(_without_none(to_plain(parse(CARDS[task], raw, ""))))
+        return card_sha256(drop_none(to_plain(parse(CARDS[task], raw, ""))))
     except (UsageError, TypeError, ValueError):
         return None
 
