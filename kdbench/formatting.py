@@ -1,4 +1,4 @@
-"""Number formatting shared by `kdbench compare` (kdbench.compare_render) and the site (kdbench.site).
+"""Number formatting shared by `kdbench compare` (kdbench.compare.render) and the site (kdbench.site).
 
 One place for how a number is shown: a missing or non-finite value is "—", a column's decimals
 show about four significant digits of its typical magnitude, p-values below 0.001 read "<0.001".

@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, tuple[str, ...], str]] = [
     ("protocol", ("kdbench.protocol",),
      "loading cards, their sha256, --set overrides; checks a card's methods: section against the registry"),
     ("adapters", ("kdbench.adapters",), "one task pipeline each, and the task registry"),
-    ("reports", ("kdbench.compare", "kdbench.compare_render", "kdbench.site", "kdbench.listing"),
+    ("reports", ("kdbench.compare", "kdbench.site", "kdbench.listing"),
      "tables, the static site and `kdbench list`: read records and cards, never run anything"),
     ("runner", ("kdbench.runner",), "spec → train → evaluate → record; sweeps, executors, caches"),
     ("integrations", ("kdbench.integrations",), "kdbench's methods inside OpenMMLab training"),

@@ -16,7 +16,7 @@ from scipy import stats as sps
 
 from kdbench.cli import main
 from kdbench.compare import compare_table, load_frame
-from kdbench.compare_render import render
+from kdbench.compare.render import render
 from kdbench.records import validation_errors
 from kdbench.stats import (
     holm,
@@ -404,6 +404,6 @@ def test_compare_cli_on_written_records(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_no_torch_import() -> None:
-    code = ("import sys, kdbench.stats, kdbench.compare, kdbench.compare_render; "
+    code = ("import sys, kdbench.stats, kdbench.compare, kdbench.compare.render; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

@@ -32,7 +32,7 @@ import pandas as pd
 
 from kdbench import formatting
 from kdbench.compare import BASELINE
-from kdbench.compare_render import csv_text, render
+from kdbench.compare.render import csv_text, render
 from kdbench.errors import UsageError
 from kdbench.metrics import METRICS
 from kdbench.protocol import task_cards

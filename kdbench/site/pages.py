@@ -17,7 +17,7 @@ import yaml
 
 from kdbench import __version__
 from kdbench.compare import BASELINE, TEACHER
-from kdbench.compare_render import hardware_line, markdown_text, mdd_line, teacher_line, title, verdict_text
+from kdbench.compare.render import hardware_line, markdown_text, mdd_line, teacher_line, title, verdict_text
 from kdbench.errors import UsageError
 from kdbench.formatting import decimals, finite, num, pct, pval, sortval
 from kdbench.metrics import METRICS

@@ -212,7 +212,7 @@ def test_csv_and_markdown_downloads_neutralise_formulas_and_markup(tmp_path: Pat
     import pandas as pd
 
     from kdbench.compare import compare_table, load_frame
-    from kdbench.compare_render import csv_text, markdown_text, render
+    from kdbench.compare.render import csv_text, markdown_text, render
     from tests.site.fixtures import make_record, write
 
     frame = pd.DataFrame({"name": ["=HYPERLINK(\"x\")", "+1", "-2", "@SUM(A1)", "ok"], "v": [-1.0, 1, 2, 3, 4]})

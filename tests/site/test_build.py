@@ -17,7 +17,7 @@ from markupsafe import escape
 
 from kdbench.cli import main
 from kdbench.compare import compare_table, load_frame
-from kdbench.compare_render import mdd_line
+from kdbench.compare.render import mdd_line
 from kdbench.errors import UsageError
 from kdbench.protocol import parse_sets
 from kdbench.records import validation_errors, write_record

@@ -1,6 +1,6 @@
 """Rendering of `kdbench compare` tables: terminal, markdown, csv and json.
 
-The numbers are kdbench.compare's; this module only words and formats them (the captions say
+The numbers are kdbench.compare.table's; this module only words and formats them (the captions say
 what a table can resolve, which teacher it compares with, and the hardware it ran on).
 """
 
@@ -13,10 +13,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kdbench.compare import BASELINE, FORMATS, TEACHER
+from kdbench.compare.frame import BASELINE, TEACHER
 from kdbench.errors import unknown
 from kdbench.formatting import decimals, intcomma, num, pval
 from kdbench.metrics import METRICS
+
+FORMATS = ("terminal", "csv", "json", "markdown")
 
 
 def _interval(low: float, high: float, d: int, sign: bool = False) -> str:

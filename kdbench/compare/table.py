@@ -1,28 +1,22 @@
-"""`kdbench compare`: result records → one table per (task, protocol key) with honest statistics.
+"""One `kdbench compare` table: a (task, protocol key) of the frame → per-method statistics.
 
-A table is one results folder `<task>/<key>`: the shipped card's table under its name, an ablation
-(or a card of one's own) under `<name>+<sha8>`, never mixed. Per method: mean ± std over seeds, a
-95% t-interval, Δ vs `baseline` from a paired t-test over the shared seeds with its 95% interval,
-Holm-adjusted p-values, a verdict and the fraction of the teacher gap closed (against the teacher
-the students learnt from). Per table: the minimal detectable difference of its design and its
-hardware mix. Rendering is in kdbench.compare_render. Reused by the leaderboard, so this module
-never imports torch.
+Per method: mean ± std over seeds, a 95% t-interval, Δ vs `baseline` from a paired t-test over the
+shared seeds with its 95% interval, Holm-adjusted p-values, a verdict and the fraction of the
+teacher gap closed (against the teacher the students learnt from). Per table: the minimal
+detectable difference of its design and its hardware mix. Never imports torch.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any, NamedTuple, TextIO
+from typing import Any, NamedTuple
 
 import pandas as pd
 
-from kdbench.errors import UsageError, unknown
+from kdbench.compare.frame import BASELINE, TEACHER, direction_of
+from kdbench.errors import UsageError
 from kdbench.metrics import METRICS, bounds
-from kdbench.records import printable, read_record, record_files, validation_errors
 from kdbench.stats import (
     holm,
     minimal_detectable_difference,
@@ -32,171 +26,9 @@ from kdbench.stats import (
     teacher_gap_closed,
 )
 
-FORMATS = ("terminal", "csv", "json", "markdown")
-BASELINE = "baseline"
-TEACHER = "teacher"
 #: The power at which a table's minimal detectable difference is stated.
 MDD_POWER = 0.8
-BASE_COLUMNS = ["task", "tier", "protocol", "card", "shipped", "protocol_sha", "eval_version", "method", "seed",
-                "primary", "direction"]
-COST_COLUMNS = ["train_seconds", "params", "flops"]
-#: Where a run ran and which checkpoints it made and used (the teacher row, the hardware mix).
-RUN_COLUMNS = ["device", "cpu_model", "threads", "checkpoint", "teacher_sha", "teacher_test"]
 
-
-def direction_of(metric: str, fallback: str = "higher") -> str:
-    """A metric's direction from the registry (kdbench.metrics); `fallback` for unregistered ones."""
-    info = METRICS.get(metric)
-    return info.direction if info else fallback
-
-
-# ----------------------------------------------------------------------------------- loading
-
-
-def _read_all(results: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
-    """Every record under `results` (the files `iter_records` reads); a bad one is a usage error."""
-    for file, problem in record_files(Path(results)):
-        if problem is not None:
-            print(f"kdbench: warning: skipped {printable(file)}: {problem}", file=sys.stderr)
-            continue
-        try:
-            record = read_record(file)
-        except (OSError, ValueError) as e:
-            raise UsageError(f"{file}: not a readable JSON record: {e}") from None
-        errors = validation_errors(record)
-        if errors:
-            raise UsageError(f"{file}: invalid record: {errors[0]} (check with `kdbench validate`)")
-        yield file, record
-
-
-def _version(r: dict[str, Any]) -> tuple[str, int]:
-    return r["protocol"]["sha256"], int(r["evaluation"]["version"])
-
-
-def _keep_one_card(records: list[dict[str, Any]], warn: TextIO) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Per (task, protocol key) keep the records of one (card sha256, evaluation version) only.
-
-    Rule: the pair with the most `ok` records wins; a tie goes to the pair with the newest record.
-    Every other record of that (task, key) is set aside, with one warning line per table.
-    """
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in records:
-        groups.setdefault((r["task"], r["protocol"]["key"]), []).append(r)
-    kept: list[dict[str, Any]] = []
-    set_aside: dict[str, int] = {}
-    for (task, key), group in groups.items():
-        by_version: dict[tuple[str, int], list[dict[str, Any]]] = {}
-        for r in group:
-            by_version.setdefault(_version(r), []).append(r)
-        best = max(by_version, key=lambda v: (sum(r["status"] == "ok" for r in by_version[v]),
-                                              max(r["created"] for r in by_version[v])))
-        kept.extend(by_version[best])
-        aside = len(group) - len(by_version[best])
-        if aside:
-            set_aside[f"{task}/{key}"] = aside
-            others = ", ".join(f"{sha[:12]} eval v{ev}" for sha, ev in sorted(by_version) if (sha, ev) != best)
-            print(f"kdbench: warning: {task}/{key}: set aside {aside} record(s) of other card or evaluation "
-                  f"version(s) ({others}); kept {best[0][:12]} eval v{best[1]} ({len(by_version[best])} records)",
-                  file=warn)
-    return kept, set_aside
-
-
-def _teacher_sha(record: dict[str, Any]) -> str | None:
-    """The checkpoint sha256 of the teacher a student learnt from (None: no external teacher)."""
-    if record["teacher"] and record["teacher"].get("checkpoint_sha256"):
-        return str(record["teacher"]["checkpoint_sha256"])
-    ref = record["spec"].get("teacher")
-    return str(ref["sha256"]) if ref else None
-
-
-def _teacher_test(record: dict[str, Any]) -> float:
-    """The teacher's test value of the primary metric, as the student's spec names it (NaN: none)."""
-    ref = record["spec"].get("teacher") or {}
-    metric = ref.get("metric") or {}
-    value = metric.get("test")
-    if metric.get("name") != record["metrics"]["primary"] or value is None:
-        return math.nan
-    return float(value)
-
-
-def _ident(r: dict[str, Any]) -> dict[str, Any]:
-    """The columns that place a record in its table."""
-    p = r["protocol"]
-    return {"task": r["task"], "tier": r["tier"], "protocol": p["key"], "card": p["name"],
-            "shipped": bool(p["shipped"]), "protocol_sha": p["sha256"],
-            "eval_version": int(r["evaluation"]["version"]), "method": r["method"]["name"], "seed": int(r["seed"]),
-            "primary": r["metrics"]["primary"]}
-
-
-def _run(r: dict[str, Any]) -> dict[str, Any]:
-    env = r["environment"]
-    return {"device": r["cost"]["device"], "cpu_model": env["cpu"]["model"], "threads": int(env["threads"]),
-            "checkpoint": r["student"]["checkpoint_sha256"], "teacher_sha": _teacher_sha(r),
-            "teacher_test": _teacher_test(r)}
-
-
-def _row(record: dict[str, Any]) -> dict[str, Any]:
-    m = record["metrics"]
-    row: dict[str, Any] = {**_ident(record), "direction": direction_of(m["primary"], m["direction"])}
-    for name, value in m["values"].items():  # the test split: what tables report
-        row[f"m:{name}"] = math.nan if value is None else float(value)
-    row["train_seconds"] = float(record["cost"]["train_seconds"])
-    row["params"] = record["student"]["params"]
-    row["flops"] = record["student"]["flops"]
-    return {**row, **_run(record)}
-
-
-def load_frame(results: Path, warn: TextIO | None = None) -> pd.DataFrame:
-    """Read every record under `results` into one row per `ok` record.
-
-    Columns: task, tier, protocol (the protocol *key*, the results folder: the card's name for a
-    shipped card, `<name>+<sha8>` for an ablation), card (the card's name), shipped, protocol_sha,
-    eval_version, method, seed, primary (metric name), direction (from the metric registry),
-    `m:<name>` for every metric value of the test split, train_seconds, params, flops (the
-    student's), device, cpu_model, threads, checkpoint (the run's own checkpoint sha256),
-    teacher_sha (the checkpoint of the teacher it learnt from) and teacher_test (that teacher's
-    test value of the primary metric, as the run's spec names it). Failed records are not rows:
-    they are listed in `frame.attrs["failed"]` (the placing columns plus error). Records of one
-    (task, key) under different card sha256 or evaluation versions are never mixed: the (sha256,
-    evaluation version) pair with the most `ok` records is kept (a tie goes to the newest), the
-    others are set aside with one warning line on `warn` each and counted in
-    `frame.attrs["set_aside"]` ("task/key" → count).
-
-    Args:
-        results: the results folder (`<task>/<key>/<method>/seed<N>.json` below it).
-        warn: where warnings go; stderr by default.
-
-    Returns:
-        The frame (empty, with the base columns, when there is no ok record).
-
-    Raises:
-        UsageError: a file is not JSON or not a valid record.
-    """
-    return frame_from_records([r for _, r in _read_all(results)], warn)
-
-
-def frame_from_records(records: list[dict[str, Any]], warn: TextIO | None = None) -> pd.DataFrame:
-    """`load_frame` on records already read and validated (the leaderboard reads its own).
-
-    Args:
-        records: valid result records.
-        warn: where warnings go; stderr by default.
-
-    Returns:
-        The frame, as `load_frame` describes it.
-    """
-    records, set_aside = _keep_one_card(records, warn or sys.stderr)
-    rows = [_row(r) for r in records if r["status"] == "ok"]
-    failed = [{**_ident(r), "error": r["error"]} for r in records if r["status"] != "ok"]
-    frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=BASE_COLUMNS + COST_COLUMNS + RUN_COLUMNS)
-    metric_cols = [c for c in frame.columns if str(c).startswith("m:")]
-    frame = frame[BASE_COLUMNS + metric_cols + COST_COLUMNS + RUN_COLUMNS]
-    frame.attrs["failed"] = failed
-    frame.attrs["set_aside"] = set_aside
-    return frame
-
-
-# ------------------------------------------------------------------------------------ tables
 
 
 class TableId(NamedTuple):
@@ -434,39 +266,3 @@ def _primary_rows(sub: pd.DataFrame, methods: list[str], primary: str, teacher: 
     return rows
 
 
-# --------------------------------------------------------------------------------------- CLI
-
-
-def compare_results(results: Path, task: str | None = None, protocol: str | None = None,
-                    fmt: str = "terminal", alpha: float = 0.05) -> str:
-    """What `kdbench compare` prints.
-
-    Args:
-        results: the results folder.
-        task: one task's table; every (task, key) with records when None.
-        protocol: a key, card name or tier; "small" when a task is given; without a task, every
-            table whose key, card name or tier it is (every table when None).
-        fmt: one of FORMATS.
-        alpha: significance level for the verdict.
-
-    Returns:
-        The rendered table(s).
-
-    Raises:
-        UsageError: unknown format, task or protocol, or no records under `results`.
-    """
-    from kdbench.compare_render import render, render_many
-
-    if fmt not in FORMATS:
-        raise unknown("format", fmt, FORMATS)
-    frame = load_frame(results)
-    groups = tables_of(frame)
-    if not groups:
-        raise UsageError(f"no result records under {results} (expected <task>/<key>/<method>/seed<N>.json)")
-    if task is not None:
-        return render(compare_table(frame, task, protocol or "small", alpha), fmt)
-    pairs = sorted({(g.task, g.protocol) for g in groups
-                    if protocol is None or protocol in (g.protocol, g.card, g.tier)})
-    if not pairs:
-        raise unknown("protocol", str(protocol), {x for g in groups for x in (g.protocol, g.card, g.tier)})
-    return render_many([compare_table(frame, t, p, alpha) for t, p in pairs], fmt)
