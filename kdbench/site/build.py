@@ -166,8 +166,8 @@ def _overview(w: _Writer, site: pages.SiteContext) -> None:
     flat = [{"rank": r["rank"], "method": r["name"], "family": r["family"], "teacher": r["teacher"],
              "provenance": r["provenance"],
              **{k: getattr(r["wtl"], k) if r["wtl"] else None for k in ("wins", "ties", "losses")},
-             **{f"{c['key']}:{k}": formatting.plain(cell[k]) for c, cell in zip(columns, r["cells"], strict=True)
-                for k in ("mean", "delta", "p_holm", "verdict", "gap_closed")}}
+             **{f"{c['key']}:{k}": formatting.plain(v) for c, cell in zip(columns, r["cells"], strict=True)
+                for k, v in cell.numbers().items()}}
             for r in rows]
     w.json("overview.json", {"alpha": site.alpha, "baseline": BASELINE,
                              "settings": [{k: c[k] for k in ("key", "task", "protocol", "tier", "primary",

@@ -10,7 +10,7 @@ import shlex
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 import yaml
@@ -139,28 +139,54 @@ def _row_of(s: Setting, method: str) -> dict[str, Any] | None:
 # ----------------------------------------------------------------------------------- overview
 
 
-def _cell(site: SiteContext, s: Setting, method: str, d: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class OverviewCell:
+    """One (method, setting) cell of the overview matrix: the numbers it shows (from the setting's
+    compare table, `None` where there is no row) and how it is shown.
+
+    `text` is the cell's text, `cls` its CSS classes (better / worse / ns / abs / nodelta / na /
+    missing / failed), `title` its tooltip, `sort` its `data-value` and `gap` the "gap closed" note.
+    """
+
+    text: str
+    cls: str
+    title: str
+    sort: str = ""
+    gap: str = ""
+    mean: Any = None
+    delta: Any = None
+    p_holm: Any = None
+    verdict: Any = None
+    gap_closed: Any = None
+
+    #: The numeric fields the overview's csv and json export, in order.
+    NUMBERS: ClassVar[tuple[str, ...]] = ("mean", "delta", "p_holm", "verdict", "gap_closed")
+
+    def numbers(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.NUMBERS}
+
+
+def _cell(site: SiteContext, s: Setting, method: str, d: int) -> OverviewCell:
     row = _row_of(s, method)
-    empty = {"mean": None, "delta": None, "p_holm": None, "verdict": None, "gap_closed": None, "gap": ""}
     if row is None:
         ok, why = data.serves(method, s.task)
         if ok is False:
-            return {**empty, "text": "n/a", "cls": "na", "title": why, "sort": ""}
-        return {**empty, "text": "—", "cls": "missing", "title": "not run on this setting", "sort": ""}
+            return OverviewCell("n/a", "na", why)
+        return OverviewCell("—", "missing", "not run on this setting")
     mean = row[f"{s.primary}_mean"]
-    cell = {"mean": mean, "delta": row["delta"], "p_holm": row["p_holm"], "verdict": row["verdict"],
-            "gap_closed": row["gap_closed"], "gap": ""}
+    numbers = {"mean": mean, "delta": row["delta"], "p_holm": row["p_holm"], "verdict": row["verdict"],
+               "gap_closed": row["gap_closed"]}
     if row["source"] == "spec.teacher":
-        return {**cell, "text": num(mean, d), "cls": "abs nodelta", "sort": "",
-                "title": f"the students' teacher: no record of it here; {s.primary} as the students' records name it"}
+        return OverviewCell(num(mean, d), "abs nodelta", f"the students' teacher: no record of it here; {s.primary} "
+                            "as the students' records name it", **numbers)
     if row["n"] == 0:
-        return {**cell, "text": "failed", "cls": "failed", "title": "every run failed", "sort": ""}
+        return OverviewCell("failed", "failed", "every run failed", **numbers)
     if method in (BASELINE, TEACHER):
-        return {**cell, "text": num(mean, d), "cls": "abs", "sort": sortval(0.0 if method == BASELINE else None),
-                "title": f"{method} mean {s.primary} over {row['n']} seed(s)"}
+        return OverviewCell(num(mean, d), "abs", f"{method} mean {s.primary} over {row['n']} seed(s)",
+                            sortval(0.0 if method == BASELINE else None), **numbers)
     if not finite(row["delta"]):
-        return {**cell, "text": num(mean, d), "cls": "abs nodelta", "sort": "",
-                "title": f"mean {s.primary} over {row['n']} seed(s); no Δ: baseline has no run on the same seeds"}
+        return OverviewCell(num(mean, d), "abs nodelta", f"mean {s.primary} over {row['n']} seed(s); no Δ: baseline "
+                            "has no run on the same seeds", **numbers)
     verdict = row["verdict"]
     text = num(row["delta"], d, sign=True)
     title = (f"Δ {s.primary} vs baseline {text} (mean {num(mean, d)}, n {row['n']}); "
@@ -170,8 +196,7 @@ def _cell(site: SiteContext, s: Setting, method: str, d: int) -> dict[str, Any]:
     if row["resolution"]:
         title += f" ({row['resolution']}: the setting's MDD is {num(s.table.attrs['mdd']['value'], d)})"
     gap = f"gap {pct(row['gap_closed'])}" if finite(row["gap_closed"]) else ""
-    return {**cell, "text": ("≈ " if cls == "ns" else "") + text, "cls": cls, "title": title,
-            "sort": sortval(row["delta"]), "gap": gap}
+    return OverviewCell(("≈ " if cls == "ns" else "") + text, cls, title, sortval(row["delta"]), gap, **numbers)
 
 
 def overview_rows(site: SiteContext) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -223,7 +248,7 @@ def overview_markdown(rows: list[dict[str, Any]], columns: list[dict[str, Any]],
     head = ["rank", "method", *(esc(f"{c['task']}/{c['protocol']} ({c['primary']})") for c in columns), "W/T/L"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [f"**{esc(c['text'])}**" if c["cls"] in ("better", "worse") else esc(c["text"]) for c in r["cells"]]
+        cells = [f"**{esc(c.text)}**" if c.cls in ("better", "worse") else esc(c.text) for c in r["cells"]]
         rank = "—" if r["rank"] is None else str(r["rank"])
         lines.append("| " + " | ".join([rank, esc(r["name"]), *cells, esc(str(r["wtl"] or "—"))]) + " |")
     return "\n".join(lines) + "\n"
