@@ -61,7 +61,7 @@ def generate() -> dict[str, Any]:
     from kdbench.adapters import TASKS, get_adapter
     from kdbench.adapters.base import why_not_served
     from kdbench.methods import registry
-    from kdbench.methods.base import NEEDS
+    from kdbench.methods.base import NEEDS, head_refusals
     from kdbench.outputs import HEAD_KINDS
 
     repo_root = Path(__file__).resolve().parents[2]
@@ -76,6 +76,9 @@ def generate() -> dict[str, Any]:
             "accepts": sorted(cls.accepts),
             "rebins": cls.rebins,
             "refused": {task: why for task in TASKS if (why := why_not_served(get_adapter(task), cls))},
+            # served task → head → "" where the method distils it, else why it keeps its task loss only
+            "heads": {task: head_refusals(cls, get_adapter(task).head_kinds, get_adapter(task).relative_heads)
+                      for task in TASKS if not why_not_served(get_adapter(task), cls)},
             "family": family(name, cls.teacher, cls.needs),
             "summary": cls.summary(),
             "doc": inspect.cleandoc(cls.__doc__ or ""),

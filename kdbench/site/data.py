@@ -313,11 +313,11 @@ def method_info(name: str, records: list[dict[str, Any]] | None = None) -> dict[
     teacher = next((r["method"]["teacher"] for r in records or [] if r["method"]["name"] == name), "none")
     if name == TEACHER:
         return {"paper": "", "teacher": "none", "needs": [], "requests": [], "accepts": [], "rebins": False,
-                "refused": {}, "family": "teacher",
+                "refused": {}, "heads": {}, "family": "teacher",
                 "summary": "The protocol card's teacher model, trained once per card and teacher seed.",
                 "doc": "", "hparams": [], "source": "", "known": True}
     return {"paper": "", "teacher": teacher, "needs": [], "requests": [], "accepts": [], "rebins": False,
-            "refused": {}, "family": family(name, teacher, set()),
+            "refused": {}, "heads": {}, "family": family(name, teacher, set()),
             "summary": "", "doc": "", "hparams": [], "source": "", "known": False}
 
 

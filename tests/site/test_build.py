@@ -163,6 +163,31 @@ def test_method_page_says_why_na(built_site: Path) -> None:
         assert all(need in text for need in needs)
 
 
+def test_method_page_says_which_heads_each_task_distils(built_site: Path) -> None:
+    """The per-task table: distilled heads, and each head left to its task loss with the reason
+    (kdbench.methods.base.head_refusals, recorded by the catalog)."""
+    import re
+
+    def row(method: str, task: str) -> str:
+        text = _html(built_site, f"method/{method}")
+        table = text[text.index('id="method-tasks"'):]
+        found = re.search(rf"<tr><td>{task}</td>(.*?)</tr>", table[:table.index("</table>")], re.S)
+        assert found, (method, task)
+        return found.group(1)
+
+    dkd = row("dkd", "detection")
+    distils, left = dkd.split("</td>")[1], dkd.split("</td>")[2]
+    assert "<code>box</code>" in distils and "<code>cls</code>" not in distils
+    assert "<code>cls</code>: cls is binary" in left
+    assert "<code>cls</code>" in row("kd", "detection").split("</td>")[1]  # BCKD distils the binary head
+    assert "reads no heads" in row("baseline", "pose")
+    assert row("bdkd", "detection").startswith("<td>no</td>")
+    cat = load_catalog()
+    for method, info in cat["methods"].items():  # served and refused partition the tasks
+        assert set(info["heads"]) | set(info["refused"]) == set(cat["tasks"]), method
+        assert not set(info["heads"]) & set(info["refused"]), method
+
+
 def test_failed_run_is_listed_not_counted(built_site: Path) -> None:
     table = json.loads((built_site / "task" / "classification" / "small" / "table.json").read_text())
     evil = next(r for r in table["rows"] if r["method"] == EVIL_METHOD)
