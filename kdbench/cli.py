@@ -142,7 +142,11 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--executor", default="local", help="local, ray or slurm (default: local)")
     p.add_argument("--workers", type=int, default=1, help="runs at a time (local pool size, Ray CPUs; default: 1)")
     p.add_argument("--threads", type=int, default=None, help="threads per run (default: CPUs / workers)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--gpus-per-run", type=int, default=0, metavar="N",
+                   help="GPUs reserved for each run, which sees only those (local: slot i gets visible GPUs "
+                        "[i·N, (i+1)·N); Ray: num_gpus=N; Slurm: gpus_per_node=N); 0: runs on CPU (default: 0)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda; cuda needs --gpus-per-run N >= 1, and "
+                   "auto is cuda when N >= 1, cpu when N = 0 (default: auto)")
     _data_root_arg(p)
     _results_arg(p)
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -223,7 +227,8 @@ def _summary(record: dict[str, Any], path: Path) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from kdbench.protocol import parse_sets
-    from kdbench.runner.executors import EXECUTORS, ExecutorOptions, drive
+    from kdbench.runner.executors import EXECUTORS, ExecutorOptions, check_gpus, drive
+    from kdbench.runner.gpus import sweep_device
     from kdbench.runner.sweep import describe, make_plan
 
     if args.executor not in EXECUTORS:
@@ -231,18 +236,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
     sets = parse_sets(args.sets)
-    plan = make_plan(args.tasks, args.methods, args.seeds, args.protocols, sets, args.results, args.data_root)
-    if args.dry_run:
-        describe(plan)
-        return 0
     slurm = dict(parse_sets(args.slurm_params))
     if args.slurm_partition:
         slurm["slurm_partition"] = args.slurm_partition
     opts = ExecutorOptions(args.executor, args.workers, args.results, args.data_root, args.device, args.threads,
                            args.ray_address, slurm, args.slurm_cluster, args.slurm_array, args.logs,
-                           args.fresh_workers)
+                           args.fresh_workers, args.gpus_per_run)
+    # before any work: the device and GPU request agree (a dry run), and this machine can meet it
+    if args.dry_run:
+        sweep_device(args.device, args.gpus_per_run)
+    else:
+        check_gpus(opts)
+    plan = make_plan(args.tasks, args.methods, args.seeds, args.protocols, sets, args.results, args.data_root)
+    if args.dry_run:
+        describe(plan)
+        return 0
     print(f"sweep: {len(plan.teachers)} teachers, {len(plan.runs)} runs, {len(plan.skipped)} already done",
           file=sys.stderr)
+    if args.gpus_per_run > 1:
+        print(f"sweep: each run sees its {args.gpus_per_run} GPUs but trains as one process on the first of them "
+              "(multi-rank sweep items are not built yet; torchrun runs one kdbench run on several)", file=sys.stderr)
     outcomes = drive(plan, opts)
     failed = [o for o in outcomes if o.status != "ok"]
     for o in failed:

@@ -11,6 +11,12 @@ fails the item it was running, as a fresh process's death would, and is replaced
 for the slot's next item. `fresh_workers=True` (`kdbench sweep --fresh-workers`) starts a fresh
 `python -m kdbench.runner.worker ITEM` per item instead. Ray gives each task a fresh worker
 process (`max_calls=1`), submitit a job (or an array task) per item; neither persists workers yet.
+
+GPUs: `gpus_per_run` N (`kdbench sweep --gpus-per-run N`) reserves N GPUs for every item on every
+executor, and each item's process sees exactly its own through `CUDA_VISIBLE_DEVICES`: the local
+pool gives slot i the visible GPUs [i·N, (i+1)·N), Ray tasks ask for `num_gpus=N`, Slurm jobs for
+`gpus_per_node=N` (with `cpus_per_task` derived from N); `check_gpus` refuses what cannot be met
+before any work and fixes the device the items get (`kdbench.runner.gpus`).
 """
 
 from __future__ import annotations
@@ -25,15 +31,21 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from kdbench.errors import UsageError, unknown
+from kdbench.runner.gpus import check_visible, slot_gpus, sweep_device, visible_gpus
 from kdbench.runner.sweep import Item, Outcome, Plan
 from kdbench.runner.worker import record_crash
 
 EXECUTORS = ("local", "ray", "slurm")
+
+#: A Slurm job's CPUs per GPU it holds, unless `--threads` or `--slurm-param cpus_per_task=` says
+#: otherwise: a GPU run's CPUs feed it, and kdbench's COCO-format readers decode each batch's images
+#: on 8 threads (`READ_THREADS` in kdbench/adapters/detection/data.py and pose/data.py).
+CPUS_PER_GPU = 8
 
 
 @dataclass
@@ -50,6 +62,7 @@ class ExecutorOptions:
     slurm_array: bool = True
     logs: Path | None = None
     fresh_workers: bool = False  # local: a fresh process per item instead of one per slot
+    gpus_per_run: int = 0  # GPUs reserved for each item (0: items run on CPU)
 
 
 def _cpus() -> list[int]:
@@ -62,28 +75,53 @@ def _cpus() -> list[int]:
 def _outcome(item: Item, raw: dict[str, Any] | None, seconds: float, fallback: str) -> Outcome:
     if raw is None:
         return Outcome(item, "crashed", seconds, fallback)
-    return Outcome(item, raw["status"], raw["seconds"], raw.get("message", ""), raw.get("pid"))
+    return Outcome(item, raw["status"], raw["seconds"], raw.get("message", ""), raw.get("pid"), raw.get("gpus"))
+
+
+def _submitit_here(opts: ExecutorOptions) -> bool:
+    """Whether submitit would run the jobs on this machine: its local or debug executor, chosen or
+    picked by AutoExecutor where there is no `srun` (submitit/auto/auto.py, SlurmExecutor.affinity)."""
+    import shutil
+
+    return opts.slurm_cluster in ("local", "debug") or (opts.slurm_cluster is None and shutil.which("srun") is None)
+
+
+def check_gpus(opts: ExecutorOptions) -> ExecutorOptions:
+    """`opts` with the device its items get (`kdbench.runner.gpus.sweep_device`), after refusing in
+    one line, before any work, a GPU request that cannot be met from this machine: the local pool's
+    workers × N beyond the GPUs visible here, N > 0 where a local Ray or submitit's local executor
+    would see none. A Ray cluster's nodes are checked on connecting (`run_ray`); a Slurm cluster's
+    partitions are Slurm's to refuse (sbatch rejects a request no node can meet)."""
+    device = sweep_device(opts.device, opts.gpus_per_run)
+    if opts.gpus_per_run > 0:
+        if opts.kind == "local":
+            check_visible(opts.gpus_per_run, opts.workers, visible_gpus())
+        elif (opts.kind == "ray" and not opts.ray_address) or (opts.kind == "slurm" and _submitit_here(opts)):
+            check_visible(opts.gpus_per_run, 1, visible_gpus(), None)
+    return replace(opts, device=device)
 
 
 def run_local(items: list[Item], opts: ExecutorOptions) -> Iterator[Outcome]:
-    """A pool of `workers` slots; slot i owns CPUs [i·t, (i+1)·t) and t threads."""
+    """A pool of `workers` slots; slot i owns CPUs [i·t, (i+1)·t), t threads and the visible GPUs
+    [i·N, (i+1)·N) (`gpus.slot_gpus`: none at N = 0, so a slot's worker sees no GPU)."""
     cpus = _cpus()
     workers = max(1, min(opts.workers, len(items) or 1))
     share = opts.threads or max(1, len(cpus) // workers)
     slots: list[list[int]] = [cpus[(i * share) % len(cpus):][:share] or cpus for i in range(workers)]
+    gpus = slot_gpus(workers, opts.gpus_per_run, visible_gpus())
     free = list(range(workers))
     lock = threading.Lock()
     logs = opts.logs or Path(tempfile.mkdtemp(prefix="kdbench-sweep-"))
     logs.mkdir(parents=True, exist_ok=True)
 
-    kept = [_Worker(slots[i], share, opts, logs, i) for i in range(workers)]
+    kept = [_Worker(slots[i], share, opts, logs, i, gpus[i]) for i in range(workers)]
 
     def one(item: Item) -> Outcome:
         with lock:
             slot = free.pop()
         try:
             if opts.fresh_workers:
-                return _subprocess(item, slots[slot], share, opts, logs)
+                return _subprocess(item, slots[slot], share, opts, logs, gpus[slot])
             return kept[slot].run(item)
         finally:
             with lock:
@@ -127,9 +165,11 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _pinned(cpus: list[int], threads: int) -> tuple[dict[str, str], Callable[[], None]]:
-    """The environment and preexec function of a worker pinned to `cpus` with `threads` threads."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONSAFEPATH": "1"}
+def worker_env(cpus: list[int], threads: int, gpus: list[str]) -> tuple[dict[str, str], Callable[[], None]]:
+    """The environment and preexec function of a worker pinned to `cpus` with `threads` threads
+    that sees exactly `gpus` (`CUDA_VISIBLE_DEVICES`; '' hides every GPU)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONSAFEPATH": "1",
+           "CUDA_VISIBLE_DEVICES": ",".join(gpus)}
     parent = os.getpid()
 
     def prepare() -> None:
@@ -162,14 +202,15 @@ class _Worker:
     """One slot's long-lived `kdbench.runner.worker --serve`, started on first use and again after
     it died; used by one thread at a time (the slot's owner)."""
 
-    def __init__(self, cpus: list[int], threads: int, opts: ExecutorOptions, logs: Path, slot: int) -> None:
-        self.cpus, self.threads, self.opts, self.logs = cpus, threads, opts, logs
+    def __init__(self, cpus: list[int], threads: int, opts: ExecutorOptions, logs: Path, slot: int,
+                 gpus: list[str]) -> None:
+        self.cpus, self.threads, self.opts, self.logs, self.gpus = cpus, threads, opts, logs, gpus
         self.own_log = logs / f"worker-{slot}.log"  # output between items (imports, teardown)
         self.proc: subprocess.Popen[bytes] | None = None
         self.lock = threading.Lock()
 
     def _start(self) -> subprocess.Popen[bytes]:
-        env, prepare = _pinned(self.cpus, self.threads)
+        env, prepare = worker_env(self.cpus, self.threads, self.gpus)
         with open(self.own_log, "ab") as own:
             return subprocess.Popen([*worker_command(), "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=own, env=env, preexec_fn=prepare)
@@ -221,14 +262,15 @@ class _Worker:
             proc.stdout.close()
 
 
-def _subprocess(item: Item, cpus: list[int], threads: int, opts: ExecutorOptions, logs: Path) -> Outcome:
+def _subprocess(item: Item, cpus: list[int], threads: int, opts: ExecutorOptions, logs: Path,
+                gpus: list[str]) -> Outcome:
     outcome_file, log_file = _paths(item, logs)
     outcome_file.unlink(missing_ok=True)
     cmd = [*worker_command(), item.to_json(), "--results", str(opts.results),
            "--device", opts.device, "--threads", str(threads), "--outcome", str(outcome_file)]
     if opts.data_root:
         cmd += ["--data-root", str(opts.data_root)]
-    env, prepare = _pinned(cpus, threads)
+    env, prepare = worker_env(cpus, threads, gpus)
     started = time.perf_counter()
     with open(log_file, "wb") as log:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=prepare, check=False)
@@ -248,6 +290,26 @@ def _signal_name(number: int) -> str:
         return str(number)
 
 
+def ray_options(opts: ExecutorOptions) -> dict[str, Any]:
+    """`ray.remote` options of a sweep item: one CPU slot, `num_gpus=N` (Ray reserves N GPUs and
+    points the task's CUDA_VISIBLE_DEVICES at them; docs.ray.io/en/latest/ray-core/scheduling/
+    accelerators.html), a fresh worker process per item (`max_calls=1`)."""
+    return {"num_cpus": 1, "num_gpus": opts.gpus_per_run, "max_calls": 1}
+
+
+def _check_ray_gpus(ray: Any, opts: ExecutorOptions) -> None:
+    """Refuse N GPUs per task where no alive node of the cluster has N (the task could never be
+    scheduled: Ray would wait for it for ever)."""
+    if opts.gpus_per_run <= 0:
+        return
+    most = max((float(n.get("Resources", {}).get("GPU", 0)) for n in ray.nodes() if n.get("Alive")), default=0.0)
+    if most < opts.gpus_per_run:
+        where = f"at {opts.ray_address}" if opts.ray_address else "started here"
+        raise UsageError(f"--gpus-per-run {opts.gpus_per_run}: no node of the Ray cluster {where} has "
+                         f"{opts.gpus_per_run} GPUs (the most on one node: {most:g}); valid: --gpus-per-run "
+                         f"{int(most)} or fewer")
+
+
 def run_ray(items: list[Item], opts: ExecutorOptions) -> Iterator[Outcome]:
     """Ray tasks on `--ray-address` or a local Ray; workers write records into the results tree."""
     try:
@@ -262,12 +324,13 @@ def run_ray(items: list[Item], opts: ExecutorOptions) -> Iterator[Outcome]:
             ray.init(address=opts.ray_address, log_to_driver=False)
         else:
             ray.init(num_cpus=opts.workers, include_dashboard=False, log_to_driver=False)
-    threads = opts.threads or max(1, len(_cpus()) // max(opts.workers, 1))
-    remote = ray.remote(num_cpus=1, max_calls=1)(execute)
-    results, data_root = str(Path(opts.results).resolve()), str(opts.data_root) if opts.data_root else None
-    started = time.perf_counter()
-    refs = {remote.remote(item, results, data_root, opts.device, threads): item for item in items}
     try:
+        _check_ray_gpus(ray, opts)
+        threads = opts.threads or max(1, len(_cpus()) // max(opts.workers, 1))
+        remote = ray.remote(**ray_options(opts))(execute)
+        results, data_root = str(Path(opts.results).resolve()), str(opts.data_root) if opts.data_root else None
+        started = time.perf_counter()
+        refs = {remote.remote(item, results, data_root, opts.device, threads): item for item in items}
         pending = list(refs)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
@@ -285,6 +348,27 @@ def run_ray(items: list[Item], opts: ExecutorOptions) -> Iterator[Outcome]:
             ray.shutdown()
 
 
+def slurm_parameters(opts: ExecutorOptions, cluster: str) -> tuple[dict[str, Any], int]:
+    """submitit's parameters for a sweep's jobs on `cluster`, and the threads each item is given.
+
+    Generic AutoExecutor parameters (facebookincubator.github.io/submitit/api.html, "Update
+    parameters"): one node, a day's time limit, `gpus_per_node=N` when N > 0 (sbatch
+    `--gpus-per-node`; Slurm sets the job's CUDA_VISIBLE_DEVICES to the GPUs it allocated), and
+    `cpus_per_task` = `--threads`, else `CPUS_PER_GPU` × N with GPUs, else 1; on Slurm the array's
+    parallelism is `--workers`. `--slurm-param KEY=VALUE` overrides any of them.
+    """
+    n = opts.gpus_per_run
+    cpus = opts.threads or (CPUS_PER_GPU * n if n > 0 else 1)
+    params: dict[str, Any] = {"timeout_min": 24 * 60, "cpus_per_task": cpus, "nodes": 1}
+    if n > 0:
+        params["gpus_per_node"] = n
+    if cluster == "slurm":
+        params["slurm_array_parallelism"] = max(opts.workers, 1)
+    params.update(opts.slurm)
+    threads = params["cpus_per_task"]
+    return params, threads if isinstance(threads, int) and threads > 0 else cpus
+
+
 def run_slurm(items: list[Item], opts: ExecutorOptions) -> Iterator[Outcome]:
     """submitit jobs: one job array over the items (or one job each); `slurm_cluster='local'` runs
     them as local processes with the same interface (what the tests use)."""
@@ -296,11 +380,8 @@ def run_slurm(items: list[Item], opts: ExecutorOptions) -> Iterator[Outcome]:
 
     folder = (opts.logs or Path(tempfile.mkdtemp(prefix="kdbench-submitit-"))) / "%j"
     executor = submitit.AutoExecutor(folder=str(folder), cluster=opts.slurm_cluster)
-    threads = opts.threads or 1
-    params: dict[str, Any] = {"timeout_min": 24 * 60, "cpus_per_task": threads, "nodes": 1}
-    if executor.cluster == "slurm":
-        params["slurm_array_parallelism"] = max(opts.workers, 1)
-    executor.update_parameters(**params, **opts.slurm)
+    params, threads = slurm_parameters(opts, executor.cluster)
+    executor.update_parameters(**params)
     results, data_root = str(Path(opts.results).resolve()), str(opts.data_root) if opts.data_root else None
     args = (results, data_root, opts.device, threads)
     if opts.slurm_array and len(items) > 1:
@@ -333,6 +414,7 @@ def drive(plan: Plan, opts: ExecutorOptions, progress: bool = True) -> list[Outc
 
     if opts.kind not in RUNNERS:
         raise unknown("executor", opts.kind, EXECUTORS)
+    opts = check_gpus(opts)
     runner = RUNNERS[opts.kind]
     outcomes: list[Outcome] = []
     bar = tqdm(total=len(plan.teachers) + len(plan.runs), unit="run", desc="sweep", disable=not progress)

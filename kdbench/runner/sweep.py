@@ -82,6 +82,7 @@ class Outcome:
     seconds: float
     message: str = ""
     pid: int | None = None  # the worker process that ran it (local pool), when it answered
+    gpus: str | None = None  # its process's CUDA_VISIBLE_DEVICES (None: unset), when it answered
 
 
 #: A sweep's seed list is at most this long.

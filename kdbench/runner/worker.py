@@ -32,7 +32,8 @@ TRACEBACK_LINES = 25
 
 def execute(item: Item, results: str, data_root: str | None, device: str = "auto",
             threads: int | None = None) -> dict[str, Any]:
-    """Run `item`; returns {"label", "status", "seconds", "message"} and never raises."""
+    """Run `item`; returns {"label", "status", "seconds", "message", "gpus"} and never raises
+    ("gpus": the process's CUDA_VISIBLE_DEVICES, the GPUs its executor gave it; None when unset)."""
     if threads:  # per item: a persistent worker must not keep an earlier item's thread count
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
         import torch
@@ -58,7 +59,7 @@ def execute(item: Item, results: str, data_root: str | None, device: str = "auto
             _write_failure(options, message, tail)
         print(tail, file=sys.stderr)
     return {"label": item.label, "status": status, "seconds": time.perf_counter() - started,
-            "message": message}
+            "message": message, "gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
 
 def options_for(item: Item, results: str | Path, data_root: str | Path | None, device: str = "auto") -> Any:
