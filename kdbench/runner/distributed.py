@@ -12,6 +12,10 @@ the loss terms averaged across ranks. Only rank 0 evaluates, checkpoints and wri
 Known difference from one process: BatchNorm statistics are per rank (SyncBatchNorm needs a
 GPU), so the result matches a single-process run of the same global batch only up to that —
 the test states its tolerance.
+
+On CUDA each rank takes GPU LOCAL_RANK over NCCL; where a node's ranks outnumber its GPUs (two
+ranks on a one-GPU machine: the multi-rank part of benchmarks/perf/gpu_check.sh) they share the
+GPUs round-robin over gloo (`rank_placement`).
 """
 
 from __future__ import annotations
@@ -38,15 +42,31 @@ class World:
         return self.rank == 0
 
 
+def rank_placement(local_rank: int, local_world: int, gpus: int) -> tuple[str, int]:
+    """(backend, CUDA device index) of a rank on CUDA: NCCL on GPU `local_rank` where the node has a
+    GPU per rank; where its `local_world` ranks outnumber its `gpus`, GPU `local_rank mod gpus` over
+    gloo, since NCCL refuses two ranks on one GPU ("Duplicate GPU detected") while gloo all-reduces
+    and broadcasts CUDA tensors (torch.distributed's backend table, docs.pytorch.org/docs/stable/
+    distributed.html#backends) and gathers objects through the CPU."""
+    if gpus < 1:
+        raise ValueError("rank_placement needs at least one GPU")
+    if local_world <= gpus:
+        return "nccl", local_rank
+    return "gloo", local_rank % gpus
+
+
 def init_from_env(device: torch.device) -> World | None:
     """Join the process group torchrun describes (WORLD_SIZE > 1), else None (one process)."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return None
     if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
+        backend = "gloo"
         if device.type == "cuda":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(size)))
+            backend, index = rank_placement(int(os.environ.get("LOCAL_RANK", "0")), local_world,
+                                            torch.cuda.device_count())
+            torch.cuda.set_device(index)
         dist.init_process_group(backend)
     return World(dist.get_rank(), dist.get_world_size())
 
@@ -150,6 +170,13 @@ def _cpu(value: Any) -> Any:
     if isinstance(value, tuple):
         return tuple(_cpu(v) for v in value)
     return value
+
+
+def gather_lists(items: list[Any], world: World) -> list[Any]:
+    """Every rank's `items` concatenated in rank order, on every rank (picklable items)."""
+    parts: list[Any] = [None] * world.size
+    dist.all_gather_object(parts, items)
+    return [x for part in parts for x in part]
 
 
 def barrier(world: World | None) -> None:

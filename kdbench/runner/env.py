@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import resource
 import subprocess
@@ -56,8 +57,15 @@ def environment() -> dict[str, Any]:
             "platform": platform.platform(), "cpu": cpu_info(), "threads": torch.get_num_threads()}
 
 
+#: `cost.hardware` of a CUDA run's record written by a process that sees no GPU (the `failed` record
+#: a sweep's own process writes for a GPU item whose worker died, from a Slurm login node or a Ray head).
+UNSEEN_GPU = "unknown: the process that wrote this record sees no GPU"
+
+
 def hardware(device: torch.device) -> str:
     if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return UNSEEN_GPU
         return f"{torch.cuda.get_device_name(device)} ×{torch.cuda.device_count()}"
     cpu = platform.processor() or platform.machine()
     try:
@@ -70,11 +78,31 @@ def hardware(device: torch.device) -> str:
     return f"{cpu}, {torch.get_num_threads()} threads"
 
 
-def peak_memory_mb(device: torch.device) -> float:
+def peak_memory_mb(device: torch.device) -> float | None:
+    """Peak memory of this process: allocated on its GPU, or its resident set on CPU (None for a
+    CUDA device this process cannot see)."""
     if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return None
         return torch.cuda.max_memory_allocated(device) / 2**20
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+def gpus_used(device: torch.device) -> list[dict[str, Any]]:
+    """The GPU this process trains on, as an entry of a record's `cost.gpus`: `id` as the process's
+    CUDA_VISIBLE_DEVICES names it (what its executor placed it on: an index, a `GPU-<uuid>` or a MIG
+    id; the CUDA ordinal where the variable is unset), the device's `name` and `uuid` (the same
+    physical GPU whatever the numbering). [] on CPU."""
+    if device.type != "cuda":
+        return []
+    ordinal = device.index if device.index is not None else torch.cuda.current_device()
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    entries = [e.strip() for e in listed.split(",") if e.strip()] if listed is not None else []
+    props = torch.cuda.get_device_properties(ordinal)
+    uuid = getattr(props, "uuid", None)
+    return [{"id": entries[ordinal] if ordinal < len(entries) else str(ordinal), "name": str(props.name),
+             "uuid": None if uuid is None else str(uuid)}]
 
 
 def count_params(model: nn.Module) -> int:

@@ -53,8 +53,10 @@ def teacher_record_relpath(spec: RunSpec) -> str:
 def build_record(spec: RunSpec, outcome: Outcome, *, device: torch.device, world_size: int = 1,
                  precision: str | None = None, student: dict[str, Any] | None = None,
                  teacher: dict[str, Any] | None = None, teacher_outputs: dict[str, Any] | None = None,
-                 evaluation: dict[str, Any] | None = None, as_teacher: bool = False) -> dict[str, Any]:
-    """The record of one run (or, `as_teacher`, of the card's teacher as a table row)."""
+                 evaluation: dict[str, Any] | None = None, as_teacher: bool = False,
+                 gpus: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The record of one run (or, `as_teacher`, of the card's teacher as a table row); `gpus`: the
+    GPUs it trained on, one per rank (`env.gpus_used`), kept as `cost.gpus` when there are any."""
     protocol = spec.protocol
     primary = spec.primary_metric
     method = {"name": "teacher", "teacher": "none", "hparams": {}} if as_teacher else \
@@ -87,6 +89,8 @@ def build_record(spec: RunSpec, outcome: Outcome, *, device: torch.device, world
             "teacher_outputs": teacher_outputs,
         },
     }
+    if gpus:
+        record["cost"]["gpus"] = gpus
     if outcome.traceback is not None:
         record["traceback"] = outcome.traceback[-TRACEBACK_CHARS:]
     return record

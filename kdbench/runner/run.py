@@ -16,8 +16,8 @@ from kdbench.errors import UsageError
 from kdbench.methods.base import MethodContext
 from kdbench.records import read_record, record_path, write_record
 from kdbench.runner import checkpoint
-from kdbench.runner.distributed import World, barrier, init_from_env
-from kdbench.runner.env import count_flops, count_params, method_params, resolve_device
+from kdbench.runner.distributed import World, barrier, gather_lists, init_from_env
+from kdbench.runner.env import count_flops, count_params, gpus_used, method_params, resolve_device
 from kdbench.runner.record import Outcome, build_record
 from kdbench.runner.spec import RunOptions, RunSpec, refuse_existing, resolve
 from kdbench.runner.teacher_cache import TeacherCache, why_online
@@ -88,9 +88,12 @@ def run(options: RunOptions) -> tuple[dict[str, Any], Path]:
     model_info = {"arch": adapter.arch_name("student"), "params": count_params(student),
                   "flops": count_flops(student, adapter.example_input()),
                   "method_params": method_params(method, student), "checkpoint_sha256": student_sha}
+    gpus = gpus_used(device)
+    if world is not None and device.type == "cuda":  # every rank's GPU, in rank order
+        gpus = gather_lists(gpus, world)
     record = build_record(spec, outcome, device=device, world_size=world.size if world else 1,
                           precision=job.precision, student=model_info, teacher=_teacher_entry(teacher),
-                          teacher_outputs=teacher_outputs, evaluation=_evaluation(adapter))
+                          teacher_outputs=teacher_outputs, evaluation=_evaluation(adapter), gpus=gpus)
     if main:
         write_record(spec.record_path, record)
         if outcome.error is None:  # only now: a rerun after a failed write resumes instead of training again
@@ -166,7 +169,12 @@ def run_key(spec: RunSpec, teacher: Teacher | None, world: World | None = None) 
 def failure_record(options: RunOptions, error: str, traceback_tail: str | None = None) -> Path:
     """The `failed` record of a run that raised before it could write its own (sweeps)."""
     spec = resolve(options)
-    device = resolve_device(options.device)
+    try:
+        device = resolve_device(options.device)
+    except UsageError:  # a sweep's own process recording a GPU item it cannot see (Slurm login node, Ray head)
+        if options.device != "cuda":
+            raise
+        device = torch.device("cuda")  # cost.hardware says it is unknown, peak memory is null
     student = {"arch": str(spec.protocol.get("student.arch")), "params": None, "flops": None,
                "checkpoint_sha256": None}
     record = build_record(spec, Outcome(error=error, traceback=traceback_tail), device=device, student=student)
