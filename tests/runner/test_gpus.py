@@ -210,13 +210,11 @@ def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("_own_cache")
-@pytest.mark.parametrize("fresh", [False, True], ids=["persistent", "fresh"])
-def test_each_local_slot_worker_gets_its_own_gpus(fresh: bool, gpus: Any, tmp_path: Path) -> None:
+def test_each_local_slot_worker_gets_its_own_gpus(gpus: Any, tmp_path: Path) -> None:
     gpus(4)
     results = tmp_path / "results"
     plan = make_plan("classification", "baseline", "0-1", "smoke", {}, results, None)
-    opts = ExecutorOptions("local", workers=2, results=results, threads=1, logs=tmp_path / "logs",
-                           fresh_workers=fresh, gpus_per_run=2)
+    opts = ExecutorOptions("local", workers=2, results=results, threads=1, logs=tmp_path / "logs", gpus_per_run=2)
     outcomes = drive(plan, opts, progress=False)
     assert sorted(o.gpus or "" for o in outcomes) == ["0,1", "2,3"]  # one slot each, disjoint
     for o in outcomes:  # the workers have no real GPU: `cuda` fails there, in one line, recorded
@@ -233,8 +231,8 @@ def test_a_cpu_sweep_hides_the_gpus_from_its_workers(gpus: Any, tmp_path: Path) 
     gpus(2)  # --device auto with no GPU reserved stays on CPU even where GPUs are visible
     results = tmp_path / "results"
     plan = make_plan("classification", "baseline", "0", "smoke", {}, results, None)
-    [outcome] = drive(plan, ExecutorOptions("local", results=results, threads=1, logs=tmp_path / "logs"),
-                      progress=False)
+    opts = ExecutorOptions("local", results=results, threads=1, logs=tmp_path / "logs", fresh_workers=True)
+    [outcome] = drive(plan, opts, progress=False)  # a fresh worker (persistent ones: the test above)
     assert outcome.status == "ok" and outcome.gpus == ""
     record = read_record(results / "classification" / "smoke" / "baseline" / "seed0.json")
     assert record["cost"]["device"] == "cpu" and "gpus" not in record["cost"]
