@@ -228,7 +228,7 @@ def _summary(record: dict[str, Any], path: Path) -> None:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from kdbench.protocol import parse_sets
     from kdbench.runner.executors import EXECUTORS, ExecutorOptions, check_gpus, drive
-    from kdbench.runner.gpus import sweep_device
+    from kdbench.runner.gpus import sweep_device, visible_gpus
     from kdbench.runner.sweep import describe, make_plan
 
     if args.executor not in EXECUTORS:
@@ -253,6 +253,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     print(f"sweep: {len(plan.teachers)} teachers, {len(plan.runs)} runs, {len(plan.skipped)} already done",
           file=sys.stderr)
+    if args.gpus_per_run == 0 and args.device == "auto" and args.executor == "local" and visible_gpus():
+        print(f"sweep: {len(visible_gpus())} GPU(s) visible, but --gpus-per-run 0 runs on CPU; pass --gpus-per-run 1 "
+              "to give each run a GPU of its own", file=sys.stderr)
     if args.gpus_per_run > 1:
         print(f"sweep: each run sees its {args.gpus_per_run} GPUs but trains as one process on the first of them "
               "(multi-rank sweep items are not built yet; torchrun runs one kdbench run on several)", file=sys.stderr)

@@ -227,7 +227,8 @@ def test_each_local_slot_worker_gets_its_own_gpus(gpus: Any, tmp_path: Path) -> 
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("_own_cache")
-def test_a_cpu_sweep_hides_the_gpus_from_its_workers(gpus: Any, tmp_path: Path) -> None:
+def test_a_cpu_sweep_hides_the_gpus_from_its_workers(gpus: Any, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
     gpus(2)  # --device auto with no GPU reserved stays on CPU even where GPUs are visible
     results = tmp_path / "results"
     plan = make_plan("classification", "baseline", "0", "smoke", {}, results, None)
@@ -236,6 +237,9 @@ def test_a_cpu_sweep_hides_the_gpus_from_its_workers(gpus: Any, tmp_path: Path) 
     assert outcome.status == "ok" and outcome.gpus == ""
     record = read_record(results / "classification" / "smoke" / "baseline" / "seed0.json")
     assert record["cost"]["device"] == "cpu" and "gpus" not in record["cost"]
+    assert main([*SWEEP, "--results", str(results)]) == 0  # nothing left to run; the sweep says why not on GPUs
+    assert ("sweep: 2 GPU(s) visible, but --gpus-per-run 0 runs on CPU; pass --gpus-per-run 1 to give each run a "
+            "GPU of its own") in capsys.readouterr().err
 
 
 @pytest.mark.slow
