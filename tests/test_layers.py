@@ -20,7 +20,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "kdbench"
 #: Bottom to top. A layer: (name, the modules it holds, by dotted prefix; what it is).
 LAYERS: list[tuple[str, tuple[str, ...], str]] = [
     ("base", ("kdbench", "kdbench.errors", "kdbench.formatting", "kdbench.outputs", "kdbench.stats",
-              "kdbench.metrics", "kdbench.record_checks", "kdbench.records", "kdbench.cache", "kdbench.cards"),
+              "kdbench.metrics", "kdbench.record_checks", "kdbench.records", "kdbench.cache", "kdbench.cards",
+              "kdbench.registry"),
      "errors, formatting, Outputs, statistics, metric metadata, records and their schema, cache folder "
      "and content hashes, the typed card sections and parser"),
     ("losses", ("kdbench.losses",), "pure tensor functions"),
