@@ -98,6 +98,9 @@ class Method(nn.Module, metaclass=ABCMeta):
     """
 
     name: ClassVar[str]
+    #: Names it had before a rename: they resolve to it everywhere a method name is read (the
+    #: command line, cards' `methods:` sections, records; docs/architecture.md, Registries).
+    aliases: ClassVar[tuple[str, ...]] = ()
     paper: ClassVar[str]
     teacher: ClassVar[TeacherKind]
     needs: ClassVar[frozenset[str]] = frozenset()
