@@ -29,9 +29,9 @@ from typing import Any
 import yaml
 
 from kdbench.cards.sections import TIERS, Card
-from kdbench.cards.tasks import CARDS
 from kdbench.cards.typed import leaves, parse, to_plain
-from kdbench.errors import UsageError, unknown
+from kdbench.errors import UsageError
+from kdbench.tasks import TASKS
 
 #: Card fields that describe rather than determine a run: left out of the card's sha256.
 PROSE = ("description", "reference", "default", "seeds", "tuning")
@@ -43,8 +43,10 @@ def cards_dir() -> Path:
 
 
 def task_cards(task: str) -> dict[str, Path]:
-    """Card name → path for one task's shipped cards."""
-    folder = cards_dir() / task
+    """Card name → path for one task's shipped cards: those in the folder its declaration names
+    (kdbench.tasks.Task.cards), else in `kdbench/benchmarks/<task>/`."""
+    declared = TASKS.get(task)
+    folder = declared.cards if declared is not None and declared.cards is not None else cards_dir() / task
     return {p.stem: p for p in sorted(folder.glob("*.yaml"))} if folder.is_dir() else {}
 
 
@@ -87,8 +89,7 @@ class Protocol:
 
 def load_protocol(task: str, choice: str) -> Protocol:
     """Resolve `--protocol`: a tier (the task's default card of it), a card name, or a path."""
-    if task not in CARDS:
-        raise unknown("task", task, CARDS)
+    TASKS[task]  # an unknown task lists the registered ones
     cards = task_cards(task)
     if choice in cards:
         return _load(cards[choice], task)
@@ -129,7 +130,7 @@ def _typed(raw: dict[str, Any], task: str, where: str) -> tuple[Card, dict[str, 
     if raw.get("task") != task:
         raise UsageError(f"{where}is for task {raw.get('task')!r}, not {task!r}")
     try:
-        typed = parse(CARDS[task], raw, "")
+        typed = parse(TASKS[task].card, raw, "")
     except UsageError as e:
         raise UsageError(f"{where}{e}") from None
     if not NAME.match(typed.name):
@@ -208,7 +209,7 @@ def apply_overrides(protocol: Protocol, sets: dict[str, Any], method: str | None
     if not sets:
         return protocol
     raw = copy.deepcopy(protocol.card)
-    valid = [k for k in leaves(CARDS[protocol.task]) if k.split(".")[0] not in (*PROSE, "name", "task", "tier")]
+    valid = [k for k in leaves(TASKS[protocol.task].card) if k.split(".")[0] not in (*PROSE, "name", "task", "tier")]
     for dotted, value in sets.items():
         parts = dotted.split(".")
         if parts[0] == "method":

@@ -21,7 +21,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "kdbench"
 LAYERS: list[tuple[str, tuple[str, ...], str]] = [
     ("base", ("kdbench", "kdbench.errors", "kdbench.formatting", "kdbench.outputs", "kdbench.stats",
               "kdbench.metrics", "kdbench.record_checks", "kdbench.records", "kdbench.cache", "kdbench.cards",
-              "kdbench.registry"),
+              "kdbench.registry", "kdbench.tasks"),
      "errors, formatting, Outputs, statistics, metric metadata, records and their schema, cache folder "
      "and content hashes, the typed card sections and parser"),
     ("losses", ("kdbench.losses",), "pure tensor functions"),

@@ -1,36 +1,36 @@
-"""Task pipelines, one package each. The registry maps a task name to its adapter class.
+"""Task pipelines, one package each, and the adapter registry `ADAPTERS`: task name → its adapter.
 
-Importing this package is cheap: `TASKS` is plain data, and the adapter base class (which imports
-torch) loads on first use of `Adapter` or `get_adapter`, so `kdbench list` and `--help` stay fast.
+Each task package declares itself in its `__init__.py` (kdbench.tasks.TASKS, discovered); its
+adapter is a lazy `"module:Class"` entry here, imported and checked against `Adapter` on first
+use. Importing this package is cheap (no torch): the adapters and their base class load only
+when `get_adapter` or `Adapter` is first used, so `kdbench list` and `--help` stay fast.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
-from kdbench.errors import unknown
+from kdbench.registry import Registry
+from kdbench.tasks import TASKS
 
 if TYPE_CHECKING:
     from kdbench.adapters.base import Adapter
 
-#: task name → module path of its adapter (imported on demand: a task's heavy dependencies
-#: load only when that task runs).
-TASKS: dict[str, str] = {
-    "classification": "kdbench.adapters.classification.adapter:ClassificationAdapter",
-    "detection": "kdbench.adapters.detection.adapter:DetectionAdapter",
-    "pose": "kdbench.adapters.pose.adapter:PoseAdapter",
-    "translation": "kdbench.adapters.translation.adapter:TranslationAdapter",
-    "ood": "kdbench.adapters.ood.adapter:OODAdapter",
-}
+
+def _from_tasks() -> None:
+    """One lazy entry per declared task (and its aliases)."""
+    for name in TASKS:
+        ADAPTERS.register(name, TASKS[name].adapter)
+    for old, new in TASKS.aliases().items():
+        ADAPTERS.alias(old, new)
+
+
+ADAPTERS: Registry[type[Adapter]] = Registry("task", base="kdbench.adapters.base:Adapter", discover=_from_tasks)
 
 
 def get_adapter(task: str) -> type[Adapter]:
-    if task not in TASKS:
-        raise unknown("task", task, TASKS)
-    module, _, name = TASKS[task].partition(":")
-    cls: type[Adapter] = getattr(importlib.import_module(module), name)
-    return cls
+    """The adapter class of a registered task; an unknown name lists the registered ones."""
+    return ADAPTERS[task]
 
 
 def __getattr__(name: str) -> Any:
@@ -41,4 +41,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["TASKS", "Adapter", "get_adapter"]
+__all__ = ["ADAPTERS", "TASKS", "Adapter", "get_adapter"]

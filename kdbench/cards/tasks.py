@@ -1,6 +1,7 @@
-"""Each task's card type: the shared sections (kdbench.cards.sections) plus its data, models,
-augmentation and loss settings. The model sections list exactly the keys the task's model
-constructors take; a value left out keeps the constructor's default."""
+"""Each shipped task's card type: the shared sections (kdbench.cards.sections) plus its data,
+models, augmentation and loss settings; each task's declaration names its own (kdbench.tasks).
+The model sections list exactly the keys the task's model constructors take; a value left out
+keeps the constructor's default."""
 
 from __future__ import annotations
 
@@ -303,8 +304,3 @@ class TranslationCard(Card):
     task_loss: TaskLoss = field(default_factory=TaskLoss)
     decode: Decode = field(default_factory=Decode)
 
-
-CARDS: dict[str, type[Card]] = {
-    "classification": ClassificationCard, "detection": DetectionCard, "pose": PoseCard,
-    "ood": OODCard, "translation": TranslationCard,
-}

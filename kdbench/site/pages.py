@@ -285,14 +285,14 @@ def effective_sha(task: str, raw: Any) -> str | None:
     identity: the typed card, defaults filled, unset fields left out, prose fields not hashed), or
     None when the file does not parse. Computed without loading the method registry, which would
     import torch: a card whose method hyperparameters are wrong still gets its sha."""
-    from kdbench.cards.tasks import CARDS
     from kdbench.cards.typed import parse, to_plain
     from kdbench.protocol import card_sha256, drop_none
+    from kdbench.tasks import TASKS
 
-    if not isinstance(raw, dict) or task not in CARDS:
+    if not isinstance(raw, dict) or task not in TASKS:
         return None
     try:
-        return card_sha256(drop_none(to_plain(parse(CARDS[task], raw, ""))))
+        return card_sha256(drop_none(to_plain(parse(TASKS[task].card, raw, ""))))
     except (UsageError, TypeError, ValueError):
         return None
 
