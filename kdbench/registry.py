@@ -220,14 +220,14 @@ class Registry(Mapping[str, T], Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         self.discover()
-        return iter(list(self._entries))
+        return iter(sorted(self._entries))
 
     def __len__(self) -> int:
         self.discover()
         return len(self._entries)
 
     def names(self) -> list[str]:
-        """The registered names in registration order (no aliases)."""
+        """The registered names in name order (no aliases)."""
         return list(self)
 
     def aliases(self) -> dict[str, str]:
@@ -239,6 +239,13 @@ class Registry(Mapping[str, T], Generic[T]):
         """The old names that resolve to the registered name `name`."""
         key = self.canonical(name)
         return tuple(old for old, new in self.aliases().items() if new == key)
+
+    def where(self, name: str) -> str:
+        """Where a registered name or alias was defined (`definition`'s text)."""
+        self.discover()
+        if name not in self._where:
+            raise unknown_name(self.kind, name, self._entries)
+        return self._where[name]
 
     def entry(self, name: str) -> Any:
         """What was registered under `name`, unresolved (a lazy entry stays its string)."""
@@ -253,5 +260,5 @@ class Registry(Mapping[str, T], Generic[T]):
         self._resolved.pop(key, None)
 
     def __repr__(self) -> str:
-        shown = ", ".join(self._entries) if self._state == "done" else "not yet discovered"
+        shown = ", ".join(sorted(self._entries)) if self._state == "done" else "not yet discovered"
         return f"Registry({self.kind!r}: {shown})"

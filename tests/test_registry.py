@@ -48,13 +48,14 @@ def test_a_duplicate_names_both_definitions() -> None:
     with pytest.raises(ValueError, match=r"'lazy' registered twice: collections:OrderedDict \(registered\) and "
                                          r"tests.test_registry:\d+"):
         reg.register("lazy", 3)
-    assert reg.names() == ["one", "lazy"]  # a refused registration changes nothing
+    assert reg.names() == ["lazy", "one"]  # a refused registration changes nothing
 
 
 def test_an_unknown_name_is_one_usage_line_listing_the_names() -> None:
     reg: Registry[int] = Registry("metric")
     reg.register("b", 2)
     reg.register("a", 1, aliases=("old_a",))
+    assert reg.names() == ["a", "b"]  # name order, not registration order
     with pytest.raises(UsageError, match=r"^unknown metric 'c'; valid: a, b$") as caught:
         reg["c"]
     assert isinstance(caught.value, UnknownName) and caught.value.exit_code == 2
@@ -137,3 +138,11 @@ def test_import_submodules_imports_a_package_in_name_order() -> None:
 def test_the_registry_module_imports_no_torch() -> None:
     code = "import sys, kdbench.registry; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_where_names_each_definition() -> None:
+    reg: Registry[type[Base]] = Registry("thing")
+    reg.register("one", One, aliases=("uno",))
+    assert reg.where("one") == reg.where("uno") == "tests.test_registry:One"
+    with pytest.raises(UnknownName, match="unknown thing 'two'; valid: one"):
+        reg.where("two")

@@ -76,6 +76,20 @@ def test_a_task_package_is_found_by_dropping_it_in(tmp_path: Path) -> None:
     assert done.stdout.strip() == "['alpha', 'beta']"
 
 
+def test_a_task_package_imported_before_discovery_is_still_found(tmp_path: Path) -> None:
+    """Importing one of a task's modules (a test does) declares the task before discovery runs."""
+    code = ("import kdbench.tasks as t\n"
+            "t.TASK_PACKAGE = 'fakeadapters'\n"
+            "import fakeadapters.beta\n"
+            "print(t.TASKS.names())\n")
+    env = {**_fake_package(tmp_path, {"alpha": DECLARE.format(name="alpha"), "beta": DECLARE.format(name="beta")}),
+           "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['alpha', 'beta']"
+
+
 def test_a_package_that_declares_no_task_is_an_error(tmp_path: Path) -> None:
     done = _discover_in(tmp_path, {"alpha": DECLARE.format(name="alpha"), "helpers": "X = 1\n"})
     assert done.returncode != 0
@@ -104,3 +118,4 @@ def test_an_unknown_task_lists_the_registered_ones() -> None:
         load_protocol("nope", "smoke")
     with pytest.raises(UsageError, match=r"^unknown task 'nope'; valid: classification"):
         get_adapter("nope")
+

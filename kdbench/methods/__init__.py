@@ -28,7 +28,7 @@ def register(cls: type[Method]) -> type[Method]:
 
 
 def registry() -> dict[str, type[Method]]:
-    """Registered name → method class, in name order of their files."""
+    """Registered name → method class, in name order."""
     return dict(METHODS.items())
 
 
