@@ -2,8 +2,9 @@
 
 A task is a package whose `__init__.py` declares it with `register_task(Task(...))`: its name,
 its adapter as a lazy `"module:Class"` (kdbench.adapters.ADAPTERS imports it only when the task
-runs), its typed card class (kdbench.cards) and, optionally, the folder of its own protocol
-cards (default: `kdbench/benchmarks/<task>/`). Nothing else names a task: a sixth task is a package and
+runs), its typed card class (kdbench.cards), the modules that register the metrics it reports
+(kdbench.metrics.METRICS imports them) and, optionally, the folder of its own protocol cards
+(default: `kdbench/benchmarks/<task>/`). Nothing else names a task: a sixth task is a package and
 its cards (docs/extending.md).
 
 Discovery, once, on the first lookup, imports
@@ -45,12 +46,15 @@ class Task:
         name: the task's name (`--task`, the first folder of its records).
         adapter: `"module:Class"` of its `kdbench.adapters.base.Adapter` subclass.
         card: its typed card class, a `kdbench.cards.sections.Card` subclass.
+        metrics: the modules that register the metrics its adapter reports (kdbench.metrics);
+            each imports no torch, as the leaderboard reads the metric registry.
         cards: the folder of its protocol cards, if not `kdbench/benchmarks/<name>/`.
     """
 
     name: str
     adapter: str
     card: type[Card]
+    metrics: tuple[str, ...] = ()
     cards: Path | None = None
 
     def __post_init__(self) -> None:

@@ -119,3 +119,28 @@ def test_an_unknown_task_lists_the_registered_ones() -> None:
     with pytest.raises(UsageError, match=r"^unknown task 'nope'; valid: classification"):
         get_adapter("nope")
 
+
+def test_metrics_are_registered_by_their_tasks_modules_without_torch_or_sklearn() -> None:
+    """The leaderboard, `kdbench compare` and `kdbench validate` read the metric registry: filling it
+    imports each task's metric modules, none of which may import torch (nor scikit-learn, slow)."""
+    code = ("import sys, json\n"
+            "from kdbench.metrics import METRICS\n"
+            "names = list(METRICS)\n"
+            "print(json.dumps([len(names), sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'sklearn'})]))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    count, heavy = json.loads(done.stdout)
+    assert count == 75 and heavy == []
+
+
+def test_each_metric_is_registered_where_it_is_computed() -> None:
+    from kdbench.metrics import METRICS, bounds, ceiling
+
+    modules = {name: METRICS.where(name).split(":")[0] for name in METRICS}
+    assert modules["top1"] == modules["aurc"] == modules["ece"] == "kdbench.adapters.classification.metrics"
+    assert modules["ap"] == modules["ar"] == "kdbench.adapters.coco"
+    assert modules["bleu"] == "kdbench.adapters.translation.metrics"
+    assert modules["id_acc"] == modules["fpr95_energy_near"] == "kdbench.adapters.ood.scores"
+    declared = {m for t in TASKS for m in TASKS[t].metrics}
+    assert set(modules.values()) == declared
+    assert bounds("aurc") == (0.0, 1000.0) and ceiling("aurc") == 0.0 and ceiling("ap") == 1.0
+    assert ceiling("nll") == 0.0 and bounds("nll")[1] == float("inf") and ceiling("fpr95_msp") == 0.0

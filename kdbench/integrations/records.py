@@ -74,7 +74,7 @@ def kdbench_metrics(values: dict[str, Any]) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for key, value in values.items():
         name = METRIC_NAMES.get(key.split("/", 1)[-1])
-        if name in METRICS and isinstance(value, int | float):
+        if name is not None and name in METRICS and isinstance(value, int | float):
             out[name] = None if value < 0 else float(value)
     return out
 

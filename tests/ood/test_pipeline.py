@@ -9,9 +9,10 @@ import torch
 
 from kdbench.adapters.ood.data import pad
 from kdbench.adapters.ood.model import TextEncoder
+from kdbench.adapters.ood.scores import OOD_DETECTION_METRICS, OOD_SCORES
 from kdbench.cli import main
 from kdbench.methods.minilm import padding_mask
-from kdbench.metrics import METRICS, OOD_DETECTION_METRICS, OOD_SCORES
+from kdbench.metrics import METRICS
 from kdbench.records import validation_errors
 
 SMOKE = ["run", "--task", "ood", "--protocol", "smoke", "--device", "cpu"]

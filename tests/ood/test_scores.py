@@ -10,7 +10,8 @@ from sklearn.covariance import EmpiricalCovariance
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from kdbench.adapters.ood import scores as S
-from kdbench.metrics import METRICS, OOD_DETECTION_METRICS, OOD_SCORES, metric
+from kdbench.adapters.ood.scores import OOD_DETECTION_METRICS, OOD_SCORES
+from kdbench.metrics import METRICS, metric
 
 RNG = np.random.default_rng(0)
 

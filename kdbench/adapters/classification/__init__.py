@@ -10,4 +10,5 @@ register_task(Task(
     "classification",
     adapter="kdbench.adapters.classification.adapter:ClassificationAdapter",
     card=ClassificationCard,
+    metrics=("kdbench.adapters.classification.metrics",),
 ))

@@ -1,17 +1,24 @@
 """Classification metrics: accuracy, likelihood and calibration beside it.
 
 Top-k accuracy and NLL come from scikit-learn; ECE and AURC, which it lacks, are written here
-from their papers and checked against hand-computed golden values in the tests. Names, units
-and directions match the metric registry in `kdbench.metrics`.
+from their papers and checked against hand-computed golden values in the tests. Each is
+registered here with its direction, range and unit (kdbench.metrics); scikit-learn and scipy are
+imported only when a metric is computed, so the leaderboard reads the registry without them.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import softmax
-from sklearn.metrics import log_loss, top_k_accuracy_score
+
+from kdbench.metrics import register_metric
 
 ECE_BINS = 15
+
+register_metric("top1", "higher", "Top-1 accuracy", "%", (0.0, 100.0))
+register_metric("top5", "higher", "Top-5 accuracy", "%", (0.0, 100.0))
+register_metric("nll", "lower", "Negative log-likelihood", "nats")
+register_metric("ece", "lower", "Expected calibration error (15 bins)", "%", (0.0, 100.0))
+register_metric("aurc", "lower", "Area under the risk-coverage curve", "×1000", (0.0, 1000.0))
 
 
 def _check(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -38,6 +45,8 @@ def top_k_accuracy(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
         labels: (N,) class indices.
         k: how many top classes count as a hit.
     """
+    from sklearn.metrics import top_k_accuracy_score
+
     num_classes = probs.shape[1]
     # scikit-learn takes the positive-class score alone in the binary case
     scores = probs[:, 1] if num_classes == 2 else probs
@@ -106,6 +115,9 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, 
         `log_loss`); "ece" in percent (Guo et al., 2017; 15 bins); "aurc" ×1000 (Geifman &
         El-Yaniv, 2017).
     """
+    from scipy.special import softmax
+    from sklearn.metrics import log_loss
+
     logits, labels = _check(logits, labels)
     num_classes = logits.shape[1]
     probs = softmax(logits, axis=1)  # (N, K) float64

@@ -10,4 +10,5 @@ register_task(Task(
     "detection",
     adapter="kdbench.adapters.detection.adapter:DetectionAdapter",
     card=DetectionCard,
+    metrics=("kdbench.adapters.coco",),
 ))

@@ -11,6 +11,8 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_convert
 
+from kdbench.adapters.coco import named_stats
+
 #: COCOeval's stats[0..5] (IoU .50:.95 over all areas, IoU .50, IoU .75, small, medium, large)
 METRIC_NAMES: tuple[str, ...] = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
 
@@ -65,7 +67,7 @@ def coco_detection_metrics(
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return {name: (None if v < 0 else float(v)) for name, v in zip(METRIC_NAMES, evaluator.stats[:6], strict=True)}
+    return named_stats(evaluator.stats, {name: i for i, name in enumerate(METRIC_NAMES)})
 
 
 @torch.no_grad()

@@ -10,4 +10,5 @@ register_task(Task(
     "ood",
     adapter="kdbench.adapters.ood.adapter:OODAdapter",
     card=OODCard,
+    metrics=("kdbench.adapters.ood.scores", "kdbench.adapters.classification.metrics"),
 ))

@@ -14,14 +14,13 @@ from scipy.special import softmax
 from torch import Tensor, nn
 
 from kdbench.adapters.base import Adapter, Role
-from kdbench.adapters.classification.metrics import expected_calibration_error
 from kdbench.adapters.ood import data as D
 from kdbench.adapters.ood import scores as S
 from kdbench.adapters.ood.model import EncoderOutput, TextEncoder
 from kdbench.adapters.splits import EVAL_SPLITS, check_split
 from kdbench.adapters.supervision import deep_supervision_ce
 from kdbench.errors import KDBenchError, UsageError
-from kdbench.metrics import METRICS, OOD_DETECTION_METRICS
+from kdbench.metrics import METRICS
 from kdbench.outputs import Head, HeadKind, Outputs
 from kdbench.protocol import Protocol
 
@@ -62,7 +61,7 @@ class OODAdapter(Adapter[Batch, Outputs]):
             data.get("max_chars", 64 if self._langid else 96))  # positions of the encoder
         primary = protocol.typed.metrics.primary  # the card is the one place that defines it
         if primary not in METRICS or not (primary == "id_acc" or primary.startswith(
-                tuple(f"{m}_" for m in OOD_DETECTION_METRICS))):
+                tuple(f"{m}_" for m in S.OOD_DETECTION_METRICS))):
             raise UsageError(f"protocol {protocol.name!r}: metrics.primary {primary!r} is not an OOD "
                              "metric; valid: id_acc or {auroc,aupr_in,aupr_out,fpr95}_<score>[_<set>]")
         self.teacher: nn.Module | None = None
@@ -174,8 +173,7 @@ class OODAdapter(Adapter[Batch, Outputs]):
         model.train(was_training)
         probs = softmax(id_logits, axis=1)
         labels = id_set.labels.numpy()
-        metrics = {"id_acc": 100.0 * float((probs.argmax(axis=1) == labels).mean()),
-                   "ece": expected_calibration_error(probs, labels)}
+        metrics = S.id_metrics(probs, labels)
         ood = {k: v for k, v in scores.items() if k != "id"}
         return metrics | S.score_metrics(scores["id"], ood)
 

@@ -28,17 +28,40 @@ Scores (all from one trained model):
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import log_softmax, logsumexp, softmax
-from sklearn.covariance import EmpiricalCovariance
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from kdbench.metrics import OOD_DETECTION_METRICS
+from kdbench.adapters.classification.metrics import expected_calibration_error
+from kdbench.metrics import Direction, register_metric
 
 TPR_LEVEL = 0.95
+
+#: The detection metrics of every score, registered as `{metric}_{score}` (pooled over the OOD
+#: test sets) and `{metric}_{score}_{set}` (per set), e.g. "fpr95_energy_near". scikit-learn and
+#: scipy are imported only when scores are computed, so the leaderboard reads the registry without them.
+OOD_DETECTION_METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95")
+OOD_SCORES = ("msp", "maxlogit", "energy", "mahalanobis", "discrepancy")
+OOD_SETS = ("near", "far")
+_LABELS: dict[str, tuple[Direction, str]] = {
+    "auroc": ("higher", "AUROC"), "aupr_in": ("higher", "AUPR-In (ID positive)"),
+    "aupr_out": ("higher", "AUPR-Out (OOD positive)"), "fpr95": ("lower", "FPR at 95% TPR")}
+
+
+def _register() -> None:
+    register_metric("id_acc", "higher", "In-distribution accuracy", "%", (0.0, 100.0))
+    for m in OOD_DETECTION_METRICS:
+        direction, label = _LABELS[m]
+        for score in OOD_SCORES:
+            register_metric(f"{m}_{score}", direction, f"{label}, {score}", "%", (0.0, 100.0))
+            for part in OOD_SETS:
+                register_metric(f"{m}_{score}_{part}", direction, f"{label}, {score} ({part}-OOD)", "%", (0.0, 100.0))
+
+
+_register()
 
 
 def msp(logits: np.ndarray) -> np.ndarray:
     """(N, K) → (N,) max softmax probability."""
+    from scipy.special import softmax
+
     return np.asarray(softmax(logits, axis=1).max(axis=1))
 
 
@@ -49,6 +72,8 @@ def max_logit(logits: np.ndarray) -> np.ndarray:
 
 def energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """(N, K) → (N,) negative free energy T·logsumexp(z/T)."""
+    from scipy.special import logsumexp
+
     return np.asarray(temperature * logsumexp(logits / temperature, axis=1))
 
 
@@ -68,6 +93,8 @@ class Gaussian:
             raise ValueError(f"classes without training features: {np.flatnonzero(counts == 0).tolist()}")
         self.means = np.stack([features[labels == c].mean(axis=0) for c in range(num_classes)])  # (K, D)
         centered = features - self.means[labels]
+        from sklearn.covariance import EmpiricalCovariance
+
         self.precision = EmpiricalCovariance(assume_centered=True).fit(centered).get_precision()  # (D, D)
 
     def distances(self, features: np.ndarray) -> np.ndarray:
@@ -82,8 +109,22 @@ class Gaussian:
 
 def discrepancy(student_logits: np.ndarray, teacher_logits: np.ndarray) -> np.ndarray:
     """(N, K), (N, K) → (N,) −KL(σ(z_T) ‖ σ(z_S))."""
+    from scipy.special import log_softmax
+
     log_t, log_s = log_softmax(teacher_logits, axis=1), log_softmax(student_logits, axis=1)
     return np.asarray(-(np.exp(log_t) * (log_t - log_s)).sum(axis=1))
+
+
+def id_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """ID accuracy ("id_acc": the share of ID samples whose argmax is their class, in percent)
+    and ECE ("ece", kdbench.adapters.classification.metrics) on the ID set.
+
+    Args:
+        probs: (N, K) class probabilities of the ID samples.
+        labels: (N,) their classes.
+    """
+    return {"id_acc": 100.0 * float((probs.argmax(axis=1) == labels).mean()),
+            "ece": expected_calibration_error(probs, labels)}
 
 
 def detection_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, float]:
@@ -93,6 +134,8 @@ def detection_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str
         id_scores: (N_id,) scores of ID samples (higher = more ID).
         ood_scores: (N_ood,) scores of OOD samples.
     """
+    from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
     id_scores, ood_scores = np.asarray(id_scores, np.float64), np.asarray(ood_scores, np.float64)
     if len(id_scores) == 0 or len(ood_scores) == 0:
         raise ValueError("need at least one ID and one OOD sample")

@@ -10,4 +10,5 @@ register_task(Task(
     "pose",
     adapter="kdbench.adapters.pose.adapter:PoseAdapter",
     card=PoseCard,
+    metrics=("kdbench.adapters.coco",),
 ))

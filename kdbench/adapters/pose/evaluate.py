@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from kdbench.adapters.coco import named_stats
+
 #: COCOeval's keypoint stats[0], [1], [2] and [5] (AP .50:.95, AP .50, AP .75, AR .50:.95)
 METRIC_NAMES: dict[str, int] = {"ap": 0, "ap50": 1, "ap75": 2, "ar": 5}
 
@@ -48,8 +50,7 @@ def oks_metrics(gt_file: Path, results: list[dict[str, Any]], sigmas: Sequence[f
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return {name: (None if evaluator.stats[i] < 0 else float(evaluator.stats[i]))
-            for name, i in METRIC_NAMES.items()}
+    return named_stats(evaluator.stats, METRIC_NAMES)
 
 
 def keypoint_results(image_keypoints: np.ndarray, confidences: np.ndarray, image_ids: list[int],

@@ -10,4 +10,5 @@ register_task(Task(
     "translation",
     adapter="kdbench.adapters.translation.adapter:TranslationAdapter",
     card=TranslationCard,
+    metrics=("kdbench.adapters.translation.metrics",),
 ))

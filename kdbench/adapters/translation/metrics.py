@@ -1,9 +1,15 @@
 """BLEU and chrF through sacrebleu on detokenized text (Post, "A Call for Clarity in Reporting
-BLEU Scores", WMT 2018): default 13a tokenization, mixed case, one reference."""
+BLEU Scores", WMT 2018): default 13a tokenization, mixed case, one reference. Both are registered
+here (kdbench.metrics); sacrebleu is imported only when they are computed."""
 
 from __future__ import annotations
 
 from functools import cache
+
+from kdbench.metrics import register_metric
+
+register_metric("bleu", "higher", "BLEU (sacrebleu, detokenized)", range=(0.0, 100.0))
+register_metric("chrf", "higher", "chrF (sacrebleu)", range=(0.0, 100.0))
 
 
 def corpus_metrics(hypotheses: list[str], references: list[str]) -> dict[str, float]:
