@@ -28,7 +28,7 @@ class Optimizer:
 
 @dataclass(frozen=True, kw_only=True)
 class Schedule:
-    """Per-step learning-rate factor (kdbench.runner.optim.lr_factor)."""
+    """Per-step learning-rate factor (kdbench.runner.optim.lr_factor, the SCHEDULES registry)."""
 
     name: Literal["cosine", "multistep", "constant"] = "cosine"
     warmup_epochs: float = bounded(0.0, ge=0)
