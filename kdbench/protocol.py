@@ -146,11 +146,17 @@ def _check_methods(typed: Card, where: str) -> None:
     from kdbench.methods import get_method
     from kdbench.methods.base import make_config
 
+    seen: dict[str, str] = {}
     for name, hparams in typed.methods.items():
         try:
-            make_config(get_method(name).Config, hparams)
+            cls = get_method(name)
+            make_config(cls.Config, hparams)
         except UsageError as e:
             raise UsageError(f"{where}methods.{name}: {e}") from None
+        if cls.name in seen:  # one method under its name and an alias (an earlier name)
+            raise UsageError(f"{where}methods.{seen[cls.name]} and methods.{name} both set method {cls.name!r}; "
+                             "keep one section")
+        seen[cls.name] = name
 
 
 def drop_none(node: Any) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -18,6 +18,7 @@ import pandas as pd
 from kdbench.errors import UsageError
 from kdbench.metrics import METRICS
 from kdbench.records import printable, read_record, record_files, validation_errors
+from kdbench.site.catalog import method_aliases
 
 BASELINE = "baseline"
 TEACHER = "teacher"
@@ -135,7 +136,8 @@ def load_frame(results: Path, warn: TextIO | None = None) -> pd.DataFrame:
 
     Columns: task, tier, protocol (the protocol *key*, the results folder: the card's name for a
     shipped card, `<name>+<sha8>` for an ablation), card (the card's name), shipped, protocol_sha,
-    eval_version, method, seed, primary (metric name), direction (from the metric registry),
+    eval_version, method (its name now: a record of a renamed method's earlier name is read as
+    the method's, `canonical_method`), seed, primary (metric name), direction (from the metric registry),
     `m:<name>` for every metric value of the test split, train_seconds, params, flops (the
     student's), device, cpu_model, threads, checkpoint (the run's own checkpoint sha256),
     teacher_sha (the checkpoint of the teacher it learnt from) and teacher_test (that teacher's
@@ -159,16 +161,31 @@ def load_frame(results: Path, warn: TextIO | None = None) -> pd.DataFrame:
     return frame_from_records([r for _, r in _read_all(results)], warn)
 
 
-def frame_from_records(records: list[dict[str, Any]], warn: TextIO | None = None) -> pd.DataFrame:
+def canonical_method(record: dict[str, Any], aliases: Mapping[str, str]) -> dict[str, Any]:
+    """The record as read under its method's name now: one written under a renamed method's
+    earlier name (`aliases`, old → new) has its `method.name` replaced in the returned copy (the
+    file is evidence and stays as it is); any other record is returned unchanged."""
+    name = record["method"]["name"]
+    if name not in aliases:
+        return record
+    return {**record, "method": {**record["method"], "name": aliases[name]}}
+
+
+def frame_from_records(records: list[dict[str, Any]], warn: TextIO | None = None,
+                       aliases: Mapping[str, str] | None = None) -> pd.DataFrame:
     """`load_frame` on records already read and validated (the leaderboard reads its own).
 
     Args:
         records: valid result records.
         warn: where warnings go; stderr by default.
+        aliases: earlier method name → its name now; default the method registry's, as the
+            committed catalog records them (kdbench.site.catalog.method_aliases).
 
     Returns:
         The frame, as `load_frame` describes it.
     """
+    aliases = method_aliases() if aliases is None else aliases
+    records = [canonical_method(r, aliases) for r in records]
     records, set_aside = _keep_one_card(records, warn or sys.stderr)
     rows = [_row(r) for r in records if r["status"] == "ok"]
     failed = [{**_ident(r), "error": r["error"]} for r in records if r["status"] != "ok"]

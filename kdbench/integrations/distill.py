@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from kdbench.cache import sha256_file
 from kdbench.errors import UsageError
 from kdbench.integrations.registry import MODELS
-from kdbench.methods import get_method, make_config, registry
+from kdbench.methods import METHODS, get_method, make_config, registry
 from kdbench.methods.base import Method, MethodContext, RunState, refusal
 from kdbench.outputs import Outputs
 from kdbench.runner.env import count_params
@@ -53,7 +53,7 @@ class MethodLoss(nn.Module):
         if not name:
             raise UsageError("kdbench.MethodLoss needs method=<name>; see `kdbench list methods`")
         self.method_cls = get_method(name)
-        self.name = name
+        self.name = self.method_cls.name  # an alias (a renamed method's earlier name) records under the name now
         self.config = make_config(self.method_cls.Config, hparams)
         self.method: Method | None = None
 
@@ -98,7 +98,7 @@ def _register_losses() -> None:
     if "MethodLoss" in MODELS.module_dict:
         return
     MODELS.register_module(name="MethodLoss", module=MethodLoss)
-    for name in registry():
+    for name in [*registry(), *METHODS.aliases()]:  # a renamed method's earlier name keeps its loss module
         cls = type(loss_class_name(name), (MethodLoss,), {"method_name": name, "__doc__": MethodLoss.__doc__})
         MODELS.register_module(name=cls.__name__, module=cls)
 

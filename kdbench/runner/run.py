@@ -44,6 +44,7 @@ def evaluate_both(adapter: Any, model: torch.nn.Module) -> tuple[dict[str, Any],
 def run(options: RunOptions) -> tuple[dict[str, Any], Path]:
     """Train and evaluate one (task, protocol, method, seed); returns the record and its path."""
     spec, device = prepare(options)
+    options = spec.options  # the method by its registered name, should `options` name an alias
     world = init_from_env(device)  # under torchrun: one run on world.size processes
     main = world is None or world.is_main
     adapter = spec.adapter_cls(spec.protocol, options.data_root, device)

@@ -11,7 +11,7 @@ from typing import Any
 from kdbench.adapters import Adapter, get_adapter
 from kdbench.adapters.base import why_not_served
 from kdbench.errors import UsageError
-from kdbench.methods import get_method
+from kdbench.methods import METHODS, get_method
 from kdbench.methods.base import Method, make_config
 from kdbench.metrics import METRICS
 from kdbench.protocol import Protocol, apply_overrides, load_protocol
@@ -84,23 +84,39 @@ class RunSpec:
 
     @property
     def record_path(self) -> Path:
-        return record_path(self.options.results, self.protocol.task, self.protocol.key, self.options.method,
-                           self.options.seed)
+        """Where the run's record is: under the method's name, unless none is there and a record of
+        this very run was written under one of the method's earlier names (`Method.aliases`); that
+        record is then the run's (refused without `--overwrite`, replaced in place with it, done
+        for a sweep), so a renamed method never gets a second record of one run."""
+        def at(method: str) -> Path:
+            return record_path(self.options.results, self.protocol.task, self.protocol.key, method, self.options.seed)
+
+        path = at(self.options.method)
+        if path.exists():
+            return path
+        earlier = METHODS.aliases_of(self.options.method) if self.options.method in METHODS else ()
+        return next((p for p in map(at, earlier) if p.exists()), path)
 
 
 def resolve(options: RunOptions) -> RunSpec:
-    """Check every name, value and override; raise UsageError with the valid choices on bad input."""
+    """Check every name, value and override; raise UsageError with the valid choices on bad input.
+    The spec's options name the method by its registered name (an alias, an earlier name of a
+    renamed method, resolves to it)."""
     adapter_cls = get_adapter(options.task)
     teacher_only = options.method == TEACHER_ONLY
     method_cls: type[Method] = _TeacherOnly if teacher_only else get_method(options.method)
+    options = dataclasses.replace(options, method=method_cls.name)
     hyper = [k for k in options.sets if k.split(".")[0] == "method"] if teacher_only else []
     if hyper:
         raise UsageError(f"--set {hyper[0]}: a teacher-only run trains the card's teacher and takes no "
                          "method hyperparameters; valid --set keys are the card's (e.g. teacher.train.epochs=5)")
-    protocol = apply_overrides(load_protocol(options.task, options.protocol), options.sets,
-                               None if teacher_only else options.method)
-    config = _TeacherOnly.Config() if teacher_only else make_config(method_cls.Config,
-                                                                     protocol.method_hparams(options.method))
+    loaded = load_protocol(options.task, options.protocol)
+    if teacher_only:
+        protocol, config = apply_overrides(loaded, options.sets), _TeacherOnly.Config()
+    else:
+        section = card_section(loaded, options.method)
+        protocol = apply_overrides(loaded, options.sets, section)
+        config = make_config(method_cls.Config, protocol.method_hparams(section))
     primary = protocol.typed.metrics.primary
     if primary not in METRICS:
         raise UsageError(f"protocol {protocol.name!r}: metrics.primary {primary!r} is not a registered "
@@ -123,6 +139,14 @@ def resolve(options: RunOptions) -> RunSpec:
             f"protocol {protocol.name!r} uses a given teacher: pass --teacher PATH (a "
             f"{protocol.get('teacher.arch')} checkpoint trained on {protocol.get('data.dataset')})")
     return RunSpec(options, adapter_cls, method_cls, protocol, config)
+
+
+def card_section(protocol: Protocol, method: str) -> str:
+    """The key of a registered method's section in a card's `methods:`: its name, or the earlier
+    name (alias) a card written before its rename keeps (changing the key would change the card's
+    sha256 and split its records from the new ones)."""
+    sections = protocol.card.get("methods") or {}
+    return next((n for n in (method, *METHODS.aliases_of(method)) if n in sections), method)
 
 
 def refuse_existing(path: Path, overwrite: bool) -> None:

@@ -121,12 +121,22 @@ def _names(text: str, universe: Iterable[str], kind: str) -> list[str]:
     return names
 
 
+def _method_names(text: str) -> list[str]:
+    """`--methods`: `all`, or registered names, an earlier name (alias) of a renamed method
+    standing for its registered name."""
+    from kdbench.methods import METHODS
+
+    if text.strip() == "all":
+        return METHODS.names()
+    return list(dict.fromkeys(METHODS.canonical(n.strip()) for n in text.split(",") if n.strip()))
+
+
 def make_plan(tasks: str, methods: str, seeds: str, protocols: str, sets: dict[str, Any],
               results: Path, data_root: Path | None) -> Plan:
     """Expand and resolve the sweep; raise UsageError on any bad name before anything runs."""
     from kdbench.adapters import TASKS, get_adapter
     from kdbench.adapters.base import why_not_served
-    from kdbench.methods import get_method, registry
+    from kdbench.methods import get_method
     from kdbench.protocol import TIERS, load_protocol, task_cards
     from kdbench.runner.spec import RunOptions, resolve
     from kdbench.runner.teachers import teacher_path
@@ -139,7 +149,7 @@ def make_plan(tasks: str, methods: str, seeds: str, protocols: str, sets: dict[s
     for task in _names(tasks, TASKS, "task"):
         adapter_cls = get_adapter(task)
         explicit_methods = methods.strip() != "all"
-        for method in _names(methods, sorted(registry()), "method"):
+        for method in _method_names(methods):
             refused = why_not_served(adapter_cls, get_method(method))
             if refused:
                 if explicit_methods and tasks.strip() != "all" and "," not in tasks:

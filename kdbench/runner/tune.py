@@ -49,6 +49,7 @@ def tune(task: str, protocol: str, method: str, results: Path, *, out: Path | No
     from kdbench.runner.sweep import _done
 
     cls = get_method(method)
+    method = cls.name  # an alias (a renamed method's earlier name) tunes the method under its name
     if not cls.tune_grid:
         raise UsageError(f"method {method!r} declares no tuning grid (it has no key hyperparameter to tune)")
     points = grid_points(cls.tune_grid)

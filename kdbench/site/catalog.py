@@ -1,7 +1,7 @@
 """What the leaderboard knows about methods and tasks without importing them.
 
 The method classes and the adapters import torch; the site must not (docs/architecture.md, Leaderboard). So their
-metadata — paper, docstring (which states the formula), teacher kind, needs, the head kinds it
+metadata — paper, earlier names (aliases), docstring (which states the formula), teacher kind, needs, the head kinds it
 distils, hyperparameter defaults, family, and why each task that cannot serve it refuses it; each
 task's primary metric, what its Outputs provide and the kind of each head — is written once
 from the live registries into `catalog.json` beside this file, and the site reads only that.
@@ -70,6 +70,7 @@ def generate() -> dict[str, Any]:
         source = Path(inspect.getfile(cls)).resolve()
         methods[name] = {
             "paper": cls.paper,
+            "aliases": sorted(cls.aliases),  # earlier names: their records are read as this method's
             "teacher": cls.teacher,
             "needs": sorted(cls.needs),
             "requests": sorted(cls.requests),
@@ -103,6 +104,12 @@ def load_catalog() -> dict[str, Any]:
     """The committed catalog (no torch import)."""
     text = resources.files("kdbench.site").joinpath(CATALOG_FILE).read_text(encoding="utf-8")
     return json.loads(text)  # type: ignore[no-any-return]
+
+
+def method_aliases() -> dict[str, str]:
+    """A renamed method's earlier name → its name now (`Method.aliases`, as the committed catalog
+    records them): how records written under an earlier name are read (kdbench.compare, the site)."""
+    return {old: name for name, m in load_catalog()["methods"].items() for old in m.get("aliases", [])}
 
 
 def dumps(catalog: dict[str, Any]) -> str:

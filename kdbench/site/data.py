@@ -25,11 +25,12 @@ import pandas as pd
 import yaml
 
 from kdbench.compare import BASELINE, TEACHER, compare_table, frame_from_records, tables_of
+from kdbench.compare.frame import canonical_method
 from kdbench.errors import UsageError
 from kdbench.protocol import TIERS
 from kdbench.record_checks import cut, semantic_errors, shown, structural_errors
 from kdbench.records import RecordReadError, printable, read_record_text, record_files, schema, validation_errors
-from kdbench.site.catalog import family, load_catalog
+from kdbench.site.catalog import family, load_catalog, method_aliases
 from kdbench.site.provenance import committed_records
 from kdbench.stats import WinsTiesLosses, wins_ties_losses
 
@@ -148,11 +149,12 @@ _READER: dict[str, Any] = {}
 def _read_chunk(files: list[str]) -> list[tuple[str, dict[str, Any]]] | str:
     """Read, validate and hand to the hook each file; (relative path, record without its history)
     per file, or the first error's message. Runs in a worker, or in the parent with one process."""
-    root, hook, by_folder = _READER["root"], _READER["hook"], _READER["submissions"]
+    root, hook, by_folder, aliases = _READER["root"], _READER["hook"], _READER["submissions"], _READER["aliases"]
     out = []
     try:
         for file in files:
             text, record = _read(file)
+            record = canonical_method(record, aliases)  # a renamed method's records, under its name now
             rel = os.path.relpath(file, root)
             if hook is not None and record["tier"] != "smoke":
                 hook(record, text, rel, by_folder.get(os.path.dirname(rel)))
@@ -218,7 +220,8 @@ def load(results: Path, warn: TextIO | None = None, workers: int = 1, hook: Reco
             paths.append(str(path))
         else:
             skipped.append((str(path), problem))
-    _READER.update(root=str(results), hook=hook, submissions=by_folder)
+    aliases = method_aliases()
+    _READER.update(root=str(results), hook=hook, submissions=by_folder, aliases=aliases)
     try:
         read = _read_all(paths, workers)
     finally:
@@ -232,7 +235,7 @@ def load(results: Path, warn: TextIO | None = None, workers: int = 1, hook: Reco
             raise UsageError(f"{results / rel}: the same run (task, protocol, method, seed) as {files[rid]}")
         files[rid] = rel
         records.append(record)
-    frame = frame_from_records(records, warn or sys.stderr)
+    frame = frame_from_records(records, warn or sys.stderr, aliases)
     cols = ["task", "protocol", "protocol_sha", "eval_version"]
     kept = set(zip(*(frame[c] for c in cols), strict=True))
     kept |= {tuple(f[c] for c in cols) for f in frame.attrs["failed"]}
