@@ -1,7 +1,8 @@
 """What the record schema cannot say, checked in Python (kdbench.records.validation_errors runs
 both): every number finite and every integer within int64, strings valid Unicode and of bounded
-length, nesting bounded, `created` a real date, the metric names registered in kdbench.metrics
-and their values within the metric's range, the primary metric present in an `ok` record's
+length, nesting bounded, `created` a real date, the task registered in kdbench.tasks (the schema
+only constrains its spelling, so a sixth task edits no schema), the metric names registered in
+kdbench.metrics and their values within the metric's range, the primary metric present in an `ok` record's
 test values, and the direction the registry gives it.
 
 Messages are one line each, values in them cut to `MESSAGE_CHARS`.
@@ -15,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from kdbench.metrics import METRICS, bounds
+from kdbench.tasks import TASKS
 
 #: A record nested deeper than this is refused before the schema is consulted (no recursion limit).
 MAX_DEPTH = 48
@@ -108,8 +110,11 @@ def _string_problem(text: str, limit: int) -> str | None:
 
 
 def semantic_errors(record: dict[str, Any]) -> list[str]:
-    """The checks on a schema-valid record that refer to the metric registry and to dates."""
+    """The checks on a schema-valid record that refer to the task and metric registries and to dates."""
     errors = []
+    if record["task"] not in TASKS:
+        errors.append(f"task: {shown(record['task'])} is not a registered task (kdbench.tasks); "
+                      f"valid: {', '.join(TASKS)}")
     created = str(record["created"])
     if not _DATE.match(created) or _date(created) is None:
         errors.append(f"created: {shown(created)} is not an RFC 3339 date-time (2026-01-31T12:00:00+00:00)")

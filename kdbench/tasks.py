@@ -12,7 +12,7 @@ Discovery, once, on the first lookup, imports
 - every package under `kdbench/adapters/` (the shipped tasks; a contributor's new task is a
   folder dropped there), each of which must register a task, and
 - every entry point of the group `kdbench.tasks` (a task installed from another distribution:
-  `[project.entry-points."kdbench.tasks"] toy = "toy_task"` in its pyproject.toml), each of
+  `[project.entry-points."kdbench.tasks"] mytask = "my_package"` in its pyproject.toml), each of
   which must register the task its entry point names.
 
 This module sits in the base layer, below the protocol that types cards by task, so discovery is
