@@ -22,8 +22,8 @@ LAYERS: list[tuple[str, tuple[str, ...], str]] = [
     ("base", ("kdbench", "kdbench.errors", "kdbench.formatting", "kdbench.outputs", "kdbench.stats",
               "kdbench.metrics", "kdbench.record_checks", "kdbench.records", "kdbench.cache", "kdbench.cards",
               "kdbench.registry", "kdbench.tasks"),
-     "errors, formatting, Outputs, statistics, metric metadata, records and their schema, cache folder "
-     "and content hashes, the typed card sections and parser"),
+     "errors, formatting, Outputs, statistics, the Registry type and the task and metric registries, "
+     "records and their schema, cache folder and content hashes, the typed card sections and parser"),
     ("losses", ("kdbench.losses",), "pure tensor functions"),
     ("methods", ("kdbench.methods",), "the method registry and one file per method"),
     ("protocol", ("kdbench.protocol",),

@@ -18,11 +18,9 @@ if TYPE_CHECKING:
 
 
 def _from_tasks() -> None:
-    """One lazy entry per declared task (and its aliases)."""
+    """One lazy entry per declared task."""
     for name in TASKS:
         ADAPTERS.register(name, TASKS[name].adapter)
-    for old, new in TASKS.aliases().items():
-        ADAPTERS.alias(old, new)
 
 
 ADAPTERS: Registry[type[Adapter]] = Registry("task", base="kdbench.adapters.base:Adapter", discover=_from_tasks)
