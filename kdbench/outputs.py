@@ -144,6 +144,10 @@ class Outputs:
         features: named intermediate features, e.g. {"stage3": (B, C, H, W), "embedding": (B, D)}.
         attentions: per-layer attention inputs (q, k, v), each (B, heads, T, d).
         ids: (B,) dataset indices of the batch's samples.
+        auxiliary: per-layer heads at training-only positions that are not predictions, by name,
+            each earliest layer first like `layers` (detection's "denoising": a DETR's denoising
+            queries). Only methods that distil a model's layers into each other read them
+            (GO-LSD); adapters never align them to a teacher, and nothing evaluates them.
     """
 
     heads: dict[str, Head]
@@ -151,6 +155,7 @@ class Outputs:
     features: dict[str, Tensor] = field(default_factory=dict)
     attentions: dict[str, tuple[Tensor, Tensor, Tensor]] = field(default_factory=dict)
     ids: Tensor | None = None
+    auxiliary: dict[str, list[dict[str, Head]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.layers and self.layers[-1].keys() != self.heads.keys():
@@ -181,6 +186,8 @@ class Outputs:
             features={k: v.detach() for k, v in self.features.items()},
             attentions={k: tuple(t.detach() for t in qkv) for k, qkv in self.attentions.items()},  # type: ignore[misc]
             ids=self.ids,
+            auxiliary={k: [{n: h.detach() for n, h in layer.items()} for layer in stack]
+                       for k, stack in self.auxiliary.items()},
         )
 
 

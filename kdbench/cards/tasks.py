@@ -100,6 +100,11 @@ class DetectionModel:
     queries: int | None = bounded(None, ge=1)
     reg_max: int | None = bounded(None, ge=1)
     query_select: bool | None = None  # queries from the encoder's top-Q tokens (D-FINE) or learnt
+    # D-FINE's contrastive denoising queries, training only: num_denoising (0: none, the default),
+    # label_noise_ratio (default 0.5) and box_noise_scale (default 1.0)
+    denoising: int | None = bounded(None, ge=0)
+    label_noise: float | None = bounded(None, ge=0, le=1)
+    box_noise: float | None = bounded(None, ge=0)
 
 
 @dataclass(frozen=True, kw_only=True)

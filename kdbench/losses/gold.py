@@ -32,6 +32,7 @@ def ddf(
     weight: Tensor,
     matched: Tensor | None = None,
     temperature: float = 5.0,
+    counts: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """D-FINE's Decoupled Distillation Focal (DDF) loss of GO-LSD.
 
@@ -54,12 +55,17 @@ def ddf(
     0 anyway. The weight (IoU for matched, max sigmoid class score for unmatched in D-FINE)
     is detached, as the official `weight_targets_local.detach()`.
 
+    `counts` (K_m, K_u) replaces the two counts by those of another set of positions: the
+    official criterion weighs the denoising queries' two means with num_pos and num_neg of the
+    matching queries (dfine_criterion.py lines 217-229 set them only where `is_dn` is absent).
+
     Args:
         student_logits: (P, E, N+1) or (P, N+1) logits of the layer being taught.
         teacher_logits: same shape, the final layer's logits (detached here).
         weight: (P,) per-position weight (or of the full leading shape).
         matched: (P,) bool, True for positions matched to a ground truth; None: no split.
         temperature: T.
+        counts: (K_m, K_u) for the √K weights; None: the numbers of matched and unmatched positions.
 
     Returns:
         Scalar loss.
@@ -68,9 +74,10 @@ def ddf(
     if matched is None:
         return rows.mean()
     is_matched = expand_prefix(matched.bool(), rows.shape)
-    n_matched = matched.bool().sum().to(rows.dtype)
-    root_m = n_matched.sqrt()
-    root_u = (matched.numel() - n_matched).sqrt()
+    if counts is None:
+        n_matched = matched.bool().sum().to(rows.dtype)
+        counts = n_matched, matched.numel() - n_matched
+    root_m, root_u = (c.to(rows.dtype).sqrt() for c in counts)
     mean_m = mean_valid(rows, is_matched)  # 0 when no position is matched
     mean_u = mean_valid(rows, ~is_matched)
     return (root_m * mean_m + root_u * mean_u) / (root_m + root_u).clamp_min(1.0)

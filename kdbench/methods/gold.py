@@ -27,6 +27,13 @@ class GOLD(Method):
     with √K weights (D-FINE's DDF); otherwise it is a mean over valid positions. Every layer
     keeps the task loss (deep supervision, as D-FINE's decoder layers do); detectors also use
     the union of the layers' matches for their box losses (`requests`).
+
+    Each of the Outputs' `auxiliary` stacks (a detector's denoising queries) gets the same rule
+    within itself, as term "gold/<head>/<stack>": its final layer teaches its earlier ones, its
+    two means weighted with the √K of the main stack's matched and unmatched positions
+    (Peterande/D-FINE 4a1f73a, src/zoo/dfine/dfine_criterion.py lines 188-229 run on
+    `dn_outputs`, whose teacher_corners are the last denoising layer's, dfine_decoder.py
+    lines 915-923, and whose num_pos, num_neg are the matching queries').
     """
 
     name = "gold"
@@ -64,9 +71,16 @@ class GOLD(Method):
             earlier = [layer[name] for layer in student.layers[:-1]]
             terms[f"gold/{name}"] = c.weight * sum(
                 (self._layer(head, final) for head in earlier), start=final.logits.new_zeros(()))
+            counts = _counts(final)
+            for stack_name, stack in student.auxiliary.items():
+                if name not in stack[-1]:
+                    continue
+                terms[f"gold/{name}/{stack_name}"] = c.weight * sum(
+                    (self._layer(layer[name], stack[-1][name], counts) for layer in stack[:-1]),
+                    start=final.logits.new_zeros(()))
         return terms
 
-    def _layer(self, head: Head, final: Head) -> Tensor:
+    def _layer(self, head: Head, final: Head, counts: tuple[Tensor, Tensor] | None = None) -> Tensor:
         t = self.config.temperature
         if head.weight is not None:
             weight = head.weight
@@ -79,4 +93,13 @@ class GOLD(Method):
         k = head.logits.shape[-1]
         valid = torch.ones_like(head.matched) if head.mask is None else head.mask
         return ddf(head.logits[valid].reshape(-1, k), final.logits[valid].reshape(-1, k),
-                   weight[valid].reshape(-1), head.matched[valid].reshape(-1), t)
+                   weight[valid].reshape(-1), head.matched[valid].reshape(-1), t, counts)
+
+
+def _counts(head: Head) -> tuple[Tensor, Tensor] | None:
+    """(matched, unmatched) valid positions of a head that marks them; None where it does not."""
+    if head.matched is None:
+        return None
+    matched = head.matched if head.mask is None else head.matched[head.mask]
+    n = matched.sum().float()  # float32 counts even under bf16 autocast
+    return n, matched.numel() - n

@@ -14,11 +14,12 @@ from torchvision.ops import box_convert
 
 from kdbench.adapters.base import Adapter, Role
 from kdbench.adapters.detection import data as D
+from kdbench.adapters.detection.denoising import cdn_matches
 from kdbench.adapters.detection.evaluate import coco_detection_metrics, to_coco_results
 from kdbench.adapters.detection.fdr import bbox2distance, rebin_edges
 from kdbench.adapters.detection.losses import DetectionLoss
 from kdbench.adapters.detection.matcher import hungarian_match_sets, union_matches
-from kdbench.adapters.detection.model import FDRDetector
+from kdbench.adapters.detection.model import DetectorOutput, FDRDetector
 from kdbench.adapters.detection.targets import Batch, DetectionOutputs, Pairs, matched_iou, query_labels, query_mask
 from kdbench.adapters.splits import check_split
 from kdbench.cache import cache_dir, sha256_json
@@ -41,6 +42,12 @@ class DetectionAdapter(Adapter[Batch, DetectionOutputs]):
     queries; weight and matched = GO-LSD's DDF weight (IoU for union-matched queries, else the
     final layer's max class score) and the union's matched queries. A teacher's box head is
     re-expressed on the student's bins (`align`).
+
+    A model trained with denoising queries (card `denoising: N`, kdbench.adapters.detection.
+    denoising) gets them in training only; its heads, layers, matches and evaluation are the Q
+    matching queries'. The denoising queries' per-layer heads, built as above with their
+    constructed matches instead of the Hungarian ones, are `Outputs.auxiliary["denoising"]`:
+    only GO-LSD reads them (D-FINE runs its DDF on dn_outputs); `align` never passes them on.
     """
 
     task = "detection"
@@ -97,6 +104,7 @@ class DetectionAdapter(Adapter[Batch, DetectionOutputs]):
 
     def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
         order = torch.randperm(self.train_size, generator=generator)
+        noise = generator.initial_seed()  # read, not drawn: the data order and flips stay as without denoising
         for start in range(0, self.train_size, batch_size):
             idx = order[start:start + batch_size]
             images = self.train_set.get_images(idx).float() / 255
@@ -105,7 +113,8 @@ class DetectionAdapter(Adapter[Batch, DetectionOutputs]):
             if self.flip:
                 images, boxes = D.hflip_batch(images, boxes, generator, self.flip)
             yield Batch(images.to(self.device), [t.to(self.device) for t in labels],
-                        [b.to(self.device) for b in boxes], idx.to(self.device))
+                        [b.to(self.device) for b in boxes], idx.to(self.device),
+                        torch.tensor([noise_seed(noise, start + j) for j in range(len(idx))], device=self.device))
 
     def build_model(self, role: Role, needs: frozenset[str]) -> nn.Module:
         spec = dict(self.protocol.card[role])
@@ -129,10 +138,15 @@ class DetectionAdapter(Adapter[Batch, DetectionOutputs]):
         if backbone == "small":
             backbone += "-" + "-".join(str(w) for w in spec["widths"])
         name = f"{spec['arch']}/{backbone}/d{spec['dim']}/L{spec['layers']}/Q{spec['queries']}/N{spec['reg_max']}"
-        return name + ("/select" if spec["query_select"] else "")
+        name += "/select" if spec["query_select"] else ""
+        return name + (f"/dn{spec['denoising']}" if spec["denoising"] else "")  # "/dn8": trained with denoising
 
     def forward(self, model: nn.Module, batch: Batch) -> DetectionOutputs:
-        raw = model(batch.images)
+        if model.training and isinstance(model, FDRDetector) and model.denoising > 0:
+            seed = int(batch.noise_seeds[0]) if batch.noise_seeds is not None and len(batch.noise_seeds) else 0
+            raw = model(batch.images, (batch.labels, batch.boxes), torch.Generator().manual_seed(seed))
+        else:
+            raw = model(batch.images)
         # every layer, then the pre-box head, then (query selection) the encoder proposals
         logits, boxes = [raw.logits, raw.logits[:1]], [raw.boxes, raw.pre_boxes[None]]
         if raw.enc_logits is not None and raw.enc_boxes is not None:
@@ -144,6 +158,21 @@ class DetectionAdapter(Adapter[Batch, DetectionOutputs]):
         union = union_matches([*per_layer, pre, *enc])  # D-FINE's union holds the encoder's matches too
         pairs = [Pairs.of(m, batch) for m in per_layer]
         union_pairs = Pairs.of(union, batch)
+        layers = self._layers(raw, pairs, union_pairs, batch)
+        auxiliary, dn_pairs = {}, None
+        if raw.dn is not None and raw.dn_group is not None:  # every dn layer is trained on the same matches
+            dn_pairs = Pairs.of(cdn_matches(raw.dn_group, batch.labels), batch)
+            auxiliary["denoising"] = self._layers(raw.dn, [dn_pairs] * len(pairs), dn_pairs, batch)
+        return DetectionOutputs(heads=layers[-1], layers=layers, features={"c3": raw.features["c3"],
+                                "c4": raw.features["c4"]}, ids=batch.ids, auxiliary=auxiliary, raw=raw,
+                                batch=batch, matches=per_layer, pre_matches=pre, union=union, pairs=pairs,
+                                pre_pairs=Pairs.of(pre, batch), union_pairs=union_pairs,
+                                enc_pairs=Pairs.of(enc[0], batch) if enc else None, dn_pairs=dn_pairs)
+
+    def _layers(self, raw: DetectorOutput, pairs: list[Pairs], union_pairs: Pairs,
+                batch: Batch) -> list[dict[str, Head]]:
+        """Per layer {"cls", "box"} heads of `raw`'s queries: class targets and masks from each
+        layer's `pairs`; edge-bin targets, DDF weights and matched flags from `union_pairs`."""
         b, q = raw.logits.shape[1:3]
         device = raw.logits.device
         union_mask = query_mask(union_pairs, (b, q), device)
@@ -158,14 +187,10 @@ class DetectionAdapter(Adapter[Batch, DetectionOutputs]):
                        weight=weight[..., None].expand(-1, -1, 4), matched=union_mask[..., None].expand(-1, -1, 4),
                        kind="binned")
             layers.append({"cls": cls, "box": box})
-        return DetectionOutputs(heads=layers[-1], layers=layers, features={"c3": raw.features["c3"],
-                                "c4": raw.features["c4"]}, ids=batch.ids, raw=raw, batch=batch,
-                                matches=per_layer, pre_matches=pre, union=union, pairs=pairs,
-                                pre_pairs=Pairs.of(pre, batch), union_pairs=union_pairs,
-                                enc_pairs=Pairs.of(enc[0], batch) if enc else None)
+        return layers
 
     @torch.no_grad()
-    def _edge_bins(self, raw: Any, pairs: Pairs, batch: Batch) -> Tensor:
+    def _edge_bins(self, raw: DetectorOutput, pairs: Pairs, batch: Batch) -> Tensor:
         """(B, Q, 4) long: for matched queries, the bin nearest each ground-truth edge (the larger
         of FGL's two interpolation weights) — the hard target of the edge distributions."""
         b, q = raw.logits.shape[1:3]
@@ -240,7 +265,7 @@ class DetectionAdapter(Adapter[Batch, DetectionOutputs]):
         """VFL per layer with its own matches; L1, GIoU and FGL with its own or (GO-LSD) the union."""
         assert outputs.raw is not None and outputs.batch is not None and outputs.pre_pairs is not None
         return self.loss(outputs.raw, outputs.batch, outputs.pairs, outputs.pre_pairs,
-                         outputs.union_pairs if self.union else None, outputs.enc_pairs)
+                         outputs.union_pairs if self.union else None, outputs.enc_pairs, outputs.dn_pairs)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
@@ -261,3 +286,10 @@ class DetectionAdapter(Adapter[Batch, DetectionOutputs]):
 
     def example_input(self) -> Tensor:
         return (self.val_set.get_images(torch.arange(1)).float() / 255).to(self.device)
+
+
+def noise_seed(epoch_seed: int, position: int) -> int:
+    """The denoising seed of the sample at `position` in the epoch's order, from the seed of the
+    epoch's data generator (an odd-multiplier mix: distinct positions get distinct seeds, none
+    the data generator's own)."""
+    return (epoch_seed * 0x9E3779B97F4A7C15 + (position + 1) * 0xBF58476D1CE4E5B9) % (2**63 - 1)

@@ -25,6 +25,14 @@ class DetectionLoss:
     into "aux/<term>".
     As in D-FINE, losses are divided by the number of ground-truth boxes in the batch; box
     losses by the number of union pairs when the union is used.
+
+    Denoising queries (`dn`, their constructed matches, with `raw.dn`): every layer's VFL, L1,
+    GIoU and FGL and the pre-box head's VFL, L1 and GIoU on those matches, all divided by the
+    number of ground-truth boxes × the number of groups, summed into "dn/<term>"
+    (Peterande/D-FINE 4a1f73a, src/zoo/dfine/dfine_criterion.py lines 401-434: `dn_outputs`
+    through the criterion's losses with `indices_dn` and `dn_num_boxes`, FGL's targets from the
+    denoising queries' own initial boxes, lines 151-158; `dn_pre_outputs` have no corners, so no
+    FGL). Negatives and padding queries are background in VFL, as every unmatched query.
     """
 
     def __init__(self, vfl: float = 1.0, l1: float = 5.0, giou: float = 2.0, fgl: float = 0.15,
@@ -33,7 +41,7 @@ class DetectionLoss:
         self.alpha, self.gamma = alpha, gamma
 
     def __call__(self, raw: DetectorOutput, batch: Batch, pairs: list[Pairs], pre: Pairs,
-                 union: Pairs | None, enc: Pairs | None = None) -> dict[str, Tensor]:
+                 union: Pairs | None, enc: Pairs | None = None, dn: Pairs | None = None) -> dict[str, Tensor]:
         n_gt = batch.num_boxes
         n_box = float(max(len(union), 1)) if union is not None else n_gt
         terms: dict[str, Tensor] = {}
@@ -58,6 +66,23 @@ class DetectionLoss:
             add("aux/vfl", "vfl", self._vfl(raw.enc_logits, raw.enc_boxes, enc, batch, n_gt))
             for key, value in self._boxes(raw.enc_boxes, union if union is not None else enc, batch, n_box).items():
                 add(f"aux/{key}", key, value)
+        if dn is not None and raw.dn is not None and raw.dn_group is not None:
+            terms |= self._denoising(raw.dn, dn, batch, n_gt * raw.dn_group.groups or 1.0)
+        return terms
+
+    def _denoising(self, raw: DetectorOutput, pairs: Pairs, batch: Batch, n: float) -> dict[str, Tensor]:
+        """"dn/<term>": every layer's and the pre-box head's losses on the denoising matches."""
+        terms: dict[str, Tensor] = {}
+        parts = []
+        for i in range(raw.logits.shape[0]):
+            parts.append({"vfl": self._vfl(raw.logits[i], raw.boxes[i], pairs, batch, n),
+                          **self._boxes(raw.boxes[i], pairs, batch, n), "fgl": self._fgl(raw, i, pairs, batch, n)})
+        parts.append({"vfl": self._vfl(raw.logits[0], raw.pre_boxes, pairs, batch, n),
+                      **self._boxes(raw.pre_boxes, pairs, batch, n)})
+        for part in parts:
+            for key, value in part.items():
+                name = f"dn/{key}"
+                terms[name] = terms[name] + self.w[key] * value if name in terms else self.w[key] * value
         return terms
 
     def _vfl(self, logits: Tensor, boxes: Tensor, pairs: Pairs, batch: Batch, n: float) -> Tensor:

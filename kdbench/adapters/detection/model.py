@@ -3,8 +3,10 @@ layer predicts class logits and FDR box-edge distributions, refined residually l
 
 Peng et al., "D-FINE: Redefine Regression Task of DETRs as Fine-grained Distribution
 Refinement", ICLR 2025. Differences from the official model, for CPU scale: multi-head
-attention over two flattened feature levels instead of deformable attention, a sine embedding
-of the reference box as the query position, and no denoising queries.
+attention over two flattened feature levels instead of deformable attention, and a sine
+embedding of the reference box as the query position. Contrastive denoising queries are a
+training option (`denoising`, D-FINE's num_denoising; 0, the default, has none:
+kdbench.adapters.detection.denoising).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
+from kdbench.adapters.detection.denoising import DenoisingGroup, contrastive_denoising_group
 from kdbench.adapters.detection.fdr import distance2bbox, integral, weighting_function
 
 
@@ -33,6 +36,11 @@ class DetectorOutput:
         reg_scale, up: the FDR parameters the boxes were decoded with (the FGL targets need them).
         enc_logits, enc_boxes: (B, Q, C) and (B, Q, 4) the encoder's top-Q proposals (D-FINE's
             enc_aux_outputs), None when the queries are learnt (`query_select=False`).
+        dn: the D denoising queries' own predictions, in the same fields ((L, B, D, C) logits ...,
+            (B, D, 4) pre-boxes; no features or proposals): D-FINE's dn_outputs and
+            dn_pre_outputs. None unless the model trains with denoising and was given targets;
+            every other field holds the Q matching queries only.
+        dn_group: the denoising queries' construction (their ground-truth matches), with `dn`.
     """
 
     logits: Tensor
@@ -44,6 +52,8 @@ class DetectorOutput:
     up: float
     enc_logits: Tensor | None = None
     enc_boxes: Tensor | None = None
+    dn: DetectorOutput | None = None
+    dn_group: DenoisingGroup | None = None
 
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
@@ -128,9 +138,10 @@ class DecoderLayer(nn.Module):
         self.ffn = MLP([dim, ffn, dim])
         self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(3))
 
-    def forward(self, h: Tensor, query_pos: Tensor, memory: Tensor, memory_pos: Tensor) -> Tensor:
+    def forward(self, h: Tensor, query_pos: Tensor, memory: Tensor, memory_pos: Tensor,
+                attn_mask: Tensor | None = None) -> Tensor:
         q = h + query_pos
-        h = self.norms[0](h + self.self_attn(q, q, h, need_weights=False)[0])
+        h = self.norms[0](h + self.self_attn(q, q, h, attn_mask=attn_mask, need_weights=False)[0])
         h = self.norms[1](h + self.cross_attn(h + query_pos, memory + memory_pos, memory, need_weights=False)[0])
         return self.norms[2](h + self.ffn(h))
 
@@ -149,15 +160,30 @@ class FDRDetector(nn.Module):
     src/zoo/dfine/dfine_decoder.py `_get_decoder_input`, `_select_topk`, `_generate_anchors`;
     `learn_query_content=False`). `query_select=False`: learnt content and reference boxes on a
     grid, with no encoder proposals (DETR-style; slower to converge).
+
+    Denoising (`denoising` > 0, training only, given the targets): D-FINE's contrastive
+    denoising queries (kdbench.adapters.detection.denoising) go before the Q matching queries,
+    with content a learnt class embedding of their noised label (D-FINE's
+    `denoising_class_embed`, an (C+1)-row embedding whose last row, padding, is zero) and
+    reference their noised box; they pass through the same layers as the matching queries, with
+    the same pre-box head and FDR refinement from their own detached initial box, and are split
+    off again after the last layer (Peterande/D-FINE 4a1f73a, src/zoo/dfine/dfine_decoder.py
+    lines 555-563, 797-799, 845-858, 881-888). The self-attention mask keeps the matching
+    queries from seeing them, so the matching queries' predictions are those of the same
+    weights without denoising. In eval mode the model has no denoising queries at all.
     """
 
     def __init__(
         self, num_classes: int, backbone: str = "small", widths: tuple[int, ...] = (16, 32, 64, 96),
         dim: int = 64, heads: int = 4, ffn: int = 256, layers: int = 3, queries: int = 20,
         reg_max: int = 32, up: float = 0.5, reg_scale: float = 4.0, encoder_layers: int = 1,
-        strides: tuple[int, int] = (16, 32), query_select: bool = True,
+        strides: tuple[int, int] = (16, 32), query_select: bool = True, denoising: int = 0,
+        label_noise: float = 0.5, box_noise: float = 1.0,
     ) -> None:
         super().__init__()
+        if denoising < 0 or not 0 <= label_noise <= 1 or box_noise < 0:
+            raise ValueError(f"denoising must be ≥ 0, label_noise in [0, 1], box_noise ≥ 0; got {denoising}, "
+                             f"{label_noise}, {box_noise}")
         self.backbone: nn.Module = SmallBackbone(widths) if backbone == "small" else TimmBackbone(backbone, strides)
         c3, c4 = self.backbone.channels  # type: ignore[misc]
         self.proj = nn.ModuleList([nn.Conv2d(c3, dim, 1), nn.Conv2d(c4, dim, 1)])
@@ -181,6 +207,11 @@ class FDRDetector(nn.Module):
         self.reg_max, self.reg_scale, self.up, self.dim = reg_max, reg_scale, up, dim
         self.register_buffer("project", weighting_function(reg_max, up, reg_scale), persistent=False)
         self._reset()
+        self.num_classes, self.denoising = num_classes, denoising
+        self.label_noise, self.box_noise = label_noise, box_noise
+        if denoising > 0:  # created last: every other parameter starts as it does without denoising
+            self.denoising_class_embed = nn.Embedding(num_classes + 1, dim, padding_idx=num_classes)
+            nn.init.normal_(self.denoising_class_embed.weight[:-1])  # D-FINE's init (std 1)
 
     project: Tensor
 
@@ -227,7 +258,17 @@ class FDRDetector(nn.Module):
         box_logits = self.enc_bbox_head(top) + take(anchors)
         return top.detach(), box_logits.detach(), take(scores), box_logits.sigmoid()
 
-    def forward(self, images: Tensor) -> DetectorOutput:
+    def forward(self, images: Tensor, targets: tuple[list[Tensor], list[Tensor]] | None = None,
+                generator: torch.Generator | None = None) -> DetectorOutput:
+        """Predictions of every decoder layer for the Q matching queries (and, training with
+        denoising, the denoising queries' in `dn`).
+
+        Args:
+            images: (B, 3, S, S).
+            targets: per image (labels (n_i,), boxes (n_i, 4) cx, cy, w, h), the ground truth the
+                denoising queries are built from; read only in training mode with `denoising` > 0.
+            generator: the CPU generator the denoising noise is drawn from; None: the global one.
+        """
         memory, memory_pos, features, shapes = self._memory(images)
         b = images.shape[0]
         enc_logits = enc_boxes = None
@@ -238,6 +279,14 @@ class FDRDetector(nn.Module):
             h = self.query_content.weight.expand(b, -1, -1)
             ref_logits = self.ref_logits
             ref = self.ref_logits.sigmoid().expand(b, -1, -1).detach()
+        group = self._denoising_group(targets, generator)
+        attn_mask = None
+        if group is not None and group.size:  # [denoising, matching] queries (dfine_decoder.py 797-799)
+            dn_ref_logits = inverse_sigmoid(group.boxes)
+            h = torch.cat([self.denoising_class_embed(group.labels), h], 1)
+            ref_logits = torch.cat([dn_ref_logits, ref_logits.expand(b, -1, -1)], 1)
+            ref = torch.cat([dn_ref_logits.sigmoid(), ref], 1)
+            attn_mask = group.attn_mask
         h_prev = torch.zeros_like(h)
         corners_prev: Tensor | None = None
         init: Tensor | None = None
@@ -245,7 +294,7 @@ class FDRDetector(nn.Module):
         all_logits, all_corners, all_boxes = [], [], []
         for i, layer in enumerate(self.layers):
             query_pos = self.query_pos(sine_embedding(ref, self.dim))
-            h = layer(h, query_pos, memory, memory_pos)
+            h = layer(h, query_pos, memory, memory_pos, attn_mask)
             if init is None:
                 pre_boxes = (self.pre_box_head(h) + ref_logits).sigmoid()
                 init = pre_boxes.detach()
@@ -256,8 +305,23 @@ class FDRDetector(nn.Module):
             all_corners.append(corners)
             all_boxes.append(boxes)
             corners_prev, h_prev, ref = corners, h.detach(), boxes.detach()
-        return DetectorOutput(torch.stack(all_logits), torch.stack(all_corners), torch.stack(all_boxes),
-                              pre_boxes, features, self.reg_scale, self.up, enc_logits, enc_boxes)
+        logits, corners, boxes = torch.stack(all_logits), torch.stack(all_corners), torch.stack(all_boxes)
+        dn = None
+        if group is not None:  # split off the denoising queries (dfine_decoder.py 881-888)
+            d = group.size
+            dn = DetectorOutput(logits[:, :, :d], corners[:, :, :d], boxes[:, :, :d], pre_boxes[:, :d], {},
+                                self.reg_scale, self.up)
+            logits, corners, boxes, pre_boxes = logits[:, :, d:], corners[:, :, d:], boxes[:, :, d:], pre_boxes[:, d:]
+        return DetectorOutput(logits, corners, boxes, pre_boxes, features, self.reg_scale, self.up, enc_logits,
+                              enc_boxes, dn, group)
+
+    def _denoising_group(self, targets: tuple[list[Tensor], list[Tensor]] | None,
+                         generator: torch.Generator | None) -> DenoisingGroup | None:
+        if not (self.training and self.denoising > 0 and targets is not None):
+            return None
+        labels, boxes = targets
+        return contrastive_denoising_group(labels, boxes, self.num_classes, self.queries, self.denoising,
+                                           self.label_noise, self.box_noise, generator)
 
 
 def token_anchors(shapes: list[tuple[int, int]], device: torch.device, size: float = 0.05) -> Tensor:

@@ -19,6 +19,9 @@ class Batch:
     labels: list[Tensor]  # per image (n_i,) contiguous class indices
     boxes: list[Tensor]  # per image (n_i, 4) normalised cx, cy, w, h
     ids: Tensor  # (B,) dataset indices
+    # (B,) int64 seeds of the denoising noise, one per position in the epoch (adapter.noise_seed); a
+    # batch (or a rank's shard of it) draws its denoising queries from a generator seeded with its first
+    noise_seeds: Tensor | None = None
 
     def __post_init__(self) -> None:
         self.all_labels = torch.cat(self.labels) if self.labels else torch.empty(0, dtype=torch.long)
@@ -66,6 +69,7 @@ class DetectionOutputs(Outputs):
     pre_pairs: Pairs | None = None
     enc_pairs: Pairs | None = None  # the encoder proposals' own matches (query selection only)
     union_pairs: Pairs | None = None
+    dn_pairs: Pairs | None = None  # the denoising queries' positives and their ground truth (raw.dn)
 
 
 def matched_iou(pred_cxcywh: Tensor, gt_cxcywh: Tensor) -> Tensor:
