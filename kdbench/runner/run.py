@@ -20,7 +20,7 @@ from kdbench.runner.distributed import World, barrier, gather_lists, init_from_e
 from kdbench.runner.env import count_flops, count_params, gpus_used, method_params, resolve_device
 from kdbench.runner.record import Outcome, build_record
 from kdbench.runner.spec import RunOptions, RunSpec, refuse_existing, resolve
-from kdbench.runner.teacher_cache import TeacherCache, why_online
+from kdbench.runner.teacher_cache import FORMAT, TeacherCache, why_online
 from kdbench.runner.teachers import Teacher, get_teacher
 from kdbench.runner.train import FitResult, Job, NonFiniteLoss, clean_checkpoints, fit_stages, probe_outputs
 
@@ -154,7 +154,7 @@ def _attach_cache(job: Job, spec: RunSpec, teacher: Teacher | None, world: World
     key = sha256_json({
         "teacher": teacher.info.get("checkpoint_sha256"), "protocol": spec.protocol.sha256,
         "seed": spec.options.seed, "world": [world.rank, world.size] if world else None,
-        "precision": job.precision, "topk": topk})
+        "precision": job.precision, "topk": topk, "format": FORMAT})
     job.teacher_cache = TeacherCache(
         cache_dir() / "teacher-outputs" / spec.protocol.task / key[:24], topk)
     return {"mode": "cached", "topk": topk}

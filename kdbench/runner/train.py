@@ -221,11 +221,27 @@ def _train_epoch(
     generator = torch.Generator().manual_seed(epoch_seed(job.seed, epoch))
     job.student.train()
     job.method.train()
+    cache = job.teacher_cache
+    if cache is None:
+        return _train_steps(job, optimizer, schedule, epoch, epochs, steps_per_epoch, clip, ema, generator)
+    cache.start_epoch(epoch)
+    try:
+        means = _train_steps(job, optimizer, schedule, epoch, epochs, steps_per_epoch, clip, ema, generator)
+    except BaseException:
+        cache.abort()  # an epoch that did not finish is never published
+        raise
+    cache.finish_epoch()
+    return means
+
+
+def _train_steps(
+    job: Job, optimizer: torch.optim.Optimizer, schedule: Any, epoch: int, epochs: int,
+    steps_per_epoch: int, clip: float | None, ema: EMA | None, generator: torch.Generator,
+) -> dict[str, float]:
+    """One epoch's steps; returns the mean of every logged term."""
     sums: dict[str, float] = defaultdict(float)
     count = 0
     steps = epochs * steps_per_epoch
-    if job.teacher_cache is not None:
-        job.teacher_cache.start_epoch(epoch)
     for i, batch in enumerate(job.adapter.train_batches(int(job.train["batch_size"]), generator)):
         if job.world is not None:
             batch = shard(batch, job.world)
@@ -263,8 +279,6 @@ def _train_epoch(
             sums[k] += float(v)
         sums["loss"] += float(loss.detach()) if job.world is None else float(sum(detached.values()))
         count += 1
-    if job.teacher_cache is not None:
-        job.teacher_cache.finish_epoch()
     return {k: v / max(count, 1) for k, v in sums.items()}
 
 

@@ -4,6 +4,8 @@ spreads the remainder uniformly, and methods reading more than the heads run the
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,8 @@ def _kd(results: Path, method: str = "kd") -> dict:
     return record
 
 
-def test_cached_run_is_bit_identical_and_really_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cached_run_is_bit_identical_and_really_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("KDBENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("KDBENCH_TEACHER_CACHE", "0")
     online = _kd(tmp_path / "online")
@@ -39,9 +42,21 @@ def test_cached_run_is_bit_identical_and_really_read(tmp_path: Path, monkeypatch
     shas = {r["student"]["checkpoint_sha256"] for r in (online, first, second)}
     assert len(shas) == 1, "cached and online runs must train the same weights"
     assert online["metrics"] == second["metrics"]
+    # a cache whose data changed with its meta.json to match changes the next run: it is read
     arr = np.load(files[0])
-    np.save(files[0], np.zeros_like(arr))  # a tampered cache changes the next run: it is read
+    np.save(files[0], np.zeros_like(arr))  # np.save's header is also 128 bytes for this shape
+    meta_path = files[0].parent / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["arrays"]["cls.logits"]["sha256"] = hashlib.sha256(np.zeros_like(arr).tobytes()).hexdigest()
+    meta_path.write_text(json.dumps(meta))
     assert _kd(tmp_path / "third")["student"]["checkpoint_sha256"] not in shas
+    # a damaged one (data changed behind meta.json's back) is refused: the teacher runs and rewrites it
+    np.save(files[0], np.ones_like(arr))
+    fourth = _kd(tmp_path / "fourth")
+    assert "is damaged (cls.logits.npy: its data's sha256 is not the one written)" in capsys.readouterr().err
+    assert fourth["student"]["checkpoint_sha256"] in shas
+    assert np.array_equal(np.load(files[0]), arr)  # replaced by the teacher's own logits
+    assert _kd(tmp_path / "fifth")["student"]["checkpoint_sha256"] in shas
 
 
 def test_expand_topk_keeps_topk_and_spreads_the_remainder() -> None:
