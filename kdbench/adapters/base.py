@@ -102,6 +102,15 @@ class Adapter(ABC, Generic[BatchT, OutT]):
         default (every sample once, the last batch short); it sizes the schedule and the step count."""
         return -(-self.train_size // batch_size)
 
+    def epoch_positions(self, batch_size: int, generator: torch.Generator) -> dict[str, int] | None:
+        """Each final head's positions in the epoch `train_batches(batch_size, generator)` yields: the
+        product of a head's logits dims but the last, summed over the batches. It sizes the teacher-output
+        cache before its first write (kdbench.runner.cache_budget). None (default): every sample once, at
+        the probe's positions per sample, exact for heads of a fixed shape; a task whose heads vary in
+        length per batch (translation's padded tokens) counts them here, drawing from `generator` as
+        `train_batches` does, without building the batches."""
+        return None
+
     @abstractmethod
     def build_model(self, role: Role, needs: frozenset[str]) -> nn.Module:
         """The card's student or teacher; `needs` may ask for extra parts (auxiliary heads)."""

@@ -55,6 +55,8 @@ class Train:
     threads: int = bounded(1, ge=1)  # CPU intra-op threads: a CPU run is bit-identical only at the same count
     amp: Literal["bf16"] | None = None  # bf16 autocast on CUDA (ignored on CPU)
     teacher_cache_topk: int | None = bounded(None, ge=1)  # store the teacher's top-k log-probs only
+    # one epoch's teacher-output cache files per rank, at most (unset: 1024; kdbench.runner.cache_budget)
+    teacher_cache_budget_mib: int | None = bounded(None, ge=0)
 
 
 @dataclass(frozen=True, kw_only=True)

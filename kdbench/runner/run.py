@@ -14,15 +14,25 @@ import torch
 from kdbench.cache import cache_dir, sha256_json
 from kdbench.errors import UsageError
 from kdbench.methods.base import MethodContext
+from kdbench.outputs import Outputs
 from kdbench.records import read_record, record_path, write_record
 from kdbench.runner import checkpoint
+from kdbench.runner.cache_budget import choose, epoch_rows, estimate
 from kdbench.runner.distributed import World, barrier, gather_lists, init_from_env
 from kdbench.runner.env import count_flops, count_params, gpus_used, method_params, resolve_device
 from kdbench.runner.record import Outcome, build_record
 from kdbench.runner.spec import RunOptions, RunSpec, refuse_existing, resolve
 from kdbench.runner.teacher_cache import FORMAT, TeacherCache, why_online
 from kdbench.runner.teachers import Teacher, get_teacher
-from kdbench.runner.train import FitResult, Job, NonFiniteLoss, clean_checkpoints, fit_stages, probe_outputs
+from kdbench.runner.train import (
+    FitResult,
+    Job,
+    NonFiniteLoss,
+    clean_checkpoints,
+    epoch_seed,
+    fit_stages,
+    probe_outputs,
+)
 
 
 def prepare(options: RunOptions) -> tuple[RunSpec, torch.device]:
@@ -70,7 +80,7 @@ def run(options: RunOptions) -> tuple[dict[str, Any], Path]:
               spec.protocol.card["train"], options.seed, run_dir / "last.pt",
               label=f"{options.method} seed {options.seed}", world=world,
               precision=_precision(spec, device), primary=spec.primary_metric)
-    teacher_outputs = _attach_cache(job, spec, teacher, world)
+    teacher_outputs = _attach_cache(job, spec, teacher, world, ctx.teacher)
     outcome = Outcome()
     try:
         result = fit_stages(job)
@@ -142,22 +152,36 @@ def _precision(spec: RunSpec, device: torch.device) -> str | None:
     return "bf16" if spec.protocol.typed.train.amp == "bf16" and device.type == "cuda" else None
 
 
-def _attach_cache(job: Job, spec: RunSpec, teacher: Teacher | None, world: World | None) -> dict[str, Any] | None:
-    """Read the teacher's logits from the shared cache where that cannot change the result."""
-    if teacher is None:
+def _attach_cache(job: Job, spec: RunSpec, teacher: Teacher | None, world: World | None,
+                  probe: Outputs | None) -> dict[str, Any] | None:
+    """Read the teacher's logits from the shared cache where that cannot change the result, in the
+    mode the budget allows (kdbench.runner.cache_budget); says which on one line."""
+    if teacher is None or probe is None:
         return None
     reason = why_online(job.adapter, spec.method_cls)
     if reason is not None:
         print(f"teacher: run on every batch, not read from the teacher-output cache: {reason}", file=sys.stderr)
-        return {"mode": "online", "reason": reason}
-    topk = spec.protocol.typed.train.teacher_cache_topk
-    key = sha256_json({
-        "teacher": teacher.info.get("checkpoint_sha256"), "protocol": spec.protocol.sha256,
-        "seed": spec.options.seed, "world": [world.rank, world.size] if world else None,
-        "precision": job.precision, "topk": topk, "format": FORMAT})
-    job.teacher_cache = TeacherCache(
-        cache_dir() / "teacher-outputs" / spec.protocol.task / key[:24], topk)
-    return {"mode": "cached", "topk": topk}
+        return {"mode": "online", "topk": None, "reason": reason, "epoch_bytes": None, "budget_bytes": None}
+    train = spec.protocol.typed.train
+    size = world.size if world else 1
+    batch = int(train.batch_size)
+
+    def rows(epoch: int) -> dict[str, int]:
+        generator = torch.Generator().manual_seed(epoch_seed(spec.options.seed, epoch))
+        return epoch_rows(job.adapter, probe, batch, generator, size)
+
+    choice = choose(estimate(probe, rows(0)), train.teacher_cache_topk, train.teacher_cache_budget_mib,
+                    int(train.epochs))
+    if world is None or world.is_main:
+        print(choice.line, file=sys.stderr)
+    if choice.mode != "online":
+        key = sha256_json({
+            "teacher": teacher.info.get("checkpoint_sha256"), "protocol": spec.protocol.sha256,
+            "seed": spec.options.seed, "world": [world.rank, world.size] if world else None,
+            "precision": job.precision, "topk": choice.topk, "format": FORMAT})
+        job.teacher_cache = TeacherCache(
+            cache_dir() / "teacher-outputs" / spec.protocol.task / key[:24], choice.topk, rows)
+    return choice.entry()
 
 
 def run_key(spec: RunSpec, teacher: Teacher | None, world: World | None = None) -> str:

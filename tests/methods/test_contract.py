@@ -6,6 +6,7 @@ epoch, the batch protocol `shard` relies on, and Outputs that hold what `provide
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from kdbench.methods import get_method, register, registry
 from kdbench.methods.base import NEEDS, Method, MethodContext, RunState, Stage, make_config
 from kdbench.outputs import PARTS
 from kdbench.protocol import load_protocol
+from kdbench.runner.cache_budget import epoch_rows
 from kdbench.runner.distributed import World, shard
 from kdbench.runner.train import Job, _terms, fit_stages, probe_outputs
 
@@ -135,6 +137,26 @@ def test_steps_per_epoch_counts_the_batches_of_an_epoch(task: str) -> None:
     for batch_size in (16, adapter.train_size, adapter.train_size + 1):
         count = sum(1 for _ in adapter.train_batches(batch_size, torch.Generator().manual_seed(0)))
         assert count == adapter.steps_per_epoch(batch_size), (task, batch_size)
+
+
+CACHED = [task for task in sorted(TASKS) if get_adapter(task).teacher_inputs_fixed]
+
+
+@pytest.mark.parametrize("task", CACHED)
+def test_the_cache_size_estimate_counts_every_position_of_an_epoch(task: str) -> None:
+    """Where the teacher's outputs are cached, the rows that size the cache before its first write
+    (`epoch_positions`, or train_size × the probe's positions per sample) are the positions the
+    teacher's heads hold over that epoch."""
+    adapter = _adapter(task)
+    teacher = adapter.build_model("teacher", frozenset())
+    rows = epoch_rows(adapter, probe_outputs(adapter, teacher), 16, torch.Generator().manual_seed(3))
+    seen: dict[str, int] = {}
+    with torch.no_grad():
+        for batch in adapter.train_batches(16, torch.Generator().manual_seed(3)):
+            for name, head in adapter.forward(teacher, batch).heads.items():
+                seen[name] = seen.get(name, 0) + math.prod(head.logits.shape[:-1])
+    assert rows == seen
+    assert CACHED == ["classification", "translation"]
 
 
 def _rows(value: object) -> list[object]:

@@ -14,6 +14,7 @@ import torch
 
 from kdbench.cache import cache_dir
 from kdbench.methods import get_method
+from kdbench.runner import cache_budget
 from kdbench.runner.run import run
 from kdbench.runner.spec import RunOptions
 from kdbench.runner.teacher_cache import expand_topk, why_online
@@ -32,13 +33,18 @@ def test_cached_run_is_bit_identical_and_really_read(tmp_path: Path, monkeypatch
     monkeypatch.setenv("KDBENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("KDBENCH_TEACHER_CACHE", "0")
     online = _kd(tmp_path / "online")
-    assert online["spec"]["teacher_outputs"]["mode"] == "online"
+    assert online["spec"]["teacher_outputs"] == {
+        "mode": "online", "topk": None, "reason": "the cache is turned off (KDBENCH_TEACHER_CACHE=0)",
+        "epoch_bytes": None, "budget_bytes": None}
     monkeypatch.delenv("KDBENCH_TEACHER_CACHE")
     first = _kd(tmp_path / "first")  # computes the teacher and writes the cache
     files = sorted((cache_dir() / "teacher-outputs").rglob("cls.logits.npy"))
     assert len(files) == 1
     second = _kd(tmp_path / "second")  # reads it
-    assert first["spec"]["teacher_outputs"] == {"mode": "cached", "topk": None}
+    assert first["spec"]["teacher_outputs"] == {  # 160 digits images of 10 classes, float32
+        "mode": "full", "topk": None, "reason": None, "epoch_bytes": {"full": 160 * 10 * 4, "topk": None},
+        "budget_bytes": 1 << 30}
+    assert "teacher cache: 6.2 KiB per epoch as full float32, budget 1 GiB: full" in capsys.readouterr().err
     shas = {r["student"]["checkpoint_sha256"] for r in (online, first, second)}
     assert len(shas) == 1, "cached and online runs must train the same weights"
     assert online["metrics"] == second["metrics"]
@@ -84,26 +90,57 @@ def test_methods_reading_teacher_features_run_online() -> None:
     assert "instead of the references" in (why_online(get_adapter("translation"), get_method("seqkd")) or "")
 
 
+def _translation(tmp_path: Path, results: str, **sets: object) -> dict:
+    record, _ = run(RunOptions(task="translation", method="kd", protocol="smoke", seed=0, device="cpu",
+                               results=tmp_path / results, sets={"train.epochs": 1, **sets}))
+    return record
+
+
 def test_translation_token_logits_cached_exactly_and_as_topk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """(B, T, V) token logits with per-step shapes: the exact cache reproduces the online run;
     top-k is stored smaller, recorded as such, and trains a different student."""
     monkeypatch.setenv("KDBENCH_CACHE", str(tmp_path / "cache"))
-
-    def kd(results: str, **sets: object) -> dict:
-        record, _ = run(RunOptions(task="translation", method="kd", protocol="smoke", seed=0, device="cpu",
-                                   results=tmp_path / results, sets={"train.epochs": 1, **sets}))
-        return record
-
     monkeypatch.setenv("KDBENCH_TEACHER_CACHE", "0")
-    online = kd("online")
+    online = _translation(tmp_path, "online")
     monkeypatch.delenv("KDBENCH_TEACHER_CACHE")
-    kd("write")
-    cached = kd("read")
-    assert cached["spec"]["teacher_outputs"] == {"mode": "cached", "topk": None}
+    _translation(tmp_path, "write")
+    cached = _translation(tmp_path, "read")
+    full = {"full": 7932 * 120 * 4, "topk": None}  # the epoch's padded target tokens × 120 pieces × float32
+    assert cached["spec"]["teacher_outputs"] == {
+        "mode": "full", "topk": None, "reason": None, "epoch_bytes": full, "budget_bytes": 1 << 30}
     assert cached["student"]["checkpoint_sha256"] == online["student"]["checkpoint_sha256"]
-    topk = kd("topk", **{"train.teacher_cache_topk": 4})
-    assert topk["spec"]["teacher_outputs"] == {"mode": "cached", "topk": 4}
+    topk = _translation(tmp_path, "topk", **{"train.teacher_cache_topk": 4})
+    assert topk["spec"]["teacher_outputs"] == {
+        "mode": "topk", "topk": 4, "reason": None, "epoch_bytes": {"full": full["full"], "topk": 7932 * 4 * 8},
+        "budget_bytes": 1 << 30}
     assert topk["student"]["checkpoint_sha256"] != online["student"]["checkpoint_sha256"]
     sizes = sorted(sum(f.stat().st_size for f in d.rglob("*.npy"))
                    for d in (cache_dir() / "teacher-outputs" / "translation").iterdir())
     assert len(sizes) == 2 and sizes[0] * 5 < sizes[1]  # top-4 of an 8x-larger vocabulary
+    assert sizes == sorted(128 * n + b for n, b in ((2, 7932 * 4 * 8), (1, full["full"])))  # as estimated
+
+
+def test_over_the_budget_top_k_automatically_or_online(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Over the budget a large vocabulary switches to top-8, which trains exactly as the card's own
+    top-8 does; with no room even for that (budget 0) the teacher runs online, as exact as a full
+    cache."""
+    monkeypatch.setenv("KDBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cache_budget, "TOPK_MIN_CLASSES", 100)  # the smoke card's 120 pieces count as large
+    auto = _translation(tmp_path, "auto", **{"train.teacher_cache_budget_mib": 1})  # full: 3.6 MiB
+    entry = auto["spec"]["teacher_outputs"]
+    assert (entry["mode"], entry["topk"], entry["budget_bytes"]) == ("topk", 8, 1 << 20)
+    assert "teacher cache: 3.6 MiB per epoch as full float32, over the budget 1 MiB per epoch " \
+           "(train.teacher_cache_budget_mib): top-8 log-probabilities instead, 495.8 KiB per epoch" \
+           in capsys.readouterr().err
+    card = _translation(tmp_path, "card", **{"train.teacher_cache_topk": 8})
+    assert card["spec"]["teacher_outputs"]["mode"] == "topk"
+    assert auto["student"]["checkpoint_sha256"] == card["student"]["checkpoint_sha256"]
+    full = _translation(tmp_path, "full")
+    assert full["spec"]["teacher_outputs"]["mode"] == "full"
+    online = _translation(tmp_path, "none", **{"train.teacher_cache_budget_mib": 0})
+    assert online["spec"]["teacher_outputs"]["mode"] == "online"
+    assert "even the top-8 cache would take 495.8 KiB per epoch" in online["spec"]["teacher_outputs"]["reason"]
+    assert online["student"]["checkpoint_sha256"] == full["student"]["checkpoint_sha256"]
+    assert online["student"]["checkpoint_sha256"] != auto["student"]["checkpoint_sha256"]
+    assert len(list((cache_dir() / "teacher-outputs" / "translation").iterdir())) == 3  # auto, card, full

@@ -111,14 +111,24 @@ class TranslationAdapter(Adapter[Batch, Outputs]):
         """Shuffled batches of similar source lengths: shuffle, sort chunks of 50 batches by
         length, batch, shuffle the batches (all from `generator`)."""
         src, tgt = self.encoded["train"]
+        for group in self._groups(batch_size, generator):
+            yield self._batch(src, tgt, group)
+
+    def _groups(self, batch_size: int, generator: torch.Generator) -> list[list[int]]:
+        """The epoch's batches as lists of training indices, in order (what `train_batches` batches)."""
+        src, tgt = self.encoded["train"]
         order = torch.randperm(len(src), generator=generator).tolist()
         chunk = 50 * batch_size
         groups = []
         for start in range(0, len(order), chunk):
             part = sorted(order[start:start + chunk], key=lambda i: (len(src[i]), len(tgt[i])))
             groups += [part[j:j + batch_size] for j in range(0, len(part), batch_size)]
-        for g in torch.randperm(len(groups), generator=generator).tolist():
-            yield self._batch(src, tgt, groups[g])
+        return [groups[g] for g in torch.randperm(len(groups), generator=generator).tolist()]
+
+    def epoch_positions(self, batch_size: int, generator: torch.Generator) -> dict[str, int]:
+        """The token head's padded positions: per batch, its size × (longest target + eos)."""
+        tgt = self.encoded["train"][1]
+        return {HEAD: sum(len(g) * (max(len(tgt[i]) for i in g) + 1) for g in self._groups(batch_size, generator))}
 
     def _batch(self, src: list[list[int]], tgt: list[list[int]], idx: list[int]) -> Batch:
         tok = self.tokenizer

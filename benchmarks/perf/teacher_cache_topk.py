@@ -1,6 +1,6 @@
 """Teacher-output cache: top-k vs full token logits on the translation small tier, and BLEU of both.
 
-    python benchmarks/perf/teacher_cache_memory.py [--topk 8] [--epochs 8] [--method kd] [--set KEY=VALUE ...]
+    python benchmarks/perf/teacher_cache_topk.py [--topk 8] [--epochs 8] [--method kd] [--set KEY=VALUE ...]
 
 Runs `--method` on the translation small card twice from a fresh teacher-output cache: once
 storing the teacher's full (B, T, V) float32 logits, once only each position's top-k
@@ -53,14 +53,15 @@ def main() -> None:
     vocab = protocol.card["data"]["vocab_size"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for label, extra in (("full", []), (f"top-{args.topk}", [f"train.teacher_cache_topk={args.topk}"])):
+        for label, mode, extra in (("full", "full", []),
+                                   (f"top-{args.topk}", "topk", [f"train.teacher_cache_topk={args.topk}"])):
             cache = Path(tmp) / label / "cache"
             (cache / "teachers" / "translation").mkdir(parents=True)
             shutil.copy(teacher, cache / "teachers" / "translation" / teacher.name)
             env = {**os.environ, "KDBENCH_CACHE": str(cache)}
             sets = [f"train.epochs={args.epochs}", *args.sets, *extra]
             record, seconds = run(args.method, sets, Path(tmp) / label, env)
-            assert record["spec"]["teacher_outputs"]["mode"] == "cached", record["spec"]["teacher_outputs"]
+            assert record["spec"]["teacher_outputs"]["mode"] == mode, record["spec"]["teacher_outputs"]
             nbytes = sum(f.stat().st_size for f in (cache / "teacher-outputs").rglob("*.npy"))
             rows.append((label, nbytes / args.epochs, record["metrics"]["values"], seconds))
     full = rows[0][1]
