@@ -35,12 +35,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from kdbench.errors import UsageError, unknown
+from kdbench.errors import UsageError
+from kdbench.registry import Registry
 from kdbench.runner.gpus import check_visible, slot_gpus, sweep_device, visible_gpus
 from kdbench.runner.sweep import Item, Outcome, Plan
 from kdbench.runner.worker import record_crash
 
-EXECUTORS = ("local", "ray", "slurm")
+#: A sweep executor: runs one phase of items (the teachers, then the runs) and yields their outcomes.
+Runner = Callable[[list[Item], "ExecutorOptions"], Iterator[Outcome]]
+#: executor name → its Runner (`kdbench sweep --executor`).
+EXECUTORS: Registry[Runner] = Registry("executor")
 
 #: A Slurm job's CPUs per GPU it holds, unless `--threads` or `--slurm-param cpus_per_task=` says
 #: otherwise: a GPU run's CPUs feed it, and kdbench's COCO-format readers decode each batch's images
@@ -101,6 +105,7 @@ def check_gpus(opts: ExecutorOptions) -> ExecutorOptions:
     return replace(opts, device=device)
 
 
+@EXECUTORS.register("local")
 def run_local(items: list[Item], opts: ExecutorOptions) -> Iterator[Outcome]:
     """A pool of `workers` slots; slot i owns CPUs [i·t, (i+1)·t), t threads and the visible GPUs
     [i·N, (i+1)·N) (`gpus.slot_gpus`: none at N = 0, so a slot's worker sees no GPU)."""
@@ -310,6 +315,7 @@ def _check_ray_gpus(ray: Any, opts: ExecutorOptions) -> None:
                          f"{int(most)} or fewer")
 
 
+@EXECUTORS.register("ray")
 def run_ray(items: list[Item], opts: ExecutorOptions) -> Iterator[Outcome]:
     """Ray tasks on `--ray-address` or a local Ray; workers write records into the results tree."""
     try:
@@ -369,6 +375,7 @@ def slurm_parameters(opts: ExecutorOptions, cluster: str) -> tuple[dict[str, Any
     return params, threads if isinstance(threads, int) and threads > 0 else cpus
 
 
+@EXECUTORS.register("slurm")
 def run_slurm(items: list[Item], opts: ExecutorOptions) -> Iterator[Outcome]:
     """submitit jobs: one job array over the items (or one job each); `slurm_cluster='local'` runs
     them as local processes with the same interface (what the tests use)."""
@@ -404,18 +411,12 @@ def run_slurm(items: list[Item], opts: ExecutorOptions) -> Iterator[Outcome]:
             time.sleep(0.5)
 
 
-RUNNERS: dict[str, Callable[[list[Item], ExecutorOptions], Iterator[Outcome]]] = {
-    "local": run_local, "ray": run_ray, "slurm": run_slurm}
-
-
 def drive(plan: Plan, opts: ExecutorOptions, progress: bool = True) -> list[Outcome]:
     """Teachers first (once each, shared), then the runs; a tqdm bar over all of them."""
     from tqdm.auto import tqdm
 
-    if opts.kind not in RUNNERS:
-        raise unknown("executor", opts.kind, EXECUTORS)
+    runner = EXECUTORS[opts.kind]  # an unknown name: one line listing the executors
     opts = check_gpus(opts)
-    runner = RUNNERS[opts.kind]
     outcomes: list[Outcome] = []
     bar = tqdm(total=len(plan.teachers) + len(plan.runs), unit="run", desc="sweep", disable=not progress)
     for phase in (plan.teachers, plan.runs):  # a failed teacher fails its runs, each recorded
