@@ -37,6 +37,10 @@ NEEDS: dict[str, str] = {
     "sequence_targets": "the external teacher's decoded outputs replace the training targets (SeqKD)",
     "past_model": "the student as it was at the end of the previous epoch, run on every batch and "
                   "handed to the method as its teacher (served by the runner on any task)",
+    "ema_model": "an exponential moving average of the student's weights (a copy of it at the start, then "
+                 "ema ← m·ema + (1 − m)·θ after every optimiser step, m = Method.ema_momentum()), run in eval "
+                 "mode without gradients on every batch and handed to the method as its teacher, saved in "
+                 "the checkpoint (served by the runner on any task)",
 }
 
 #: The head kinds (kdbench.outputs.HEAD_KINDS) a softmax-family method distils: one distribution
@@ -118,8 +122,8 @@ class Method(nn.Module, metaclass=ABCMeta):
     #: `kdbench tune`'s grid: one or two key hyperparameters, TUNE_BUDGET points in all (the same
     #: budget for every method), the paper default among them. Empty: nothing to tune.
     tune_grid: ClassVar[dict[str, tuple[Any, ...]]] = {}
-    #: Runner-served needs (`past_model`) this instance uses, decided once it has seen the
-    #: Outputs: PS-KD keeps a per-sample table where heads are (B, K), else the previous epoch.
+    #: Runner-served needs (`past_model`, `ema_model`) this instance uses, decided once it has seen
+    #: the Outputs: PS-KD keeps a per-sample table where heads are (B, K), else the previous epoch.
     runtime_needs: frozenset[str] = frozenset()
     Config: ClassVar[type]
 
@@ -146,6 +150,10 @@ class Method(nn.Module, metaclass=ABCMeta):
     def ce_weight(self) -> float:
         """Weight of the hard-label terms; 1 unless the method's config says otherwise."""
         return float(getattr(self.config, "ce_weight", 1.0))
+
+    def ema_momentum(self) -> float:
+        """m of the `ema_model` teacher: `Config.ema_momentum` of a method that uses one."""
+        return float(self.config.ema_momentum)
 
     def prepare(self, teacher_pass: Callable[[], Iterable[Outputs]]) -> None:
         """Called once before training when `teacher_pass` is needed."""

@@ -1,7 +1,11 @@
-"""Exponential moving average of a model's weights (as RT-DETR/D-FINE's ModelEMA).
+"""Exponential moving average of a model's weights: the card's `train.ema` (as RT-DETR/D-FINE's
+ModelEMA) and the `ema_model` teacher the runner serves to a method (kdbench.methods.base.NEEDS).
 
-decay_t = decay·(1 − exp(−t / warmup_steps)) after t updates, so the average follows the
-model closely early on; buffers (BatchNorm statistics) are averaged the same way.
+After t updates ema ← d_t·ema + (1 − d_t)·θ for every parameter and floating-point buffer
+(BatchNorm statistics), integer buffers copied; with `warmup_steps` d_t = decay·(1 − exp(−t /
+warmup_steps)), so the average follows the model closely early on (the card's EMA); with None
+d_t = decay at every update (a method's EMA teacher, whose momentum the method gives). The
+average starts as a copy of the model, in eval mode and without gradients.
 """
 
 from __future__ import annotations
@@ -15,16 +19,22 @@ from torch import nn
 
 
 class EMA:
-    def __init__(self, model: nn.Module, decay: float = 0.9999, warmup_steps: int = 2000) -> None:
+    def __init__(self, model: nn.Module, decay: float = 0.9999, warmup_steps: int | None = 2000) -> None:
         self.model = copy.deepcopy(model).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.decay, self.warmup_steps, self.updates = decay, warmup_steps, 0
 
+    def current_decay(self) -> float:
+        """d_t of the next update."""
+        if self.warmup_steps is None:
+            return self.decay
+        return self.decay * (1 - math.exp(-(self.updates + 1) / max(self.warmup_steps, 1)))
+
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        d = self.current_decay()
         self.updates += 1
-        d = self.decay * (1 - math.exp(-self.updates / max(self.warmup_steps, 1)))
         source = model.state_dict()
         for name, value in self.model.state_dict().items():
             if value.dtype.is_floating_point:

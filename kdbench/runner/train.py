@@ -74,7 +74,13 @@ def fit(job: Job) -> FitResult:
     clip = cfg.get("grad_clip")
     ema_cfg = cfg.get("ema") or {}
     ema = EMA(job.student, float(ema_cfg["decay"]), int(ema_cfg.get("warmup_steps", 2000))) if ema_cfg else None
-    result = _resume(job, ema, optimizer, schedule) or FitResult()
+    # the method's EMA teacher: a copy of the student now, averaged after every optimiser step
+    ema_teacher = EMA(job.student, job.method.ema_momentum(), None) if "ema_model" in job.method.runtime_needs \
+        else None
+    result = _resume(job, ema, optimizer, schedule, ema_teacher) or FitResult()
+    if ema_teacher is not None:
+        job.teacher = ema_teacher.model
+    averages = tuple(e for e in (ema, ema_teacher) if e is not None)
     if job.teacher is not None:
         job.teacher.eval()
     bar = tqdm(range(result.resumed_from, epochs), desc=job.label, unit="epoch",
@@ -83,7 +89,7 @@ def fit(job: Job) -> FitResult:
         if "past_model" in job.method.runtime_needs and epoch > 0:  # the previous epoch's model
             job.teacher = copy.deepcopy(job.student).eval().requires_grad_(False)
         started = time.perf_counter()
-        terms = _train_epoch(job, optimizer, schedule, epoch, epochs, steps_per_epoch, clip, ema)
+        terms = _train_epoch(job, optimizer, schedule, epoch, epochs, steps_per_epoch, clip, averages)
         seconds = time.perf_counter() - started
         result.train_seconds += seconds
         entry: dict[str, Any] = {"epoch": epoch, "loss": terms.pop("loss"), "terms": terms,
@@ -103,22 +109,26 @@ def fit(job: Job) -> FitResult:
                 "epoch": epoch + 1, "stage": job.method.stage, "student": job.student.state_dict(),
                 "method": job.method.state_dict(), "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(), "history": result.history,
-                "train_seconds": result.train_seconds, "ema": ema.state_dict() if ema else None})
+                "train_seconds": result.train_seconds, "ema": ema.state_dict() if ema else None,
+                **({"ema_model": ema_teacher.state_dict()} if ema_teacher is not None else {})})
     bar.close()
     if ema is not None:  # what is evaluated and saved from here on is the averaged model
         job.student.load_state_dict(ema.model.state_dict())
     return result
 
 
-def _resume(job: Job, ema: EMA | None, optimizer: torch.optim.Optimizer, schedule: Any) -> FitResult | None:
+def _resume(job: Job, ema: EMA | None, optimizer: torch.optim.Optimizer, schedule: Any,
+            ema_teacher: EMA | None = None) -> FitResult | None:
     """Load `job.checkpoint` into the run's modules and return where it stopped; None when there
     is none or it is damaged (then it is moved aside, said on stderr, and every module is as it
-    was: the run starts from scratch)."""
+    was: the run starts from scratch). `ema_teacher` (the `ema_model` service) is restored from
+    the checkpoint's "ema_model" entry."""
     path = job.checkpoint
     if path is None or not path.is_file():
         return None
     parts: dict[str, Any] = {"student": job.student, "method": job.method, "optimizer": optimizer,
-                             "schedule": schedule, **({"ema": ema} if ema is not None else {})}
+                             "schedule": schedule, **({"ema": ema} if ema is not None else {}),
+                             **({"ema_model": ema_teacher} if ema_teacher is not None else {})}
     fresh = {name: copy.deepcopy(part.state_dict()) for name, part in parts.items()}
     try:
         state = checkpoint.load(path, job.adapter.device)
@@ -215,7 +225,7 @@ def _should_eval(cfg: dict[str, Any], epoch: int, epochs: int) -> bool:
 
 def _train_epoch(
     job: Job, optimizer: torch.optim.Optimizer, schedule: Any, epoch: int, epochs: int,
-    steps_per_epoch: int, clip: float | None, ema: EMA | None = None,
+    steps_per_epoch: int, clip: float | None, averages: tuple[EMA, ...] = (),
 ) -> dict[str, float]:
     torch.manual_seed(epoch_seed(job.seed, epoch))  # dropout and other in-model randomness
     generator = torch.Generator().manual_seed(epoch_seed(job.seed, epoch))
@@ -223,10 +233,10 @@ def _train_epoch(
     job.method.train()
     cache = job.teacher_cache
     if cache is None:
-        return _train_steps(job, optimizer, schedule, epoch, epochs, steps_per_epoch, clip, ema, generator)
+        return _train_steps(job, optimizer, schedule, epoch, epochs, steps_per_epoch, clip, averages, generator)
     cache.start_epoch(epoch)
     try:
-        means = _train_steps(job, optimizer, schedule, epoch, epochs, steps_per_epoch, clip, ema, generator)
+        means = _train_steps(job, optimizer, schedule, epoch, epochs, steps_per_epoch, clip, averages, generator)
     except BaseException:
         cache.abort()  # an epoch that did not finish is never published
         raise
@@ -236,9 +246,10 @@ def _train_epoch(
 
 def _train_steps(
     job: Job, optimizer: torch.optim.Optimizer, schedule: Any, epoch: int, epochs: int,
-    steps_per_epoch: int, clip: float | None, ema: EMA | None, generator: torch.Generator,
+    steps_per_epoch: int, clip: float | None, averages: tuple[EMA, ...], generator: torch.Generator,
 ) -> dict[str, float]:
-    """One epoch's steps; returns the mean of every logged term."""
+    """One epoch's steps; returns the mean of every logged term. `averages` (the card's EMA, the
+    method's `ema_model` teacher) are updated after every optimiser step."""
     sums: dict[str, float] = defaultdict(float)
     count = 0
     steps = epochs * steps_per_epoch
@@ -266,8 +277,8 @@ def _train_steps(
             torch.nn.utils.clip_grad_norm_(stepped, float(clip))
         optimizer.step()
         schedule.step()
-        if ema is not None:
-            ema.update(job.student)
+        for average in averages:
+            average.update(job.student)
         detached = {k: v.detach() for k, v in terms.items()}
         seen = student.detach()
         if job.world is not None:  # per-step memories see the global batch on every rank
