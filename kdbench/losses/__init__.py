@@ -12,6 +12,7 @@ from kdbench.losses.gold import ddf, layer_self_distillation
 from kdbench.losses.localization import box_giou, box_l1, fgl, varifocal
 from kdbench.losses.logit import binary_kd, dkd, kd, nkd, taid
 from kdbench.losses.self_distill import (
+    emasd,
     label_smoothing,
     pskd_targets,
     soft_cross_entropy,
@@ -27,6 +28,7 @@ __all__ = [
     "box_l1",
     "ddf",
     "dkd",
+    "emasd",
     "feature_mse",
     "fgl",
     "kd",

@@ -1,7 +1,9 @@
-"""Target-refining losses without an external teacher: soft CE, label smoothing, PS-KD, USKD.
+"""Target-refining losses without an external teacher: soft CE, label smoothing, PS-KD, USKD,
+and EMA self-distillation (DeGLA).
 
 Distribution on the last dimension, any leading position dimensions; `mask` (bool, the
-leading shape) selects the averaged positions. Soft targets are detached inside.
+leading shape) selects the averaged positions (summed ones in `emasd`). Soft targets and the
+EMA teacher's outputs are detached inside.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdbench.losses._common import drop_classes, hard_target, mean_valid
+from kdbench.losses._common import drop_classes, expand_prefix, hard_target, mean_valid
 
 _USKD_WEAK_SMOOTHING = 0.1  # label smoothing of USKD's weak-logit CE (official code)
 _USKD_EPS = 1e-6  # added to the rank denominators 1 − w_t and 1 − s_t (official code)
@@ -217,4 +219,34 @@ def uskd(
     return alpha * terms["target"] + beta * terms["non_target"] + mu * terms["weak"]
 
 
-__all__ = ["label_smoothing", "pskd_targets", "soft_cross_entropy", "uskd", "uskd_terms"]
+def emasd(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None = None) -> Tensor:
+    """DeGLA's self-distillation term: the squared error to the EMA teacher's outputs, summed.
+
+    Hu, Yang, Wang, Xu, Feng, Wang, "Decoupled Global-Local Alignment for Improving
+    Compositional Understanding", ACM MM 2025 (official code xiaoxing2001/DeGLA,
+    src/open_clip/loss.py `CLIPloss_DeGLA.get_mse_distill_loss`: `F.mse_loss(reduction="sum")`
+    between the student's and the EMA teacher's outputs):
+
+        L = Σ_{valid positions} Σ_k (z_S,k − sg(z_T,k))²
+
+    summed, not averaged, over positions as well as over the last dimension (DeGLA sums over the
+    batch and the embedding dimension); zero where student and teacher agree. The weight is the
+    method's. Computed in float32 at least (a bf16 sum of many squares loses its digits).
+
+    Args:
+        student_logits: (..., K) the student's outputs.
+        teacher_logits: (..., K) the EMA teacher's outputs (detached here).
+        mask: (...) bool, True at valid positions, a prefix of the leading shape; None: all valid.
+
+    Returns:
+        Scalar loss.
+    """
+    dtype = torch.promote_types(student_logits.dtype, torch.float32)
+    squared = (student_logits.to(dtype) - teacher_logits.detach().to(dtype)) ** 2
+    if mask is not None:
+        valid = expand_prefix(mask.bool(), squared.shape)
+        squared = torch.where(valid, squared, torch.zeros_like(squared))
+    return squared.sum()
+
+
+__all__ = ["emasd", "label_smoothing", "pskd_targets", "soft_cross_entropy", "uskd", "uskd_terms"]

@@ -14,6 +14,7 @@ from kdbench.losses import (
     bdkd,
     binary_kl_norm,
     dkd,
+    emasd,
     feature_mse,
     kd,
     label_smoothing,
@@ -39,6 +40,7 @@ CASES: dict[str, Case] = {
     ),
     "feature_mse": lambda s, t, y, m: feature_mse(s, t, m),
     "feature_mse_sum": lambda s, t, y, m: feature_mse(s, t, m, reduction="sum"),
+    "emasd": lambda s, t, y, m: emasd(s, t, m),
 }
 # "sum" divides by dim 0, which flattening the valid positions changes.
 SUBSET_CASES = [name for name in CASES if name != "feature_mse_sum"]

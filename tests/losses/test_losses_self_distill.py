@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from kdbench.losses import (
+    emasd,
     label_smoothing,
     pskd_targets,
     soft_cross_entropy,
@@ -180,3 +181,30 @@ def test_uskd_gradients_and_rank_validation(data):
     assert w.grad is not None and torch.isfinite(w.grad).all()
     with pytest.raises(ValueError, match="rank"):
         uskd(data["z"], data["w"], data["y"], rank="zipf")  # type: ignore[arg-type]
+
+
+def test_emasd_value_is_the_summed_squared_error(data):
+    """Σ over valid positions and classes of (z_S − z_T)², not averaged (DeGLA's mse_loss(sum))."""
+    per = [sum((a - b) ** 2 for a, b in zip(zs, zt, strict=True))
+           for zs, zt in zip(rows(data["z"]), rows(data["w"]), strict=True)]
+    close(emasd(data["z"], data["w"]), sum(per))
+    kept = [v for v, ok in zip(per, flat(data["mask"]), strict=True) if ok]
+    close(emasd(data["z"], data["w"], data["mask"]), sum(kept))
+    assert float(emasd(data["z"], data["z"].clone())) == 0.0  # zero where student and teacher agree
+    assert float(emasd(data["z"], data["z"] + 1.0)) > 0  # a shift of the logits counts: no softmax
+
+
+def test_emasd_teacher_gets_no_gradient_and_the_student_gets_two_times_the_error(data):
+    z = data["z"].clone().requires_grad_(True)
+    w = data["w"].clone().requires_grad_(True)
+    emasd(z, w, data["mask"]).backward()
+    assert w.grad is None
+    valid = data["mask"][..., None]
+    assert torch.equal(z.grad, torch.where(valid, 2 * (data["z"] - data["w"]), torch.zeros_like(z)))
+
+
+def test_emasd_sums_bf16_inputs_in_float32(data):
+    z, w = data["z"].to(torch.bfloat16), data["w"].to(torch.bfloat16)
+    value = emasd(z, w)
+    assert value.dtype == torch.float32
+    assert math.isclose(float(value), float(((z.double() - w.double()) ** 2).sum()), rel_tol=1e-6)
