@@ -38,7 +38,8 @@ NEEDS: dict[str, str] = {
     "past_model": "the student as it was at the end of the previous epoch, run on every batch and "
                   "handed to the method as its teacher (served by the runner on any task)",
     "ema_model": "an exponential moving average of the student's weights (a copy of it at the start, then "
-                 "ema ← m·ema + (1 − m)·θ after every optimiser step, m = Method.ema_momentum()), run in eval "
+                 "ema ← m·ema + (1 − m)·θ after every optimiser step, m = Method.ema_momentum(); buffers such "
+                 "as BatchNorm statistics copied from the student), run in eval "
                  "mode without gradients on every batch and handed to the method as its teacher, saved in "
                  "the checkpoint (served by the runner on any task)",
 }

@@ -75,8 +75,8 @@ def fit(job: Job) -> FitResult:
     ema_cfg = cfg.get("ema") or {}
     ema = EMA(job.student, float(ema_cfg["decay"]), int(ema_cfg.get("warmup_steps", 2000))) if ema_cfg else None
     # the method's EMA teacher: a copy of the student now, averaged after every optimiser step
-    ema_teacher = EMA(job.student, job.method.ema_momentum(), None) if "ema_model" in job.method.runtime_needs \
-        else None
+    ema_teacher = EMA(job.student, job.method.ema_momentum(), None, "copy") \
+        if "ema_model" in job.method.runtime_needs else None
     result = _resume(job, ema, optimizer, schedule, ema_teacher) or FitResult()
     if ema_teacher is not None:
         job.teacher = ema_teacher.model
