@@ -20,6 +20,7 @@ from kdbench.outputs import PARTS
 from kdbench.protocol import load_protocol
 from kdbench.runner.cache_budget import epoch_rows
 from kdbench.runner.distributed import World, shard
+from kdbench.runner.ema import EMA
 from kdbench.runner.train import Job, _terms, fit_stages, probe_outputs
 
 ALL = sorted(registry())
@@ -33,9 +34,9 @@ def _adapter(task: str) -> Adapter:
     return _ADAPTERS[task]
 
 
-def test_registry_holds_the_seventeen_methods() -> None:
+def test_registry_holds_the_eighteen_methods() -> None:
     assert set(ALL) == {"baseline", "ls", "kd", "dkd", "nkd", "uskd", "pskd", "taid", "bdkd", "dhkd", "nd",
-                        "mlkd", "lsskd", "gold", "dwpose", "minilm", "seqkd"}
+                        "mlkd", "lsskd", "gold", "dwpose", "minilm", "seqkd", "emasd"}
 
 
 def test_duplicate_registration_raises() -> None:
@@ -81,6 +82,9 @@ def test_one_step_trains_the_student_only(task: str, name: str) -> None:
     ctx = MethodContext(probe_outputs(adapter, student, cls),  # the structural needs are in the Outputs
                         probe_outputs(adapter, teacher) if teacher else None, adapter.train_size, 2)
     method = cls(cls.Config(), ctx)
+    if "ema_model" in method.runtime_needs:  # the runner's EMA teacher: a frozen copy of the student
+        teacher = EMA(student, method.ema_momentum(), None).model
+        before = {k: v.clone() for k, v in teacher.state_dict().items()}
     if "teacher_pass" in cls.needs:
         assert teacher is not None
         method.prepare(lambda: adapter.teacher_pass(teacher))

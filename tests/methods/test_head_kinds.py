@@ -55,13 +55,14 @@ def test_a_served_pair_passes_the_head_kind_check(task: str, name: str) -> None:
     assert load_catalog()["methods"][name]["refused"].get(task) == why_not_served(adapter, cls)
 
 
-def test_only_kd_distils_a_binary_head_and_the_registry_serves_what_it_did_elsewhere() -> None:
-    assert [n for n in ALL if "binary" in get_method(n).accepts] == ["kd"]
+def test_only_kd_and_emasd_distil_a_binary_head_and_the_registry_serves_what_it_did_elsewhere() -> None:
+    # kd with BCKD's per-class binary loss; emasd's squared error on logits reads no distribution
+    assert [n for n in ALL if "binary" in get_method(n).accepts] == ["emasd", "kd"]
     served = {t: {n for n in ALL if why_not_served(get_adapter(t), get_method(n)) is None} for t in TASKS}
     # classification, OOD, pose, translation: what the needs alone served before head kinds
     for task in ("classification", "ood", "pose", "translation"):
         assert served[task] == {n for n in ALL if get_method(n).needs <= get_adapter(task).provides}, task
-    assert served["detection"] == {"baseline", "kd", "dkd", "taid", "mlkd", "lsskd", "gold"}
+    assert served["detection"] == {"baseline", "kd", "dkd", "taid", "mlkd", "lsskd", "gold", "emasd"}
 
 
 def _detection_like(rebin: bool = False) -> tuple[Outputs, Outputs]:
