@@ -20,9 +20,9 @@ class EMASD(Method):
 
     DeGLA keeps its fine-tuned CLIP close to what it already knows with a frozen teacher that is
     an exponential moving average of the student itself. What the official code computes
-    (xiaoxing2001/DeGLA at 1c5e960, the commit its training script `scripts/train_DeGLA.sh`
-    runs; files src/training/train.py `train_one_epoch_DeGLA` and `update_teacher_ema`,
-    src/open_clip/loss.py `CLIPloss_DeGLA`, src/main.py, src/training/params.py), and here:
+    (xiaoxing2001/DeGLA at 1c5e960, its latest commit: src/training/train.py
+    `train_one_epoch_DeGLA` and `update_teacher_ema`, src/open_clip/loss.py `CLIPloss_DeGLA`,
+    src/main.py, src/training/params.py, scripts/train_DeGLA.sh), and what kdbench does:
 
     - Teacher: a second model with the student's initial weights (DeGLA loads the same
       pretrained CLIP for both), frozen, in eval mode, run under no_grad on the student's batch.
@@ -49,7 +49,9 @@ class EMASD(Method):
       positions (no mean, as DeGLA), one term per head (DeGLA adds its image and text terms).
       Logits are not normalised: DeGLA's normalisation is part of CLIP's forward, not of its loss.
       The sum makes the term grow with the batch and the number of positions per sample, as in
-      DeGLA, so `weight` is the hyperparameter to tune per card.
+      DeGLA, so `weight` is the hyperparameter to tune per card. Under torchrun each rank sums
+      its shard and the gradients are averaged over ranks, as DeGLA's DDP does with its per-GPU
+      batches.
 
     Head kinds: the squared error reads logits, not a distribution, so it applies to every kind
     (categorical, binned, binary); the per-position weights of a head (`Head.weight`) are not
