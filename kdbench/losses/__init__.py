@@ -8,6 +8,7 @@ Teacher inputs are detached inside every loss.
 
 from kdbench.losses.divergence import bdkd, binary_kl_norm
 from kdbench.losses.feature import feature_mse, minilm_relations, nd, similarity
+from kdbench.losses.fusion import fused_kd, trilateral_relations
 from kdbench.losses.gold import ddf, layer_self_distillation
 from kdbench.losses.localization import box_giou, box_l1, fgl, varifocal
 from kdbench.losses.logit import binary_kd, dkd, kd, nkd, taid
@@ -31,6 +32,7 @@ __all__ = [
     "emasd",
     "feature_mse",
     "fgl",
+    "fused_kd",
     "kd",
     "label_smoothing",
     "layer_self_distillation",
@@ -41,6 +43,7 @@ __all__ = [
     "similarity",
     "soft_cross_entropy",
     "taid",
+    "trilateral_relations",
     "uskd",
     "uskd_terms",
     "varifocal",
