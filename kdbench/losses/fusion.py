@@ -42,9 +42,9 @@ def trilateral_relations(
 
         r = [s, t, g, t̄, (t̄ − s)², (g − s)², (t − s)², (t − g)², (t̄ − g)²]   ∈ R^{9K},
 
-    squares taken class by class: the four vertices and the five edges S–T̄, S–G, S–T (intra-sample
-    S, T, G; the ST edge is the paper's addition to the SG and TG ones) and T–G, T̄–G, as the
-    official `state_design`, "option 3", the one its `Controller` is built for
+    squares taken class by class: the four vertices and the five edges S–T̄, S–G, S–T, T–G, T̄–G
+    (intra-sample among S, T, G; inter-sample through T̄), as the official `state_design`,
+    "option 3", the one its `Controller` is built for
     (Chengming0501/TGeo-KD at 5a69cbe, src/fusion_ratio_bilevel.py, lines 63-86 and 126). The
     student's s carries its gradient here; the method decides whether to detach it.
 

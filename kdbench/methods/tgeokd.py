@@ -87,6 +87,9 @@ class TGeoKD(Method):
       it never steps anything there, and `joint` uses the student's optimiser, as the CIFAR-100
       code.
 
+    T = 1.5 is the released script's default; the paper's appendix hyperparameters could not be
+    read here (only its abstract and public reviews were available), so none is taken from it.
+
     Per-token heads (translation) are not served: the paper's α is per sample, and t̄ per target
     token would be a V × V table (`sample_heads`).
     """
