@@ -12,6 +12,7 @@ from kdbench.losses.fusion import fused_kd, trilateral_relations
 from kdbench.losses.gold import ddf, layer_self_distillation
 from kdbench.losses.localization import box_giou, box_l1, fgl, varifocal
 from kdbench.losses.logit import binary_kd, dkd, kd, nkd, taid
+from kdbench.losses.ofa import ofa
 from kdbench.losses.self_distill import (
     emasd,
     label_smoothing,
@@ -39,6 +40,7 @@ __all__ = [
     "minilm_relations",
     "nd",
     "nkd",
+    "ofa",
     "pskd_targets",
     "similarity",
     "soft_cross_entropy",

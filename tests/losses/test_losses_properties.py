@@ -20,6 +20,7 @@ from kdbench.losses import (
     label_smoothing,
     layer_self_distillation,
     nkd,
+    ofa,
     soft_cross_entropy,
     taid,
 )
@@ -31,6 +32,8 @@ CASES: dict[str, Case] = {
     "dkd": lambda s, t, y, m: dkd(s, t, y, 1.0, 8.0, 2.0, m),
     "nkd": lambda s, t, y, m: nkd(s, t, y, 2.0, 1.5, m),
     "taid": lambda s, t, y, m: taid(s, t, 0.4, m),
+    "ofa": lambda s, t, y, m: ofa(s, t, y, 1.0, 2.0, m),
+    "ofa_eps": lambda s, t, y, m: ofa(s, t, y, 1.5, 2.0, m),
     "bdkd": lambda s, t, y, m: bdkd(s, t, 2.0, m),
     "binary_kl_norm": lambda s, t, y, m: binary_kl_norm(s, t, 2.0, m),
     "soft_cross_entropy": lambda s, t, y, m: soft_cross_entropy(s, torch.softmax(t, -1), m),
