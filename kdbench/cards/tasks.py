@@ -49,8 +49,10 @@ class ClassificationData:
 class ClassificationModel:
     arch: str
     widths: list[int] | None = None
-    depth: int | None = bounded(None, ge=1)  # convnet1d: convolutions per stage
+    depth: int | None = bounded(None, ge=1)  # convnet1d: convolutions per stage; transformer1d: blocks per stage
     kernel: int | None = bounded(None, ge=1)  # convnet1d: odd kernel size
+    patch: int | None = bounded(None, ge=1)  # transformer1d: input samples per token
+    heads: int | None = bounded(None, ge=1)  # transformer1d: attention heads
 
 
 @dataclass(frozen=True, kw_only=True)

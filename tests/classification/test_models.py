@@ -22,7 +22,7 @@ def _build(arch: str, aux_heads: bool = False) -> models.StagedClassifier:
 
 
 def test_registry_holds_every_arch() -> None:
-    assert set(models.MODELS) == {"convnet", "convnet1d", *RESNETS}
+    assert set(models.MODELS) == {"convnet", "convnet1d", "transformer1d", *RESNETS}
 
 
 @pytest.mark.parametrize("arch", ["convnet", *RESNETS])
@@ -48,7 +48,7 @@ def test_no_aux_heads_by_default() -> None:
     assert out.aux_logits == []
 
 
-@pytest.mark.parametrize("arch", ["convnet", "resnet8"])
+@pytest.mark.parametrize("arch", ["convnet", "resnet8", "transformer1d"])
 def test_aux_heads_do_not_change_final_logits(arch: str) -> None:
     torch.manual_seed(0)
     plain = _build(arch).eval()
@@ -63,12 +63,13 @@ def test_aux_heads_do_not_change_final_logits(arch: str) -> None:
     torch.testing.assert_close(a.features["stage3"], b.features["stage3"], rtol=0, atol=0)
 
 
-def test_aux_heads_leave_main_init_unchanged() -> None:
+@pytest.mark.parametrize("arch", ["convnet", "transformer1d"])
+def test_aux_heads_leave_main_init_unchanged(arch: str) -> None:
     # aux heads are created after the main network, so a seed gives the same main weights
     torch.manual_seed(3)
-    plain = _build("convnet").state_dict()
+    plain = _build(arch).state_dict()
     torch.manual_seed(3)
-    with_aux = _build("convnet", aux_heads=True).state_dict()
+    with_aux = _build(arch, aux_heads=True).state_dict()
     for key, value in plain.items():
         torch.testing.assert_close(with_aux[key], value, rtol=0, atol=0)
 
@@ -86,10 +87,42 @@ def test_convnet_widths_via_kwargs() -> None:
     assert model.feature_dims() == {"stage1": 4, "stage2": 8, "stage3": 12, "embedding": 12}
 
 
+@pytest.mark.parametrize(("shape", "tokens"), [((2, 1, 40), 10), ((2, 1, 8, 8), 16), ((2, 3, 10), 3)])
+def test_transformer1d_reads_any_input_as_a_signal_of_patches(shape: tuple[int, ...], tokens: int) -> None:
+    """Another family than the CNNs: tokens of `patch` samples (8×8 digits row by row, a length
+    not divisible by the patch zero-padded), stage features (B, C, N) channels first."""
+    torch.manual_seed(0)
+    model = build_model("transformer1d", num_classes=7, in_channels=shape[1], aux_heads=True,
+                        widths=(8, 16, 16), patch=4, heads=2)
+    out = model(torch.randn(*shape))
+    assert out.logits.shape == (2, 7) and [a.shape for a in out.aux_logits] == [(2, 7), (2, 7)]
+    assert {k: tuple(v.shape) for k, v in out.features.items()} == {
+        "stage1": (2, 8, tokens), "stage2": (2, 16, tokens), "stage3": (2, 16, tokens), "embedding": (2, 16)}
+    torch.testing.assert_close(out.features["embedding"], out.features["stage3"].mean(-1), rtol=0, atol=0)
+    assert not any(isinstance(m, (torch.nn.Conv2d, torch.nn.BatchNorm1d)) for m in model.stages.modules())
+    out.logits.sum().backward()
+
+
+def test_transformer1d_positions_matter() -> None:
+    """The sinusoidal position code makes the model see the order of its patches."""
+    torch.manual_seed(0)
+    model = build_model("transformer1d", num_classes=3, in_channels=1, widths=(8, 8, 8)).eval()
+    x = torch.randn(1, 1, 16)
+    swapped = torch.cat([x[..., 4:8], x[..., :4], x[..., 8:]], dim=-1)  # the first two patches swapped
+    assert not torch.allclose(model(x).logits, model(swapped).logits)
+
+
+def test_transformer1d_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="not divisible by heads 3"):
+        build_model("transformer1d", num_classes=3, in_channels=1, widths=(8, 8, 8), heads=3)
+    with pytest.raises(ValueError, match=r"bad options.*'transformer1d'"):
+        build_model("transformer1d", num_classes=3, in_channels=1, kernel=5)
+
+
 def test_unknown_arch_lists_valid_names() -> None:
     with pytest.raises(ValueError, match="unknown architecture 'resnet9'") as info:
         build_model("resnet9", num_classes=10, in_channels=3)
-    for name in ("convnet", "resnet8x4", "resnet32x4", "resnet110"):
+    for name in ("convnet", "resnet8x4", "resnet32x4", "resnet110", "transformer1d"):
         assert name in str(info.value)
 
 

@@ -1,5 +1,6 @@
-"""Classification students and teachers: a small ConvNet, its 1-D form for signals (MNIST-1D)
-and the CIFAR ResNets of the KD literature.
+"""Classification students and teachers: a small ConvNet, its 1-D form for signals (MNIST-1D),
+a Transformer over patches of the input read as a signal (another architecture family, for
+heterogeneous teachers) and the CIFAR ResNets of the KD literature.
 
 Every model returns a `ClassifierOutput`: the final logits, the logits of optional auxiliary
 heads (earliest first) and named features ("stage1".."stage3" maps and the pooled "embedding").
@@ -11,10 +12,12 @@ ICLR 2020) and mdistiller (`mdistiller/models/cifar/resnet.py`): `resnet8x4` has
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -226,6 +229,106 @@ class ConvNet1d(StagedClassifier):
         super().__init__(nn.Identity(), stages, widths, num_classes, aux_heads, AuxHead1d)
 
 
+class TransformerBlock(nn.Module):
+    """Pre-LN Transformer encoder block over (B, N, D) tokens: multi-head self-attention, then an
+    MLP of `mlp_ratio`·D with GELU; Linears truncated-normal (std 0.02) with bias 0, as ViT."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int = 4) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} is not divisible by heads {heads}")
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        x = x + self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d))
+        return x + self.mlp(self.norm2(x))  # type: ignore[no-any-return]
+
+
+class PatchEmbed1d(nn.Module):
+    """(B, C, *spatial) → (B, D, N): the input read as one signal (an image row by row), zero-padded
+    at its end to a multiple of `patch`, cut into N patches of `patch` samples, each mapped
+    linearly to D (a strided conv), plus Vaswani et al.'s fixed sinusoidal position code."""
+
+    def __init__(self, in_channels: int, dim: int, patch: int) -> None:
+        super().__init__()
+        self.patch = patch
+        self.proj = nn.Conv1d(in_channels, dim, patch, stride=patch)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.flatten(2)
+        x = self.proj(F.pad(x, (0, -x.shape[-1] % self.patch)))  # (B, D, N)
+        d, n = x.shape[1], x.shape[2]
+        pos = torch.arange(n, dtype=x.dtype, device=x.device)[:, None]
+        freq = torch.exp(torch.arange(0, d, 2, dtype=x.dtype, device=x.device) * (-math.log(10000.0) / d))
+        code = torch.stack([torch.sin(pos * freq), torch.cos(pos * freq)], dim=-1).flatten(1)[:, :d]  # (N, D)
+        return x + code.T
+
+
+class TransformerStage(nn.Module):
+    """(B, C_in, N) → (B, C_out, N): a Linear to C_out where the widths differ, `depth`
+    `TransformerBlock`s, and (the last stage) the final LayerNorm."""
+
+    def __init__(self, c_in: int, c_out: int, depth: int, heads: int, final_norm: bool) -> None:
+        super().__init__()
+        self.proj: nn.Module = nn.Linear(c_in, c_out) if c_in != c_out else nn.Identity()
+        self.blocks = nn.Sequential(*(TransformerBlock(c_out, heads) for _ in range(depth)))
+        self.norm: nn.Module = nn.LayerNorm(c_out) if final_norm else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(self.blocks(self.proj(x.transpose(1, 2)))).transpose(1, 2)  # type: ignore[no-any-return]
+
+
+class Transformer1d(StagedClassifier):
+    """A Transformer over patches: another architecture family than the CNNs (OFA-KD's
+    heterogeneous teachers), for any input read as a 1-D signal (`PatchEmbed1d`).
+
+    Three stages of `depth` pre-LN blocks (`TransformerStage`) at `widths`, no class token: the
+    embedding is the mean of the final LayerNorm's tokens, as every model here pools its last
+    map. Stage features are (B, C, N), channels first like the 1-D CNN maps, so feature methods
+    read them the same way; the auxiliary heads are `AuxHead1d` over the N tokens. For MNIST-1D's
+    40 samples at patch 4: 10 tokens; for 8×8 digits: 16 tokens of 4 pixels (half rows).
+
+    Args:
+        widths: widths of the three stages.
+        num_classes: K.
+        in_channels: input channels.
+        aux_heads: add auxiliary classifiers after stage1 and stage2.
+        depth: blocks per stage, ≥ 1.
+        patch: samples per token, ≥ 1.
+        heads: attention heads; divides every width.
+    """
+
+    def __init__(
+        self,
+        widths: Sequence[int] = (32, 32, 64),
+        num_classes: int = 10,
+        in_channels: int = 1,
+        aux_heads: bool = False,
+        depth: int = 1,
+        patch: int = 4,
+        heads: int = 2,
+    ) -> None:
+        if len(widths) != len(STAGES):
+            raise ValueError(f"Transformer1d needs {len(STAGES)} widths, got {tuple(widths)}")
+        if depth < 1 or patch < 1 or heads < 1:
+            raise ValueError(f"Transformer1d needs depth, patch and heads ≥ 1, got {depth}, {patch}, {heads}")
+        stem = PatchEmbed1d(in_channels, widths[0], patch)
+        ins = (widths[0], *widths[:-1])
+        stages = [TransformerStage(c_in, w, depth, heads, final_norm=i == len(widths) - 1)
+                  for i, (c_in, w) in enumerate(zip(ins, widths, strict=True))]
+        super().__init__(stem, stages, widths, num_classes, aux_heads, AuxHead1d)
+
+
 class BasicBlock(nn.Module):
     """ResNet basic block: conv3x3-BN-ReLU-conv3x3-BN, plus shortcut, then ReLU."""
 
@@ -306,6 +409,7 @@ def register(name: str) -> Callable[[ModelFactory], ModelFactory]:
 
 register("convnet")(ConvNet)
 register("convnet1d")(ConvNet1d)
+register("transformer1d")(Transformer1d)
 
 _RESNETS: dict[str, tuple[int, tuple[int, ...]]] = {
     "resnet8": (8, (16, 16, 32, 64)),
