@@ -206,6 +206,17 @@ class PoseCard(Card):
 # ---------------------------------------------------------------------------------------- ood
 
 @dataclass(frozen=True, kw_only=True)
+class OODNgrams:
+    """clinc150: the n-gram bag an `ngram_bag` model reads (fastText-style, no hashing):
+    word n-grams of orders 1..words and character n-grams of lengths chars[0]..chars[1] of each
+    "<word>", those seen at least min_count times in the ID training set."""
+
+    words: int = bounded(2, ge=1)
+    chars: list[int] | None = None  # [min, max] characters; None: no character n-grams
+    min_count: int = bounded(2, ge=1)
+
+
+@dataclass(frozen=True, kw_only=True)
 class OODData:
     """langid: sentences per language and split from wordfreq's lists (ID train/val/test, OOD
     val/test); clinc150: the official train, val, test, oos_val and oos_test lists."""
@@ -226,11 +237,13 @@ class OODData:
     tokens: Literal["chars", "words"] | None = None  # clinc150 only; langid is characters
     min_count: int | None = bounded(None, ge=1)  # words: rarer training words become UNK
     max_tokens: int | None = bounded(None, ge=1)  # words: the cut per utterance
+    ngrams: OODNgrams | None = None  # clinc150 only: the n-grams `ngram_bag` models read
 
 
 @dataclass(frozen=True, kw_only=True)
 class OODModel:
-    arch: Literal["char_transformer", "word_transformer"]  # the TextEncoder over data.tokens
+    # the TextEncoder over data.tokens, or fastText's bag over data.ngrams (dim and dropout only)
+    arch: Literal["char_transformer", "word_transformer", "ngram_bag"]
     dim: int | None = bounded(None, ge=1)
     depth: int | None = bounded(None, ge=1)
     heads: int | None = bounded(None, ge=1)

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from kdbench.adapters.base import Adapter, Role
 from kdbench.adapters.ood import data as D
 from kdbench.adapters.ood import scores as S
-from kdbench.adapters.ood.model import EncoderOutput, TextEncoder
+from kdbench.adapters.ood.model import EncoderOutput, NgramBag, TextEncoder, TextInput
 from kdbench.adapters.splits import EVAL_SPLITS, check_split
 from kdbench.adapters.supervision import deep_supervision_ce
 from kdbench.errors import KDBenchError, UsageError
@@ -34,6 +34,12 @@ class Batch:
     tokens: Tensor  # (B, T) character ids, PAD-padded, on the device
     labels: Tensor  # (B,)
     ids: Tensor  # (B,) indices into the training set
+    ngrams: tuple[Tensor, Tensor] | None = None  # flat n-gram ids and offsets (data.ngrams)
+
+    @property
+    def input(self) -> TextInput:
+        """What a TextEncoder reads: the ids, with the n-gram bag where the data has one."""
+        return self.tokens if self.ngrams is None else (self.tokens, *self.ngrams)
 
 
 class OODAdapter(Adapter[Batch, Outputs]):
@@ -74,9 +80,9 @@ class OODAdapter(Adapter[Batch, Outputs]):
     def _load(self, spec: dict[str, Any]) -> D.OODData:
         name = spec.get("dataset")
         if name == "langid":
-            if spec.get("tokens", "chars") != "chars":
+            if spec.get("tokens", "chars") != "chars" or spec.get("ngrams") is not None:
                 raise UsageError(f"protocol {self.protocol.name!r} data: langid is read as characters; "
-                                 "data.tokens words is for clinc150")
+                                 "data.tokens words and data.ngrams are for clinc150")
             try:
                 return D.load_langid(spec)
             except (KeyError, ValueError) as e:
@@ -85,10 +91,17 @@ class OODAdapter(Adapter[Batch, Outputs]):
             if self.data_root is None:
                 raise UsageError("CLINC150 needs --data-root (or KDBENCH_DATA_ROOT): the folder that "
                                  f"holds {D.CLINC_DIR}/{D.CLINC_FILE} (download {D.CLINC_URL})")
+            grams = spec.get("ngrams")
+            try:
+                ngrams = None if grams is None else D.NgramSpec(
+                    int(grams.get("words", 2)), None if grams.get("chars") is None else
+                    (int(grams["chars"][0]), int(grams["chars"][-1])), int(grams.get("min_count", 2)))
+            except (ValueError, IndexError) as e:
+                raise UsageError(f"protocol {self.protocol.name!r} data: {e}") from None
             try:
                 return D.load_clinc150(self.data_root, int(spec.get("max_chars", 96)),
                                        str(spec.get("tokens", "chars")), int(spec.get("min_count", 1)),
-                                       int(spec.get("max_tokens", 32)))
+                                       int(spec.get("max_tokens", 32)), ngrams)
             except (FileNotFoundError, ValueError) as e:
                 raise KDBenchError(str(e)) from None
         raise UsageError(f"unknown ood dataset {name!r}; valid: {', '.join(DATASETS)}")
@@ -98,8 +111,13 @@ class OODAdapter(Adapter[Batch, Outputs]):
         return len(self.data.train)
 
     def _batch(self, data: D.TextSet, idx: Tensor) -> Batch:
-        tokens = D.pad([data.tokens[i] for i in idx.tolist()])
-        return Batch(tokens.to(self.device), data.labels[idx].to(self.device), idx.to(self.device))
+        rows = idx.tolist()
+        tokens = D.pad([data.tokens[i] for i in rows])
+        ngrams = None
+        if data.ngrams is not None:
+            flat, offsets = D.bag([data.ngrams[i] for i in rows])
+            ngrams = (flat.to(self.device), offsets.to(self.device))
+        return Batch(tokens.to(self.device), data.labels[idx].to(self.device), idx.to(self.device), ngrams)
 
     def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
         for idx in D.index_batches(len(self.data.train), batch_size, generator):
@@ -109,17 +127,37 @@ class OODAdapter(Adapter[Batch, Outputs]):
         spec = dict(self.protocol.card[role])
         kwargs = {k: v for k, v in spec.items() if k not in _MODEL_KEYS}
         arch = "word_transformer" if self.words else "char_transformer"
-        if spec.get("arch") != arch:
-            raise UsageError(f"protocol {self.protocol.name!r} {role}: arch {spec.get('arch')!r} does not read "
-                             f"data.tokens {'words' if self.words else 'chars'}; valid: {arch}")
+        where = f"protocol {self.protocol.name!r} {role}"
+        if spec.get("arch") == "ngram_bag":
+            if self.data.ngram_vocab is None:
+                raise UsageError(f"{where}: arch ngram_bag reads the data's n-grams; give data.ngrams "
+                                 "({words, chars, min_count}, clinc150) or use arch " + arch)
+            if role == "student" and "layers" in needs:
+                raise UsageError(f"{where}: arch ngram_bag has one layer, and this method needs per-layer "
+                                 f"heads; valid student arch: {arch}")
+        elif spec.get("arch") != arch:
+            raise UsageError(f"{where}: arch {spec.get('arch')!r} does not read data.tokens "
+                             f"{'words' if self.words else 'chars'}; valid: {arch}"
+                             + (", ngram_bag" if self.data.ngram_vocab is not None else ""))
         try:
+            if spec["arch"] == "ngram_bag":
+                assert self.data.ngram_vocab is not None
+                return NgramBag(len(self.data.ngram_vocab), self.data.num_classes, **kwargs)
             return TextEncoder(len(self.data.vocab), self.data.num_classes, max_chars=self.max_chars,
                                aux_heads=role == "student" and "layers" in needs, **kwargs)
         except (TypeError, ValueError) as e:
-            raise UsageError(f"protocol {self.protocol.name!r} {role}: {e}") from None
+            raise UsageError(f"{where}: {e}") from None
+
+    def configure(self, needs: frozenset[str]) -> None:
+        """Refuse, before any model is built, a method that reads attentions when a model of the
+        card has none (an `ngram_bag`): minilm distils the teacher's q, k, v."""
+        bags = [r for r in ("student", "teacher") if self.arch_name(r) == "ngram_bag"]
+        if "attentions" in needs and bags:
+            raise UsageError(f"protocol {self.protocol.name!r}: this method reads attentions (q, k, v), and the "
+                             f"{' and '.join(bags)} (arch ngram_bag) has none; valid: a transformer arch")
 
     def forward(self, model: nn.Module, batch: Batch) -> Outputs:
-        out: EncoderOutput = model(batch.tokens)
+        out: EncoderOutput = model(batch.input)
         heads = {"cls": Head(out.logits, batch.labels, kind="categorical")}
         layers = [{"cls": Head(aux, batch.labels, kind="categorical")} for aux in out.aux_logits]
         return Outputs(heads=heads, layers=[*layers, heads] if layers else [],
@@ -136,7 +174,7 @@ class OODAdapter(Adapter[Batch, Outputs]):
     @torch.no_grad()
     def _run(self, model: nn.Module, data: D.TextSet) -> Iterator[tuple[Tensor, EncoderOutput]]:
         for idx in D.index_batches(len(data), _EVAL_BATCH, None):
-            yield idx, model(self._batch(data, idx).tokens)
+            yield idx, model(self._batch(data, idx).input)
 
     def _predict(self, model: nn.Module, data: D.TextSet) -> tuple[np.ndarray, np.ndarray]:
         """(N, K) float64 logits and (N, D) embeddings in eval mode."""
@@ -184,5 +222,5 @@ class OODAdapter(Adapter[Batch, Outputs]):
             yield Outputs(heads={"cls": Head(out.logits, batch.labels, kind="categorical")},
                           features=dict(out.features), ids=batch.ids)
 
-    def example_input(self) -> Tensor:
-        return D.pad([self.data.test.tokens[0]]).to(self.device)
+    def example_input(self) -> TextInput:
+        return self._batch(self.data.test, torch.tensor([0])).input

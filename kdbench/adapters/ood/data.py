@@ -20,6 +20,15 @@ Text is encoded as characters (`data.tokens: chars`, the default): ids 0 = paddi
 order; or as words (`tokens: words`, CLINC150): lower-cased runs of letters and digits and
 single punctuation marks, ids 0 = padding, 1 = unknown (a word seen fewer than `min_count`
 times in the ID training set, or never), then the kept words in sorted order.
+
+CLINC150 can also carry each utterance's bag of n-grams (`data.ngrams`, read by models with
+`ngrams: true`), as fastText's supervised classifier reads them (Joulin et al., "Bag of Tricks
+for Efficient Text Classification", EACL 2017; character n-grams of "<word>" as Bojanowski et
+al., TACL 2017): the word n-grams of orders 1..`words` and the character n-grams of lengths
+`chars[0]`..`chars[1]` of every word wrapped in "<" and ">", over the same (cut) word tokens.
+An n-gram gets an id when it occurs at least `min_count` times in the ID training set (ids from
+1 in sorted order, no hashing); others are dropped, and an utterance with none is the single
+id 0 (padding: the bag is then the zero vector).
 """
 
 from __future__ import annotations
@@ -53,11 +62,13 @@ class TextSet:
         tokens: N int64 tensors (L_i,) of character ids, unpadded.
         labels: (N,) class indices (−1 for OOD samples).
         texts: the raw sentences (for inspection).
+        ngrams: N int64 tensors of n-gram ids (`NgramVocab`), or None without `data.ngrams`.
     """
 
     tokens: list[Tensor]
     labels: Tensor
     texts: list[str] = field(default_factory=list)
+    ngrams: list[Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -75,6 +86,7 @@ class OODData:
     ood: dict[str, TextSet]
     classes: list[str]
     vocab: Vocab
+    ngram_vocab: NgramVocab | None = None
 
     def eval_sets(self, split: str) -> tuple[TextSet, dict[str, TextSet]]:
         """The ID set and the OOD sets scored on `split` ("val" or "test")."""
@@ -135,6 +147,50 @@ class WordVocab(Vocab):
 
     def units(self, text: str) -> list[str]:
         return words_of(text)
+
+
+@dataclass(frozen=True)
+class NgramSpec:
+    """Which n-grams enter the bag: word orders 1..words, character lengths chars (or none)."""
+
+    words: int = 2
+    chars: tuple[int, int] | None = None
+    min_count: int = 2
+
+    def __post_init__(self) -> None:
+        if self.words < 1 or self.min_count < 1:
+            raise ValueError(f"ngrams: words and min_count must be ≥ 1, got {self.words}, {self.min_count}")
+        if self.chars is not None and not 1 <= self.chars[0] <= self.chars[1]:
+            raise ValueError(f"ngrams.chars must be [min, max] with 1 ≤ min ≤ max, got {list(self.chars)}")
+
+    def grams(self, words: Sequence[str]) -> list[str]:
+        """The n-grams of one utterance's word tokens, with repeats (a bag); word and character
+        n-grams are kept apart by a prefix ("w " and "c ")."""
+        out = [f"w {' '.join(words[i:i + n])}" for n in range(1, self.words + 1)
+               for i in range(len(words) - n + 1)]
+        if self.chars is not None:
+            for word in words:
+                wrapped = f"<{word}>"
+                out.extend(f"c {wrapped[i:i + n]}" for n in range(self.chars[0], self.chars[1] + 1)
+                           for i in range(len(wrapped) - n + 1))
+        return out
+
+
+class NgramVocab:
+    """Ids of the training set's n-grams seen at least `spec.min_count` times (0 = padding)."""
+
+    def __init__(self, spec: NgramSpec, texts: Sequence[str], max_words: int) -> None:
+        self.spec, self.max_words = spec, max_words
+        counts = Counter(g for t in texts for g in spec.grams(words_of(t)[:max_words]))
+        self.index = {g: i + 1 for i, g in enumerate(sorted(g for g, c in counts.items() if c >= spec.min_count))}
+
+    def __len__(self) -> int:
+        return len(self.index) + 1
+
+    def encode(self, text: str) -> Tensor:
+        """The ids of `text`'s known n-grams, in order, with repeats; [0] when it has none."""
+        grams = self.spec.grams(words_of(text)[:self.max_words])
+        return torch.tensor([self.index[g] for g in grams if g in self.index] or [PAD], dtype=torch.long)
 
 
 # ---------------------------------------------------------------- language identification
@@ -224,9 +280,10 @@ def load_langid(spec: dict[str, Any]) -> OODData:
 # ---------------------------------------------------------------- CLINC150
 
 def load_clinc150(root: Path, max_chars: int = 96, tokens: str = "chars", min_count: int = 1,
-                  max_tokens: int = 32) -> OODData:
+                  max_tokens: int = 32, ngrams: NgramSpec | None = None) -> OODData:
     """CLINC150's `data_full.json` under `root/clinc150/`, as characters (cut at `max_chars`) or
-    words (cut at `max_tokens`); raises FileNotFoundError/ValueError naming what is missing or
+    words (cut at `max_tokens`), with each utterance's n-gram bag when `ngrams` is given (over
+    its first `max_tokens` words); raises FileNotFoundError/ValueError naming what is missing or
     malformed."""
     path = root / CLINC_DIR / CLINC_FILE
     if not path.is_file():
@@ -241,14 +298,18 @@ def load_clinc150(root: Path, max_chars: int = 96, tokens: str = "chars", min_co
     texts = [t for t, _ in data["train"]]
     vocab = WordVocab(texts, min_count) if tokens == "words" else CharVocab(texts)
     length = max_tokens if tokens == "words" else max_chars
+    bag = NgramVocab(ngrams, texts, max_tokens) if ngrams is not None else None
 
     def encode(items: list[list[str]], in_scope: bool) -> TextSet:
         labels = [index[i] if in_scope else -1 for _, i in items]
-        return vocab.encode_all([t for t, _ in items], labels, length)
+        out = vocab.encode_all([t for t, _ in items], labels, length)
+        if bag is not None:
+            out.ngrams = [bag.encode(t) for t, _ in items]
+        return out
 
     return OODData(encode(data["train"], True), encode(data["val"], True), encode(data["test"], True),
                    {"oos": encode(data["oos_val"], False)}, {"oos": encode(data["oos_test"], False)},
-                   classes, vocab)
+                   classes, vocab, bag)
 
 
 # ---------------------------------------------------------------- batching
@@ -256,6 +317,12 @@ def load_clinc150(root: Path, max_chars: int = 96, tokens: str = "chars", min_co
 def pad(tokens: Sequence[Tensor]) -> Tensor:
     """(B, T) padded with PAD to the longest sequence of the batch."""
     return torch.nn.utils.rnn.pad_sequence(list(tokens), batch_first=True, padding_value=PAD)
+
+
+def bag(ngrams: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """The flat n-gram ids of a batch and each sample's offset into them (nn.EmbeddingBag's input)."""
+    lengths = torch.tensor([len(g) for g in ngrams], dtype=torch.long)
+    return torch.cat(list(ngrams)), torch.cumsum(lengths, 0) - lengths
 
 
 def index_batches(n: int, batch_size: int, generator: torch.Generator | None) -> Iterator[Tensor]:

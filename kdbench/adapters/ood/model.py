@@ -12,6 +12,11 @@ mean-pooled over valid positions ("stage1".."stageN", (B, D), named like the cla
 stages so feature-based methods' defaults carry over) and the pooled final vector
 ("embedding"); and, with `aux_heads`, a classifier on each earlier block's pooled output
 (per-layer heads, LayerNorm then Linear).
+
+`NgramBag` is fastText's supervised classifier (Joulin et al., "Bag of Tricks for Efficient Text
+Classification", EACL 2017) over the n-grams of kdbench.adapters.ood.data: the mean embedding of
+an utterance's word and character n-grams, then a linear head; its one feature is that mean
+("embedding"), and it has no attention.
 """
 
 from __future__ import annotations
@@ -69,6 +74,9 @@ class Block(nn.Module):
         return x, (q, k, v)
 
 
+TextInput = Tensor | tuple[Tensor, Tensor, Tensor]  # ids, or (ids, flat n-gram ids, their offsets)
+
+
 class TextEncoder(nn.Module):
     """Character Transformer classifier (see the module docstring)."""
 
@@ -106,7 +114,10 @@ class TextEncoder(nn.Module):
             raise ValueError(f"input of {x.shape[1]} positions exceeds max_chars/patch = {self.pos.shape[1]}")
         return x + self.pos[:, : x.shape[1]], mask
 
-    def forward(self, tokens: Tensor) -> EncoderOutput:
+    def forward(self, tokens: TextInput) -> EncoderOutput:
+        """(B, T) ids; given (ids, n-grams, offsets), it reads the ids only."""
+        if isinstance(tokens, tuple):
+            tokens = tokens[0]
         x, mask = self._stem(tokens)
         features: dict[str, Tensor] = {}
         attentions: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
@@ -118,3 +129,24 @@ class TextEncoder(nn.Module):
         features["embedding"] = embedding
         aux = [head(features[f"stage{i + 1}"]) for i, head in enumerate(self.aux)]
         return EncoderOutput(self.fc(embedding), aux, features, attentions, mask)
+
+
+class NgramBag(nn.Module):
+    """fastText's supervised classifier (see the module docstring): z = W·drop(mean_g E[g]) + b
+    over the utterance's n-gram ids g (id 0, padding, is left out of the mean: an utterance
+    without a known n-gram is the zero vector). torch's default initialisations."""
+
+    def __init__(self, ngram_vocab: int, num_classes: int, dim: int = 64, dropout: float = 0.0) -> None:
+        super().__init__()
+        if ngram_vocab < 2:
+            raise ValueError(f"the n-gram vocabulary is empty ({ngram_vocab - 1} n-grams)")
+        self.bag = nn.EmbeddingBag(ngram_vocab, dim, mode="mean", padding_idx=PAD)
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(dim, num_classes)
+
+    def forward(self, tokens: TextInput) -> EncoderOutput:
+        """(ids, flat n-gram ids, per-sample offsets) → logits and the mean embedding."""
+        if not isinstance(tokens, tuple):
+            raise ValueError("NgramBag reads n-grams: pass (tokens, ngrams, offsets) (data.ngrams)")
+        embedding = self.bag(tokens[1], tokens[2])  # (B, D)
+        return EncoderOutput(self.fc(self.drop(embedding)), features={"embedding": embedding})
