@@ -21,6 +21,7 @@ from kdbench.losses.self_distill import (
     uskd,
     uskd_terms,
 )
+from kdbench.losses.sla import sla_aggregate, sla_joint_ce, sla_sd
 
 __all__ = [
     "bdkd",
@@ -43,6 +44,9 @@ __all__ = [
     "ofa",
     "pskd_targets",
     "similarity",
+    "sla_aggregate",
+    "sla_joint_ce",
+    "sla_sd",
     "soft_cross_entropy",
     "taid",
     "trilateral_relations",
