@@ -146,8 +146,11 @@ class Outputs:
         ids: (B,) dataset indices of the batch's samples.
         auxiliary: per-layer heads at training-only positions that are not predictions, by name,
             each earliest layer first like `layers` (detection's "denoising": a DETR's denoising
-            queries). Only methods that distil a model's layers into each other read them
-            (GO-LSD); adapters never align them to a teacher, and nothing evaluates them.
+            queries; classification's "joint": one layer, the joint (class × transformation)
+            head over each sample's M transformed copies, (B, M, K·M), under the
+            `label_augmentation` need). Only the methods that asked for them read them (GO-LSD,
+            SLA-SD); adapters never align them to a teacher, and nothing evaluates them as the
+            task's predictions.
     """
 
     heads: dict[str, Head]

@@ -35,6 +35,9 @@ NEEDS: dict[str, str] = {
     "head_stage": "a copy of the model with a fresh head on the frozen rest of it, trained in a later "
                   "stage (Method.later_stages; DWPose's second stage)",
     "sequence_targets": "the external teacher's decoded outputs replace the training targets (SeqKD)",
+    "label_augmentation": "each training sample also seen under the task's M input transformations, with a joint "
+                          "(class × transformation) head of K·M logits beside the final head (SLA's label "
+                          "augmentation; Outputs.auxiliary['joint'])",
     "past_model": "the student as it was at the end of the previous epoch, run on every batch and "
                   "handed to the method as its teacher (served by the runner on any task)",
     "ema_model": "an exponential moving average of the student's weights (a copy of it at the start, then "

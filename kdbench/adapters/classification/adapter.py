@@ -12,12 +12,14 @@ from torch import Tensor, nn
 
 from kdbench.adapters.base import Adapter, Role
 from kdbench.adapters.classification import data as D
-from kdbench.adapters.classification.metrics import classification_metrics
+from kdbench.adapters.classification import label_augmentation as LA
+from kdbench.adapters.classification.metrics import aggregated_top1, classification_metrics
 from kdbench.adapters.classification.models import build_model
 from kdbench.adapters.splits import check_split
 from kdbench.adapters.supervision import deep_supervision_ce
 from kdbench.cache import cache_dir
 from kdbench.errors import KDBenchError, UsageError
+from kdbench.losses.sla import sla_aggregate
 from kdbench.outputs import Head, HeadKind, Outputs
 from kdbench.protocol import Protocol
 
@@ -33,10 +35,20 @@ class Batch:
 
 
 class ClassificationAdapter(Adapter[Batch, Outputs]):
-    """Classification with a CE task loss; auxiliary per-stage heads when `layers` is needed."""
+    """Classification with a CE task loss; auxiliary per-stage heads when `layers` is needed.
+
+    Under `label_augmentation` (SLA-SD) the student gets a joint head of K·M logits (`add_joint_head`)
+    and each training batch runs as its B·M transformed copies (`label_augmentation.transform`:
+    rotations of square images, time reversal × sign flip of signals), in one pass as SLA does, so
+    BatchNorm sees every copy; the final `cls` head is the K-way head on the untransformed rows,
+    the joint head is `Outputs.auxiliary["joint"]`. Evaluation scores the K-way head on plain
+    inputs (`top1` and the rest), and adds `agg_top1`, the aggregated classifier's top-1 over the
+    M transformed passes, for a model with a joint head.
+    """
 
     task = "classification"
-    provides = frozenset({"layers", "features", "ids", "teacher_pass", "sample_heads", "ce_heads", "label_heads"})
+    provides = frozenset({"layers", "features", "ids", "teacher_pass", "sample_heads", "ce_heads", "label_heads",
+                          "label_augmentation"})
     head_kinds: ClassVar[dict[str, HeadKind]] = {"cls": "categorical"}
     evaluation_version = 2  # 2: train/val/test (val held out of the training data), test scored once
     teacher_inputs_fixed = True  # batches and augmentation derive from (seed, epoch) alone
@@ -52,6 +64,18 @@ class ClassificationAdapter(Adapter[Batch, Outputs]):
         if self.augmentation != "none" and signals != (self.augmentation in D.AUGMENT_1D):
             raise UsageError(f"protocol {self.protocol.name!r}: augmentation {self.augmentation!r} does not apply "
                              f"to inputs of shape {tuple(self.train_set.images.shape[1:])}")
+
+    def configure(self, needs: frozenset[str]) -> None:
+        """Check, before any model is built, that `label_augmentation` has a transformation group
+        for this card's inputs."""
+        if "label_augmentation" in needs:
+            self._views()
+
+    def _views(self) -> int:
+        try:
+            return LA.views(tuple(self.train_set.images.shape[1:]))
+        except ValueError as e:
+            raise UsageError(f"protocol {self.protocol.name!r}: label_augmentation: {e}") from None
 
     def _load(self, spec: dict[str, Any]) -> tuple[D.ArrayDataset, D.ArrayDataset, D.ArrayDataset]:
         name = spec.get("dataset")
@@ -102,18 +126,37 @@ class ClassificationAdapter(Adapter[Batch, Outputs]):
         if "widths" in kwargs:
             kwargs["widths"] = tuple(kwargs["widths"])
         try:
-            return build_model(spec["arch"], self.train_set.num_classes,
-                               int(self.train_set.images.shape[1]),
-                               aux_heads=role == "student" and "layers" in needs, **kwargs)
+            model = build_model(spec["arch"], self.train_set.num_classes,
+                                int(self.train_set.images.shape[1]),
+                                aux_heads=role == "student" and "layers" in needs, **kwargs)
         except ValueError as e:
             raise UsageError(f"protocol {self.protocol.name!r} {role}: {e}") from None
+        if role == "student" and "label_augmentation" in needs:
+            model.add_joint_head(self._views())
+        return model
 
     def forward(self, model: nn.Module, batch: Batch) -> Outputs:
+        if getattr(model, "joint_fc", None) is not None:  # a student built under label_augmentation
+            return self._forward_joint(model, batch)
         out = model(batch.images)
         heads = {"cls": Head(out.logits, batch.labels, kind="categorical")}
         layers = [{"cls": Head(aux, batch.labels, kind="categorical")} for aux in out.aux_logits]
         return Outputs(heads=heads, layers=[*layers, heads] if layers else [],
                        features=dict(out.features), ids=batch.ids)
+
+    def _forward_joint(self, model: nn.Module, batch: Batch) -> Outputs:
+        """One pass over the B·M transformed copies (row b·M + m is t_m(x_b), t_0 the identity):
+        heads, layers and features from the untransformed rows ::M, the joint head (B, M, K·M)
+        with its joint labels y·M + m in `auxiliary["joint"]`."""
+        m = self._views()
+        out = model(LA.transform(batch.images), joint=True)
+        b = len(batch.labels)
+        heads = {"cls": Head(out.logits[::m], batch.labels, kind="categorical")}
+        layers = [{"cls": Head(aux[::m], batch.labels, kind="categorical")} for aux in out.aux_logits]
+        joint = Head(out.joint_logits.view(b, m, -1), LA.joint_labels(batch.labels, m), kind="categorical")
+        return Outputs(heads=heads, layers=[*layers, heads] if layers else [],
+                       features={k: v[::m] for k, v in out.features.items()}, ids=batch.ids,
+                       auxiliary={"joint": [{"cls": joint}]})
 
     def task_loss(self, outputs: Outputs) -> dict[str, Tensor]:
         """CE on the final head ("cls") and on every auxiliary head (deep supervision)."""
@@ -131,8 +174,24 @@ class ClassificationAdapter(Adapter[Batch, Outputs]):
         was_training = model.training
         model.eval()
         logits = torch.cat([out.logits.float().cpu() for _, out in self._logits(model, data.images)])
+        aggregated = self._aggregated(model, data.images) if getattr(model, "joint_fc", None) is not None else None
         model.train(was_training)
-        return classification_metrics(logits.double().numpy(), data.labels.numpy())
+        metrics = classification_metrics(logits.double().numpy(), data.labels.numpy())
+        if aggregated is not None:
+            metrics["agg_top1"] = aggregated_top1(aggregated.double().numpy(), data.labels.numpy())
+        return metrics
+
+    @torch.no_grad()
+    def _aggregated(self, model: nn.Module, images: Tensor) -> Tensor:
+        """(N, K) logits of SLA's aggregated classifier: the joint head on the M transformed copies
+        of each input, z_agg,k = (1/M) Σ_m z(t_m(x))[k·M + m] (`sla_aggregate`)."""
+        m = self._views()
+        parts = []
+        for start in range(0, len(images), 500):
+            x = images[start:start + 500].to(self.device)
+            joint = model(LA.transform(x), joint=True).joint_logits.view(len(x), m, -1)
+            parts.append(sla_aggregate(joint.float()).cpu())
+        return torch.cat(parts)
 
     def teacher_pass(self, model: nn.Module) -> Iterator[Outputs]:
         model.eval()

@@ -19,6 +19,8 @@ register_metric("top5", "higher", "Top-5 accuracy", "%", (0.0, 100.0))
 register_metric("nll", "lower", "Negative log-likelihood", "nats")
 register_metric("ece", "lower", "Expected calibration error (15 bins)", "%", (0.0, 100.0))
 register_metric("aurc", "lower", "Area under the risk-coverage curve", "×1000", (0.0, 1000.0))
+register_metric("agg_top1", "higher", "Top-1 accuracy of SLA's aggregated classifier (M transformed passes)", "%",
+                (0.0, 100.0))
 
 
 def _check(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -128,3 +130,17 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, 
     metrics["ece"] = expected_calibration_error(probs, labels)
     metrics["aurc"] = aurc(probs, labels)
     return metrics
+
+
+def aggregated_top1(logits: np.ndarray, labels: np.ndarray) -> float:
+    """"agg_top1": top-1 accuracy in percent of SLA's aggregated classifier (Lee et al., ICML 2020),
+    reported beside the single head's metrics for a model trained with a joint head (SLA-SD).
+
+    Args:
+        logits: (N, K) aggregated logits, z_agg,k = (1/M) Σ_m z(t_m(x))[k·M + m].
+        labels: (N,) class indices.
+    """
+    from scipy.special import softmax
+
+    logits, labels = _check(logits, labels)
+    return top_k_accuracy(softmax(logits, axis=1), labels, 1)

@@ -3,7 +3,9 @@ a Transformer over patches of the input read as a signal (another architecture f
 heterogeneous teachers) and the CIFAR ResNets of the KD literature.
 
 Every model returns a `ClassifierOutput`: the final logits, the logits of optional auxiliary
-heads (earliest first) and named features ("stage1".."stage3" maps and the pooled "embedding").
+heads (earliest first), those of an optional joint (class × transformation) head (SLA's
+label augmentation, `StagedClassifier.add_joint_head`) and named features ("stage1".."stage3"
+maps and the pooled "embedding").
 The ResNets follow the CIFAR ResNets of He et al. (CVPR 2016) as used by CRD (Tian et al.,
 ICLR 2020) and mdistiller (`mdistiller/models/cifar/resnet.py`): `resnet8x4` has ≈1.23M and
 `resnet32x4` ≈7.43M parameters with 100 classes.
@@ -34,11 +36,15 @@ class ClassifierOutput:
         features: "stage1", "stage2", "stage3" maps (B, C, H, W), or (B, C, L) for the 1-D
             models, after each stage and
             "embedding" (B, D), the pooled vector fed to the final linear layer.
+        joint_logits: (B, K·M) logits of the joint head over (class k, transformation m), index
+            k·M + m, when the model has one (`StagedClassifier.add_joint_head`) and the call asked
+            for them (`joint=True`); else None.
     """
 
     logits: Tensor
     aux_logits: list[Tensor] = field(default_factory=list)
     features: dict[str, Tensor] = field(default_factory=dict)
+    joint_logits: Tensor | None = None
 
 
 def _conv_bn_relu(c_in: int, c_out: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
@@ -139,6 +145,16 @@ class StagedClassifier(nn.Module):
         heads = [aux_head(w, widths[-1], num_classes) for w in widths[:2]] if aux_heads else []
         self.aux_heads = nn.ModuleList(heads)
         _init_weights([self.aux_heads])
+        self.joint_fc: nn.Linear | None = None
+
+    def add_joint_head(self, transformations: int) -> None:
+        """Add the joint classifier of SLA (Lee et al., ICML 2020): Linear(D, K·M) on the pooled
+        embedding beside `fc`, at PyTorch's default initialisation like `fc` (as SLA's second
+        `nn.Linear` in `check_model(name, n*m, n)`). Created after every other module, so a given
+        seed yields the same other weights with or without it. `logits` never depend on it, and
+        `forward` runs it only when asked (`joint=True`), so a plain call (inference, the
+        record's FLOPs) costs what the model without it does."""
+        self.joint_fc = nn.Linear(self.widths[-1], self.num_classes * transformations)
 
     def feature_dims(self) -> dict[str, int]:
         """Channels of each stage map and the embedding size, by feature name."""
@@ -146,8 +162,9 @@ class StagedClassifier(nn.Module):
         dims["embedding"] = self.widths[-1]
         return dims
 
-    def forward(self, x: Tensor) -> ClassifierOutput:
-        """Classify a (B, C_in, H, W) batch, or (B, C_in, L) for the 1-D models; see `ClassifierOutput`."""
+    def forward(self, x: Tensor, joint: bool = False) -> ClassifierOutput:
+        """Classify a (B, C_in, H, W) batch, or (B, C_in, L) for the 1-D models; see `ClassifierOutput`.
+        `joint`: also run the joint head, where the model has one."""
         features: dict[str, Tensor] = {}
         x = self.stem(x)
         for name, stage in zip(STAGES, self.stages, strict=True):
@@ -156,7 +173,9 @@ class StagedClassifier(nn.Module):
         embedding = x.mean(dim=tuple(range(2, x.dim())))  # (B, D) global average pool
         features["embedding"] = embedding
         aux = [head(features[name]) for name, head in zip(STAGES[:2], self.aux_heads, strict=False)]
-        return ClassifierOutput(logits=self.fc(embedding), aux_logits=aux, features=features)
+        joint_logits = self.joint_fc(embedding) if joint and self.joint_fc is not None else None
+        return ClassifierOutput(logits=self.fc(embedding), aux_logits=aux, features=features,
+                                joint_logits=joint_logits)
 
 
 class ConvNet(StagedClassifier):
