@@ -34,9 +34,9 @@ def _adapter(task: str) -> Adapter:
     return _ADAPTERS[task]
 
 
-def test_registry_holds_the_twenty_methods() -> None:
+def test_registry_holds_the_twenty_one_methods() -> None:
     assert set(ALL) == {"baseline", "ls", "kd", "dkd", "nkd", "uskd", "pskd", "taid", "bdkd", "dhkd", "nd",
-                        "mlkd", "lsskd", "gold", "dwpose", "minilm", "seqkd", "emasd", "tgeokd", "ofakd"}
+                        "mlkd", "lsskd", "gold", "dwpose", "minilm", "seqkd", "emasd", "tgeokd", "ofakd", "slasd"}
 
 
 def test_duplicate_registration_raises() -> None:
