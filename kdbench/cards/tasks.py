@@ -238,6 +238,7 @@ class OODData:
     min_count: int | None = bounded(None, ge=1)  # words: rarer training words become UNK
     max_tokens: int | None = bounded(None, ge=1)  # words: the cut per utterance
     ngrams: OODNgrams | None = None  # clinc150 only: the n-grams `ngram_bag` models read
+    val_oos_train: bool | None = None  # clinc150: oos_train (never trained on) joins oos_val in val
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -70,7 +70,7 @@ def test_transformer_reads_only_the_ids_of_an_input_with_ngrams() -> None:
 
 
 def test_ngram_bag_needs_data_ngrams_and_langid_has_none() -> None:
-    with pytest.raises(UsageError, match=r"data\.tokens words and data\.ngrams are for clinc150"):
+    with pytest.raises(UsageError, match=r"data\.tokens words, data\.ngrams and data\.val_oos_train are for clinc150"):
         OODAdapter(apply_overrides(load_protocol("ood", "smoke"), {"data.ngrams.words": 1}), None,
                    torch.device("cpu"))
     adapter = OODAdapter(apply_overrides(load_protocol("ood", "smoke"), {"teacher.arch": "ngram_bag"}), None,

@@ -80,3 +80,17 @@ def test_clinc150_val_is_the_official_val_and_oos_val_lists() -> None:
     assert data.val.texts == [t for t, _ in raw["val"]] and data.ood_val["oos"].texts == [t for t, _ in raw["oos_val"]]
     assert data.test.texts == [t for t, _ in raw["test"]] and data.ood["oos"].texts == [t for t, _ in raw["oos_test"]]
     assert [data.classes[y] for y in data.val.labels.tolist()] == [i for _, i in raw["val"]]
+
+
+def test_clinc150_val_oos_train_joins_the_val_ood_set_and_test_is_unchanged() -> None:
+    import json
+
+    from kdbench.adapters.ood import data as D
+
+    root = data_root("clinc150")
+    raw = json.loads((root / "clinc150" / "data_full.json").read_text())
+    data = D.load_clinc150(root, tokens="words", min_count=2, val_oos_train=True)
+    assert data.ood_val["oos"].texts == [t for t, _ in raw["oos_val"]] + [t for t, _ in raw["oos_train"]]
+    assert len(data.ood_val["oos"]) == 200 and (data.ood_val["oos"].labels == -1).all()
+    assert data.ood["oos"].texts == [t for t, _ in raw["oos_test"]]
+    assert set(data.train.texts).isdisjoint(t for t, _ in raw["oos_train"])  # never trained on

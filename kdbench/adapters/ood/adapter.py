@@ -80,9 +80,10 @@ class OODAdapter(Adapter[Batch, Outputs]):
     def _load(self, spec: dict[str, Any]) -> D.OODData:
         name = spec.get("dataset")
         if name == "langid":
-            if spec.get("tokens", "chars") != "chars" or spec.get("ngrams") is not None:
+            if spec.get("tokens", "chars") != "chars" or spec.get("ngrams") is not None or \
+                    spec.get("val_oos_train") is not None:
                 raise UsageError(f"protocol {self.protocol.name!r} data: langid is read as characters; "
-                                 "data.tokens words and data.ngrams are for clinc150")
+                                 "data.tokens words, data.ngrams and data.val_oos_train are for clinc150")
             try:
                 return D.load_langid(spec)
             except (KeyError, ValueError) as e:
@@ -101,7 +102,8 @@ class OODAdapter(Adapter[Batch, Outputs]):
             try:
                 return D.load_clinc150(self.data_root, int(spec.get("max_chars", 96)),
                                        str(spec.get("tokens", "chars")), int(spec.get("min_count", 1)),
-                                       int(spec.get("max_tokens", 32)), ngrams)
+                                       int(spec.get("max_tokens", 32)), ngrams,
+                                       bool(spec.get("val_oos_train", False)))
             except (FileNotFoundError, ValueError) as e:
                 raise KDBenchError(str(e)) from None
         raise UsageError(f"unknown ood dataset {name!r}; valid: {', '.join(DATASETS)}")

@@ -51,7 +51,7 @@ PAD, UNK = 0, 1
 CLINC_DIR = "clinc150"
 CLINC_FILE = "data_full.json"
 CLINC_URL = "https://github.com/clinc/oos-eval (data/data_full.json)"
-CLINC_SIZES = {"train": 15_000, "val": 3_000, "test": 4_500, "oos_val": 100, "oos_test": 1_000}
+CLINC_SIZES = {"train": 15_000, "val": 3_000, "test": 4_500, "oos_train": 100, "oos_val": 100, "oos_test": 1_000}
 
 
 @dataclass
@@ -280,11 +280,13 @@ def load_langid(spec: dict[str, Any]) -> OODData:
 # ---------------------------------------------------------------- CLINC150
 
 def load_clinc150(root: Path, max_chars: int = 96, tokens: str = "chars", min_count: int = 1,
-                  max_tokens: int = 32, ngrams: NgramSpec | None = None) -> OODData:
+                  max_tokens: int = 32, ngrams: NgramSpec | None = None,
+                  val_oos_train: bool = False) -> OODData:
     """CLINC150's `data_full.json` under `root/clinc150/`, as characters (cut at `max_chars`) or
     words (cut at `max_tokens`), with each utterance's n-gram bag when `ngrams` is given (over
-    its first `max_tokens` words); raises FileNotFoundError/ValueError naming what is missing or
-    malformed."""
+    its first `max_tokens` words); with `val_oos_train` the file's 100 `oos_train` utterances
+    (never trained on) join the 100 `oos_val` ones as the val OOD set. Raises
+    FileNotFoundError/ValueError naming what is missing or malformed."""
     path = root / CLINC_DIR / CLINC_FILE
     if not path.is_file():
         raise FileNotFoundError(f"CLINC150 not found: expected {path} (download {CLINC_URL})")
@@ -308,7 +310,8 @@ def load_clinc150(root: Path, max_chars: int = 96, tokens: str = "chars", min_co
         return out
 
     return OODData(encode(data["train"], True), encode(data["val"], True), encode(data["test"], True),
-                   {"oos": encode(data["oos_val"], False)}, {"oos": encode(data["oos_test"], False)},
+                   {"oos": encode(data["oos_val"] + (data["oos_train"] if val_oos_train else []), False)},
+                   {"oos": encode(data["oos_test"], False)},
                    classes, vocab, bag)
 
 
