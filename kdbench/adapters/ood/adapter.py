@@ -34,12 +34,13 @@ class Batch:
     tokens: Tensor  # (B, T) character ids, PAD-padded, on the device
     labels: Tensor  # (B,)
     ids: Tensor  # (B,) indices into the training set
-    ngrams: tuple[Tensor, Tensor] | None = None  # flat n-gram ids and offsets (data.ngrams)
+    ngrams: list[Tensor]  # (G_i,) n-gram ids per sample (data.ngrams); [PAD] each without them
 
     @property
     def input(self) -> TextInput:
-        """What a TextEncoder reads: the ids, with the n-gram bag where the data has one."""
-        return self.tokens if self.ngrams is None else (self.tokens, *self.ngrams)
+        """What the models read: the ids, the flat n-gram ids and each sample's offset into them
+        (a Transformer reads only the ids)."""
+        return (self.tokens, *D.bag(self.ngrams))
 
 
 class OODAdapter(Adapter[Batch, Outputs]):
@@ -115,10 +116,8 @@ class OODAdapter(Adapter[Batch, Outputs]):
     def _batch(self, data: D.TextSet, idx: Tensor) -> Batch:
         rows = idx.tolist()
         tokens = D.pad([data.tokens[i] for i in rows])
-        ngrams = None
-        if data.ngrams is not None:
-            flat, offsets = D.bag([data.ngrams[i] for i in rows])
-            ngrams = (flat.to(self.device), offsets.to(self.device))
+        pad = torch.tensor([D.PAD])
+        ngrams = [(data.ngrams[i] if data.ngrams is not None else pad).to(self.device) for i in rows]
         return Batch(tokens.to(self.device), data.labels[idx].to(self.device), idx.to(self.device), ngrams)
 
     def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:

@@ -324,7 +324,7 @@ def pad(tokens: Sequence[Tensor]) -> Tensor:
 
 def bag(ngrams: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     """The flat n-gram ids of a batch and each sample's offset into them (nn.EmbeddingBag's input)."""
-    lengths = torch.tensor([len(g) for g in ngrams], dtype=torch.long)
+    lengths = torch.tensor([len(g) for g in ngrams], dtype=torch.long, device=ngrams[0].device)
     return torch.cat(list(ngrams)), torch.cumsum(lengths, 0) - lengths
 
 
