@@ -129,8 +129,19 @@ class Head:
         return temperature * torch.log(self.rebin(probs))
 
 
-#: The parts of Outputs a method may need (kdbench.methods.base.NEEDS) and `Outputs.provides` reports.
-PARTS: frozenset[str] = frozenset({"heads", "layers", "features", "attentions", "ids"})
+#: The first kind of a method's needs (kdbench.methods.base.NEEDS): the parts of Outputs beyond the
+#: final heads that it reads. An adapter that lists one in `provides` fills it in its `forward`;
+#: `Outputs.provides` reports the ones an instance holds, and the student's probe checks a method's
+#: against them before training (kdbench.runner.train.probe_outputs).
+OUTPUT_NEEDS: dict[str, str] = {
+    "layers": "per-layer predictions (auxiliary heads, decoder layers)",
+    "features": "named intermediate features",
+    "attentions": "per-layer attention q/k/v",
+    "ids": "dataset indices of samples (for per-sample memories such as past predictions)",
+}
+
+#: What `Outputs.provides` may report: the final heads, always there, and the OUTPUT_NEEDS.
+PARTS: frozenset[str] = frozenset({"heads", *OUTPUT_NEEDS})
 
 
 @dataclass
@@ -169,7 +180,7 @@ class Outputs:
 
     @property
     def provides(self) -> frozenset[str]:
-        """The parts of the contract this instance fills (used to check a method's needs)."""
+        """The parts of the contract this instance fills (PARTS): "heads", and the OUTPUT_NEEDS it holds."""
         parts = {"heads"}
         if len(self.layers) > 1:
             parts.add("layers")
@@ -202,4 +213,4 @@ def masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
     return (values * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-__all__ = ["HEAD_KINDS", "PARTS", "Head", "HeadKind", "Outputs", "Rebin", "masked_mean"]
+__all__ = ["HEAD_KINDS", "OUTPUT_NEEDS", "PARTS", "Head", "HeadKind", "Outputs", "Rebin", "masked_mean"]

@@ -28,9 +28,11 @@ class Adapter(ABC, Generic[BatchT, OutT]):
 
     Attributes:
         task: the task's name on the command line.
-        provides: which method needs (kdbench.methods.base.NEEDS) this adapter can supply; those
-            that are parts of Outputs are checked against the student's Outputs on one batch
-            before training (kdbench.runner.train.probe_outputs).
+        provides: which method needs this adapter can supply, of the two kinds a task supplies
+            (kdbench.methods.base): parts of its Outputs (OUTPUT_NEEDS), checked against the
+            student's Outputs on one batch before training (kdbench.runner.train.probe_outputs),
+            and what only it can serve beside them (ADAPTER_NEEDS); never a RUNNER_NEEDS, which
+            the runner serves on every task.
         head_kinds: the final heads its `forward` returns, name → kind (kdbench.outputs.HEAD_KINDS);
             the same probe checks them against the Outputs' heads.
         relative_heads: the binned heads whose bins are relative to a reference of each model's

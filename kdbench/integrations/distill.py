@@ -140,6 +140,8 @@ class Distiller(BaseModel):
     """
 
     task: ClassVar[str]
+    #: The method needs it supplies, as an adapter's `provides`: OUTPUT_NEEDS and ADAPTER_NEEDS
+    #: (kdbench.methods.base), never a RUNNER_NEEDS.
     provides: ClassVar[frozenset[str]]
     #: mm loss key → the kdbench task-loss term it is (`Method.task_weight` re-weights those).
     task_terms: ClassVar[dict[str, str]] = {}

@@ -17,16 +17,21 @@ from typing import Any, ClassVar, Literal
 from torch import Tensor, nn
 
 from kdbench.errors import UsageError
-from kdbench.outputs import HEAD_KINDS, Head, Outputs
+from kdbench.outputs import HEAD_KINDS, OUTPUT_NEEDS, Head, Outputs
 
 TeacherKind = Literal["none", "external", "self"]
 
-#: Everything a method may declare in `needs`; adapters declare which of these they provide.
-NEEDS: dict[str, str] = {
-    "layers": "per-layer predictions (auxiliary heads, decoder layers)",
-    "features": "named intermediate features",
-    "attentions": "per-layer attention q/k/v",
-    "ids": "dataset indices of samples (for per-sample memories such as past predictions)",
+# A method's needs are of three kinds, by who supplies them (docs/architecture.md, Methods):
+#   OUTPUT_NEEDS (kdbench.outputs): parts of the Outputs beyond the final heads; the adapter's
+#     `forward` fills them, and the student's probe checks them against what it returned;
+#   ADAPTER_NEEDS: what only the task's adapter can supply beside its Outputs' parts;
+#   RUNNER_NEEDS: teachers the runner serves on any task.
+# A method lists the first two in `needs`, which a task must `provide` or it refuses the method,
+# and the third in `runtime_needs`, which no adapter provides.
+
+#: The second kind: promises about the task's final heads (their shape, how its task loss trains
+#: them), hooks of the adapter the runner calls, and changes to the adapter's data or models.
+ADAPTER_NEEDS: dict[str, str] = {
     "teacher_pass": "one teacher pass over the training set before training",
     "sample_heads": "one categorical prediction per sample, (B, K) logits",
     "ce_heads": "final heads trained with softmax cross-entropy on hard targets",
@@ -38,6 +43,11 @@ NEEDS: dict[str, str] = {
     "label_augmentation": "each training sample also seen under the task's M input transformations, with a joint "
                           "(class × transformation) head of K·M logits beside the final head (SLA's label "
                           "augmentation; Outputs.auxiliary['joint'])",
+}
+
+#: The third kind: teachers the runner serves on every task (kdbench.runner.train.fit), listed in
+#: a method's `runtime_needs`, never in its `needs` nor in an adapter's `provides`.
+RUNNER_NEEDS: dict[str, str] = {
     "past_model": "the student as it was at the end of the previous epoch, run on every batch and "
                   "handed to the method as its teacher (served by the runner on any task)",
     "ema_model": "an exponential moving average of the student's weights (a copy of it at the start, then "
@@ -46,6 +56,9 @@ NEEDS: dict[str, str] = {
                  "mode without gradients on every batch and handed to the method as its teacher, saved in "
                  "the checkpoint (served by the runner on any task)",
 }
+
+#: Every need a method may declare, of all three kinds, with its meaning (error messages, the catalog).
+NEEDS: dict[str, str] = {**OUTPUT_NEEDS, **ADAPTER_NEEDS, **RUNNER_NEEDS}
 
 #: The head kinds (kdbench.outputs.HEAD_KINDS) a softmax-family method distils: one distribution
 #: per position, whether over classes or over the bins of a coordinate. Never "binary": a softmax
@@ -111,7 +124,10 @@ class Method(nn.Module, metaclass=ABCMeta):
     aliases: ClassVar[tuple[str, ...]] = ()
     paper: ClassVar[str]
     teacher: ClassVar[TeacherKind]
+    #: What the task must provide (OUTPUT_NEEDS and ADAPTER_NEEDS); a task that does not is
+    #: refused before training (`refusal`).
     needs: ClassVar[frozenset[str]] = frozenset()
+    #: Optional adapter behaviours it asks for (REQUESTS); a task without them still serves it.
     requests: ClassVar[frozenset[str]] = frozenset()
     #: The kinds of head it distils (kdbench.outputs.HEAD_KINDS); heads of other kinds are left to
     #: the task loss. Empty: it reads no heads (attention or nothing). A task offering no head of
@@ -126,7 +142,7 @@ class Method(nn.Module, metaclass=ABCMeta):
     #: `kdbench tune`'s grid: one or two key hyperparameters, TUNE_BUDGET points in all (the same
     #: budget for every method), the paper default among them. Empty: nothing to tune.
     tune_grid: ClassVar[dict[str, tuple[Any, ...]]] = {}
-    #: Runner-served needs (`past_model`, `ema_model`) this instance uses, decided once it has seen
+    #: The RUNNER_NEEDS (`past_model`, `ema_model`) this instance uses, decided once it has seen
     #: the Outputs: PS-KD keeps a per-sample table where heads are (B, K), else the previous epoch.
     runtime_needs: frozenset[str] = frozenset()
     Config: ClassVar[type]

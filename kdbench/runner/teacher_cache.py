@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from kdbench.outputs import Outputs
+from kdbench.outputs import OUTPUT_NEEDS, Outputs
 from kdbench.runner.cache_files import ArrayWriter, DamagedCache, open_array
 
 #: Layout of an epoch folder: 2 = meta.json lists each array's dtype, shape and data sha256.
@@ -58,8 +58,9 @@ FORMAT = 2
 #: A writer's temporary folder untouched this long belongs to a writer that died.
 STALE_SECONDS = 3600.0
 
-#: needs that mean a method reads more of the teacher than its final heads
-_BEYOND_HEADS = frozenset({"layers", "features", "attentions", "teacher_pass"})
+#: needs that mean a method reads more of the teacher than its final heads: the parts of its Outputs
+#: beyond them (OUTPUT_NEEDS but `ids`, which come with the batch) and the adapter's teacher pass
+_BEYOND_HEADS = frozenset(OUTPUT_NEEDS).difference({"ids"}) | {"teacher_pass"}
 
 
 def why_online(adapter: Any, method_cls: Any) -> str | None:

@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 
 from kdbench.adapters.base import Adapter
 from kdbench.errors import KDBenchError
-from kdbench.methods.base import Method, RunState
-from kdbench.outputs import PARTS, Outputs
+from kdbench.methods.base import RUNNER_NEEDS, Method, RunState
+from kdbench.outputs import OUTPUT_NEEDS, Outputs
 from kdbench.records import printable
 from kdbench.runner import checkpoint
 from kdbench.runner.distributed import World, all_finite, average_gradients, average_terms, gather_heads, shard
@@ -74,6 +74,10 @@ def fit(job: Job) -> FitResult:
     clip = cfg.get("grad_clip")
     ema_cfg = cfg.get("ema") or {}
     ema = EMA(job.student, float(ema_cfg["decay"]), int(ema_cfg.get("warmup_steps", 2000))) if ema_cfg else None
+    unknown = job.method.runtime_needs.difference(RUNNER_NEEDS)
+    if unknown:  # what the runner serves is RUNNER_NEEDS; anything else would silently be missing
+        raise KDBenchError(f"method {job.method.name!r} has runtime_needs {', '.join(sorted(unknown))}, which the "
+                           f"runner does not serve (it serves {', '.join(RUNNER_NEEDS)}: kdbench.methods.base)")
     # the method's EMA teacher: a copy of the student now, averaged after every optimiser step
     ema_teacher = EMA(job.student, job.method.ema_momentum(), None, "copy") \
         if "ema_model" in job.method.runtime_needs else None
@@ -323,7 +327,7 @@ def probe_outputs(adapter: Adapter, model: nn.Module, method: type[Method] | Non
     """Detached eval-mode Outputs on a fixed small batch (sizes methods' own modules).
 
     With `method` (the student's probe): the method's needs that are parts of Outputs
-    (`layers`, `features`, `attentions`, `ids`) must be in what these outputs hold, or a
+    (OUTPUT_NEEDS: `layers`, `features`, `attentions`, `ids`) must be in what these outputs hold, or a
     KDBenchError names the method, the missing parts and what the outputs provide — the task
     declared them in `provides`, so its `provides` or its `forward` is stale. Likewise the final
     heads' names and kinds must be the task's `head_kinds`, which decided that it serves the method.
@@ -335,7 +339,7 @@ def probe_outputs(adapter: Adapter, model: nn.Module, method: type[Method] | Non
         outputs = adapter.forward(model, batch).detach()
     model.train(was_training)
     if method is not None:
-        missing = (method.needs & PARTS) - outputs.provides
+        missing = method.needs.intersection(OUTPUT_NEEDS) - outputs.provides
         if missing:
             raise KDBenchError(
                 f"method {method.name!r} needs {', '.join(sorted(missing))} from the student's Outputs, which "

@@ -1,7 +1,8 @@
 """Contract tests parametrized over the registry (docs/architecture.md, Code rules): for every method the classification
 task serves, one tiny step is finite, gradients reach the student only, the teacher stays frozen
 in eval mode; and the registry is loud. The adapter contract: hooks and their defaults, batches per
-epoch, the batch protocol `shard` relies on, and Outputs that hold what `provides` promises."""
+epoch, the batch protocol `shard` relies on, Outputs that hold what `provides` promises, and
+needs of three kinds (parts of Outputs, adapter services, runner services), each supplied by its own layer."""
 
 from __future__ import annotations
 
@@ -15,13 +16,23 @@ from kdbench.adapters import TASKS, Adapter, get_adapter
 from kdbench.adapters.base import why_not_served
 from kdbench.errors import KDBenchError, UsageError
 from kdbench.methods import get_method, register, registry
-from kdbench.methods.base import NEEDS, Method, MethodContext, RunState, Stage, make_config
-from kdbench.outputs import PARTS
+from kdbench.methods.base import (
+    ADAPTER_NEEDS,
+    NEEDS,
+    REQUESTS,
+    RUNNER_NEEDS,
+    Method,
+    MethodContext,
+    RunState,
+    Stage,
+    make_config,
+)
+from kdbench.outputs import OUTPUT_NEEDS, PARTS
 from kdbench.protocol import load_protocol
 from kdbench.runner.cache_budget import epoch_rows
 from kdbench.runner.distributed import World, shard
 from kdbench.runner.ema import EMA
-from kdbench.runner.train import Job, _terms, fit_stages, probe_outputs
+from kdbench.runner.train import Job, _terms, fit, fit_stages, probe_outputs
 
 ALL = sorted(registry())
 SERVED = [(task, name) for task in TASKS for name in ALL if why_not_served(get_adapter(task), get_method(name)) is None]
@@ -82,6 +93,7 @@ def test_one_step_trains_the_student_only(task: str, name: str) -> None:
     ctx = MethodContext(probe_outputs(adapter, student, cls),  # the structural needs are in the Outputs
                         probe_outputs(adapter, teacher) if teacher else None, adapter.train_size, 2)
     method = cls(cls.Config(), ctx)
+    assert method.runtime_needs <= set(RUNNER_NEEDS), method.runtime_needs  # decided now, from the Outputs
     if "ema_model" in method.runtime_needs:  # the runner's EMA teacher: a frozen copy of the student
         teacher = EMA(student, method.ema_momentum(), None).model
         before = {k: v.clone() for k, v in teacher.state_dict().items()}
@@ -236,3 +248,69 @@ def test_a_student_without_earlier_layers_fails_a_layers_need() -> None:
 
 def test_every_output_part_is_a_need_or_the_heads() -> None:
     assert PARTS - {"heads"} <= set(NEEDS)
+
+
+#: The three kinds of needs, by who supplies them (kdbench.methods.base).
+KINDS = {"outputs": OUTPUT_NEEDS, "adapter": ADAPTER_NEEDS, "runner": RUNNER_NEEDS}
+
+
+def test_the_three_kinds_of_needs_are_disjoint_and_make_up_needs() -> None:
+    assert [n for table in KINDS.values() for n in table] == list(NEEDS)  # no need in two kinds, none left out
+    assert all(NEEDS[n] == meaning for table in KINDS.values() for n, meaning in table.items())
+    assert set(OUTPUT_NEEDS) == PARTS - {"heads"}  # what Outputs.provides reports beside the heads
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_need_a_method_declares_is_of_exactly_one_kind(name: str) -> None:
+    """`needs` (what a task provides) are parts of Outputs or adapter services; runner services are
+    `runtime_needs`; `requests` are REQUESTS."""
+    cls = get_method(name)
+    for need in cls.needs | cls.runtime_needs:
+        assert [kind for kind, table in KINDS.items() if need in table] in (["outputs"], ["adapter"], ["runner"])
+    assert not cls.needs & set(RUNNER_NEEDS), cls.needs
+    assert cls.runtime_needs <= set(RUNNER_NEEDS) and cls.requests <= set(REQUESTS)
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_no_adapter_provides_a_runner_service(task: str) -> None:
+    provides = get_adapter(task).provides
+    assert provides <= set(OUTPUT_NEEDS) | set(ADAPTER_NEEDS), provides
+    assert not provides & set(RUNNER_NEEDS)
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_the_outputs_parts_an_adapter_provides_are_those_its_smoke_outputs_carry(task: str) -> None:
+    """The parts of Outputs in `provides` are exactly what the student's Outputs hold on the smoke
+    card (asked for: a student with auxiliary heads, attention inputs turned on), and the promises
+    about its heads agree with the heads it returns: `sample_heads` exactly when every final head
+    is (B, K) categorical, `ce_heads` with class-index targets, `label_heads` with targets of the
+    positions' or the logits' shape."""
+    cls = get_adapter(task)
+    adapter = cls(load_protocol(task, "smoke"), None, torch.device("cpu"))
+    parts = cls.provides & set(OUTPUT_NEEDS)
+    adapter.configure(parts)
+    torch.manual_seed(0)
+    out = probe_outputs(adapter, adapter.build_model("student", parts))
+    assert out.provides == parts | {"heads"}, (task, out.provides)
+    heads = list(out.heads.values())
+    assert ("sample_heads" in cls.provides) == all(h.kind == "categorical" and h.logits.dim() == 2 for h in heads)
+    for head in heads:
+        positions = head.logits.shape[:-1]
+        if cls.provides & {"ce_heads", "label_heads"}:
+            assert head.target is not None, task
+            assert head.target.shape in (positions, head.logits.shape), task
+        if "ce_heads" in cls.provides:
+            assert head.target is not None and head.target.shape == positions
+            assert not head.target.is_floating_point(), task
+
+
+def test_a_runtime_need_the_runner_does_not_serve_fails_before_training() -> None:
+    adapter = _adapter("classification")
+    baseline = get_method("baseline")
+    student = adapter.build_model("student", frozenset())
+    method = baseline(baseline.Config(), MethodContext(probe_outputs(adapter, student), None, adapter.train_size, 1))
+    method.runtime_needs = frozenset({"future_model"})
+    job = Job(adapter, student, method, None, adapter.protocol.card["train"], 0, None)
+    with pytest.raises(KDBenchError, match=r"method 'baseline' has runtime_needs future_model, which the runner does "
+                                           r"not serve \(it serves past_model, ema_model"):
+        fit(job)
