@@ -38,6 +38,9 @@ class Adapter(ABC, Generic[BatchT, OutT]):
         relative_heads: the binned heads whose bins are relative to a reference of each model's
             own (detection's box edges: offsets from the model's initial box), which `align`
             re-expresses on the student's bins (`Head.rebin`); default none.
+        honours: the requests (kdbench.methods.base.REQUESTS) it applies, each only when the
+            running method makes it (told through `configure`), so that no other method pays for
+            it; a request it does not honour is ignored (default none).
         evaluation_version: bumped whenever data preparation, splits or metric code change what a
             number means; tables never mix versions.
         teacher_inputs_fixed: True when batches and augmentation derive from (seed, epoch) alone
@@ -74,6 +77,7 @@ class Adapter(ABC, Generic[BatchT, OutT]):
     provides: ClassVar[frozenset[str]]
     head_kinds: ClassVar[dict[str, HeadKind]]
     relative_heads: ClassVar[frozenset[str]] = frozenset()
+    honours: ClassVar[frozenset[str]] = frozenset()
     evaluation_version: ClassVar[int]
     """Bumped whenever data preparation, splits or metric code change what a number means; tables
     never mix versions."""

@@ -65,9 +65,11 @@ NEEDS: dict[str, str] = {**OUTPUT_NEEDS, **ADAPTER_NEEDS, **RUNNER_NEEDS}
 #: over independent sigmoid logits is not a distribution the model predicts.
 SOFTMAX_KINDS: frozenset[str] = frozenset({"categorical", "binned"})
 
-#: Optional adapter behaviours a method may request; adapters apply those they have.
+#: Optional adapter behaviours a method may request: an adapter applies those it `honours`, only
+#: for a method that requests them, and ignores the others (the method runs without them).
 REQUESTS: dict[str, str] = {
-    "union_matching": "GO-LSD's union of ground-truth matches across decoder layers for box losses",
+    "union_matching": "GO-LSD's union of ground-truth matches across decoder layers for box losses, and the "
+                      "box heads' DDF weights and matched flags from it (Head.weight, Head.matched)",
 }
 
 

@@ -10,6 +10,7 @@ import torch
 
 from kdbench.adapters.detection.adapter import DetectionAdapter
 from kdbench.cli import main
+from kdbench.methods import get_method
 from kdbench.protocol import load_protocol
 from kdbench.records import validation_errors
 from tests.datafiles import data_root
@@ -20,7 +21,17 @@ def adapter() -> DetectionAdapter:
     return DetectionAdapter(load_protocol("detection", "smoke"), None, torch.device("cpu"))
 
 
-def test_outputs_heads_layers_and_ddf_weights(adapter: DetectionAdapter) -> None:
+@pytest.fixture(scope="module")
+def gold_adapter() -> DetectionAdapter:
+    """The adapter as a GO-LSD run configures it: union matching requested."""
+    gold = get_method("gold")
+    adapter = DetectionAdapter(load_protocol("detection", "smoke"), None, torch.device("cpu"))
+    adapter.configure(gold.needs | gold.requests)
+    return adapter
+
+
+def test_outputs_heads_layers_and_ddf_weights(gold_adapter: DetectionAdapter) -> None:
+    adapter = gold_adapter
     torch.manual_seed(0)
     model = adapter.build_model("student", frozenset({"layers"}))
     batch = next(adapter.train_batches(4, torch.Generator().manual_seed(0)))
@@ -38,6 +49,38 @@ def test_outputs_heads_layers_and_ddf_weights(adapter: DetectionAdapter) -> None
     terms = adapter.task_loss(out)
     assert {"cls", "l1", "giou", "fgl", "aux/vfl", "aux/l1", "aux/giou", "aux/fgl"} == set(terms)
     assert all(torch.isfinite(v) for v in terms.values())
+
+
+def test_the_union_and_ddf_weights_are_computed_only_on_request(
+    adapter: DetectionAdapter, gold_adapter: DetectionAdapter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without GO-LSD's `union_matching` request, `forward` matches no union and weighs no box, and
+    everything else it returns, and the task loss on each layer's own matches, is what the
+    requesting adapter's outputs give bit for bit."""
+    import kdbench.adapters.detection.adapter as module
+
+    assert adapter.honours == {"union_matching"} and not adapter.union and gold_adapter.union
+    torch.manual_seed(0)
+    model = adapter.build_model("student", frozenset({"layers"}))
+    batch = next(adapter.train_batches(4, torch.Generator().manual_seed(0)))
+    torch.manual_seed(1)
+    asked = gold_adapter.forward(model, batch)
+    monkeypatch.setattr(module, "union_matches", lambda *_: pytest.fail("union matching without the request"))
+    torch.manual_seed(1)
+    plain = adapter.forward(model, batch)
+    assert plain.union == [] and plain.union_pairs is None and asked.union_pairs is not None
+    for mine, theirs in zip(plain.layers, asked.layers, strict=True):
+        assert mine["box"].weight is None and mine["box"].matched is None
+        assert theirs["box"].weight is not None and theirs["box"].matched is not None
+        for name in ("cls", "box"):
+            for part in ("logits", "target", "mask"):
+                a, b = getattr(mine[name], part), getattr(theirs[name], part)
+                assert (a is None and b is None) or torch.equal(a, b), (name, part)
+    assert asked.raw is not None and asked.pre_pairs is not None
+    own = adapter.loss(asked.raw, batch, asked.pairs, asked.pre_pairs, None, asked.enc_pairs, asked.dn_pairs)
+    terms = adapter.task_loss(plain)
+    assert terms.keys() == own.keys() and all(torch.equal(terms[k], own[k]) for k in own)
+    assert not torch.equal(gold_adapter.task_loss(asked)["l1"], own["l1"])  # the union's box losses differ
 
 
 def test_teacher_is_aligned_by_ground_truth_matches(adapter: DetectionAdapter) -> None:

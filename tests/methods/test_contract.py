@@ -278,6 +278,12 @@ def test_no_adapter_provides_a_runner_service(task: str) -> None:
     assert not provides & set(RUNNER_NEEDS)
 
 
+def test_every_request_is_one_some_task_honours() -> None:
+    """An adapter honours only REQUESTS (applied on a method's request: detection's union matching,
+    tests/detection/test_pipeline.py), and each request is honoured somewhere."""
+    assert {r for task in TASKS for r in get_adapter(task).honours} == set(REQUESTS)
+
+
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_the_outputs_parts_an_adapter_provides_are_those_its_smoke_outputs_carry(task: str) -> None:
     """The parts of Outputs in `provides` are exactly what the student's Outputs hold on the smoke

@@ -40,8 +40,9 @@ class DetectionAdapter(Adapter[Batch, DetectionOutputs]):
     "box" (binned, relative: a softmax over each edge's N+1 bins, offsets from the model's own
     initial box): every query valid; target = the bin nearest each ground-truth edge at matched
     queries; weight and matched = GO-LSD's DDF weight (IoU for union-matched queries, else the
-    final layer's max class score) and the union's matched queries. A teacher's box head is
-    re-expressed on the student's bins (`align`).
+    final layer's max class score) and the union's matched queries, computed only for a method
+    that requests `union_matching` (None otherwise: no other method reads them). A teacher's box
+    head is re-expressed on the student's bins (`align`).
 
     A model trained with denoising queries (card `denoising: N`, kdbench.adapters.detection.
     denoising) gets them in training only; its heads, layers, matches and evaluation are the Q
@@ -56,6 +57,8 @@ class DetectionAdapter(Adapter[Batch, DetectionOutputs]):
     # from the model's own initial box (relative: a teacher's reaches the student re-expressed)
     head_kinds: ClassVar[dict[str, HeadKind]] = {"cls": "binary", "box": "binned"}
     relative_heads = frozenset({"box"})
+    # GO-LSD's union of every layer's matches, for the box losses and the box heads' DDF weights
+    honours = frozenset({"union_matching"})
     # 2: train/val/test (shapes: n_test scenes; COCO: val held out of train2017); 3: the queries are
     # selected from the encoder (D-FINE), not learnt: every detection number and teacher changed
     evaluation_version = 3
@@ -96,7 +99,7 @@ class DetectionAdapter(Adapter[Batch, DetectionOutputs]):
         raise UsageError(f"unknown detection dataset {name!r}; valid: {', '.join(DATASETS)}")
 
     def configure(self, needs: frozenset[str]) -> None:
-        self.union = "union_matching" in needs
+        self.union = "union_matching" in needs  # forward computes GO-LSD's union and DDF weights
 
     @property
     def train_size(self) -> int:
@@ -155,39 +158,51 @@ class DetectionAdapter(Adapter[Batch, DetectionOutputs]):
         sets = hungarian_match_sets(torch.cat(logits), torch.cat(boxes), batch.labels, batch.boxes, **self.matcher)
         layers_n = raw.logits.shape[0]
         per_layer, pre, enc = sets[:layers_n], sets[layers_n], sets[layers_n + 1:]
-        union = union_matches([*per_layer, pre, *enc])  # D-FINE's union holds the encoder's matches too
         pairs = [Pairs.of(m, batch) for m in per_layer]
-        union_pairs = Pairs.of(union, batch)
+        union, union_pairs = [], None  # GO-LSD's, only on its request (`honours`)
+        if self.union:
+            union = union_matches([*per_layer, pre, *enc])  # D-FINE's union holds the encoder's matches too
+            union_pairs = Pairs.of(union, batch)
         layers = self._layers(raw, pairs, union_pairs, batch)
         auxiliary, dn_pairs = {}, None
         if raw.dn is not None and raw.dn_group is not None:  # every dn layer is trained on the same matches
             dn_pairs = Pairs.of(cdn_matches(raw.dn_group, batch.labels), batch)
-            auxiliary["denoising"] = self._layers(raw.dn, [dn_pairs] * len(pairs), dn_pairs, batch)
+            auxiliary["denoising"] = self._layers(raw.dn, [dn_pairs] * len(pairs), dn_pairs if self.union else None,
+                                                  batch)
         return DetectionOutputs(heads=layers[-1], layers=layers, features={"c3": raw.features["c3"],
                                 "c4": raw.features["c4"]}, ids=batch.ids, auxiliary=auxiliary, raw=raw,
                                 batch=batch, matches=per_layer, pre_matches=pre, union=union, pairs=pairs,
                                 pre_pairs=Pairs.of(pre, batch), union_pairs=union_pairs,
                                 enc_pairs=Pairs.of(enc[0], batch) if enc else None, dn_pairs=dn_pairs)
 
-    def _layers(self, raw: DetectorOutput, pairs: list[Pairs], union_pairs: Pairs,
+    def _layers(self, raw: DetectorOutput, pairs: list[Pairs], union_pairs: Pairs | None,
                 batch: Batch) -> list[dict[str, Head]]:
         """Per layer {"cls", "box"} heads of `raw`'s queries: class targets and masks from each
-        layer's `pairs`; edge-bin targets, DDF weights and matched flags from `union_pairs`."""
+        layer's `pairs`, edge-bin targets from them too; DDF weights and matched flags from
+        `union_pairs` when given (GO-LSD's request), else none."""
         b, q = raw.logits.shape[1:3]
         device = raw.logits.device
-        union_mask = query_mask(union_pairs, (b, q), device)
-        with torch.no_grad():
-            final_conf = raw.logits[-1].sigmoid().max(-1).values  # (B, Q) the teacher's confidence
+        ddf = self._ddf(raw, len(pairs), union_pairs, batch) if union_pairs is not None else [(None, None)] * len(pairs)
         layers = []
         for i, layer_pairs in enumerate(pairs):
             cls = Head(raw.logits[i], query_labels(layer_pairs, batch, (b, q), device),
                        mask=query_mask(layer_pairs, (b, q), device), kind="binary")
-            weight = self._ddf_weight(raw.boxes[i], union_pairs, batch, final_conf)
-            box = Head(raw.corners[i], self._edge_bins(raw, layer_pairs, batch),
-                       weight=weight[..., None].expand(-1, -1, 4), matched=union_mask[..., None].expand(-1, -1, 4),
+            weight, matched = ddf[i]
+            box = Head(raw.corners[i], self._edge_bins(raw, layer_pairs, batch), weight=weight, matched=matched,
                        kind="binned")
             layers.append({"cls": cls, "box": box})
         return layers
+
+    @torch.no_grad()
+    def _ddf(self, raw: DetectorOutput, layers: int, union: Pairs, batch: Batch) -> list[tuple[Tensor, Tensor]]:
+        """Per layer, the box head's (B, Q, 4) DDF weights and matched flags (GO-LSD): the union's
+        matched queries, each weighted by its box's IoU with its ground truth, the others by the
+        final layer's max class score."""
+        b, q = raw.logits.shape[1:3]
+        matched = query_mask(union, (b, q), raw.logits.device)[..., None].expand(-1, -1, 4)
+        final_conf = raw.logits[-1].sigmoid().max(-1).values  # (B, Q) the final layer's confidence
+        return [(self._ddf_weight(raw.boxes[i], union, batch, final_conf)[..., None].expand(-1, -1, 4), matched)
+                for i in range(layers)]
 
     @torch.no_grad()
     def _edge_bins(self, raw: DetectorOutput, pairs: Pairs, batch: Batch) -> Tensor:
@@ -265,7 +280,7 @@ class DetectionAdapter(Adapter[Batch, DetectionOutputs]):
         """VFL per layer with its own matches; L1, GIoU and FGL with its own or (GO-LSD) the union."""
         assert outputs.raw is not None and outputs.batch is not None and outputs.pre_pairs is not None
         return self.loss(outputs.raw, outputs.batch, outputs.pairs, outputs.pre_pairs,
-                         outputs.union_pairs if self.union else None, outputs.enc_pairs, outputs.dn_pairs)
+                         outputs.union_pairs, outputs.enc_pairs, outputs.dn_pairs)  # union: GO-LSD's request only
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:

@@ -64,11 +64,11 @@ class DetectionOutputs(Outputs):
     batch: Batch | None = None
     matches: list[list[Match]] = field(default_factory=list)  # per decoder layer
     pre_matches: list[Match] = field(default_factory=list)
-    union: list[Match] = field(default_factory=list)
+    union: list[Match] = field(default_factory=list)  # GO-LSD's union of the layers' matches (its request only)
     pairs: list[Pairs] = field(default_factory=list)  # flat forms of `matches`
     pre_pairs: Pairs | None = None
     enc_pairs: Pairs | None = None  # the encoder proposals' own matches (query selection only)
-    union_pairs: Pairs | None = None
+    union_pairs: Pairs | None = None  # flat `union`; None without the request
     dn_pairs: Pairs | None = None  # the denoising queries' positives and their ground truth (raw.dn)
 
 
