@@ -8,6 +8,8 @@ without its bucketed overlap, and equally valid for modules DDP cannot wrap (a m
 projectors, learnable layer weights). Per-step method memories stay identical on every rank:
 `after_step` sees the whole global batch's detached head outputs (gathered from all ranks) and
 the loss terms averaged across ranks. Only rank 0 evaluates, checkpoints and writes records.
+These collectives are `World`'s methods; a run on one process gets `SOLO`, the world of one
+process, whose collectives do nothing, so the train loop never asks how many processes it has.
 
 Known difference from one process: BatchNorm statistics are per rank (SyncBatchNorm needs a
 GPU), so the result matches a single-process run of the same global batch only up to that —
@@ -34,12 +36,91 @@ from kdbench.outputs import Head, Outputs
 
 @dataclass(frozen=True)
 class World:
+    """The processes one run trains on: this one is rank `rank` of `size`, and the collectives
+    below are over all of them. A world of one process (`SOLO`, what a run outside torchrun gets)
+    makes every collective do nothing: its batch is not cut, its gradients, loss terms and heads
+    are its own, and no process group is needed. So the train loop calls them unconditionally.
+    """
+
     rank: int
     size: int
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def shard(self, batch: Any) -> Any:
+        """This rank's contiguous 1/N of a batch (`shard`); one process: the batch itself."""
+        return batch if self.size == 1 else shard(batch, self)
+
+    def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        """grad ← mean over ranks, in one flat all-reduce (parameters without a grad count as 0);
+        one process: the gradients stay as they are."""
+        if self.size == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.size
+        offset = 0
+        for p, g in zip(params, grads, strict=True):
+            n = g.numel()
+            p.grad = flat[offset:offset + n].view_as(p)
+            offset += n
+
+    def all_finite(self, loss: Tensor) -> bool:
+        """Whether the loss is finite on every rank (all ranks stop together, none hangs)."""
+        ok = torch.isfinite(loss.detach()).float().reshape(1)
+        if self.size > 1:
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        return bool(ok.item())
+
+    def global_losses(self, loss: Tensor, terms: dict[str, Tensor]) -> tuple[float, dict[str, Tensor]]:
+        """The step's loss and its detached terms as one process would report them for the global
+        batch: each term averaged over ranks, the loss their sum; one process: its own, as they are."""
+        if self.size == 1:
+            return float(loss.detach()), terms
+        if not terms:
+            return 0.0, terms
+        stacked = torch.stack([v.detach().float() for v in terms.values()])
+        dist.all_reduce(stacked)
+        stacked /= self.size
+        averaged = {k: stacked[i] for i, k in enumerate(terms)}
+        return float(sum(averaged.values())), averaged
+
+    def gather_heads(self, outputs: Outputs) -> Outputs:
+        """The global batch's final heads and ids on every rank (for per-sample memories); one
+        process: its own."""
+        if self.size == 1:
+            return outputs
+        local = {"heads": {k: (h.logits, h.target, h.mask, h.weight, h.matched) for k, h in outputs.heads.items()},
+                 "ids": outputs.ids}
+        parts: list[Any] = [None] * self.size
+        dist.all_gather_object(parts, _cpu(local))
+        device = next(iter(outputs.heads.values())).logits.device
+
+        def cat(values: list[Any]) -> Any:
+            return None if values[0] is None else torch.cat(values).to(device)
+
+        heads = {name: Head(*(cat([p["heads"][name][i] for p in parts]) for i in range(5)), kind=head.kind)
+                 for name, head in outputs.heads.items()}
+        return Outputs(heads=heads, ids=cat([p["ids"] for p in parts]))
+
+    def gather_lists(self, items: list[Any]) -> list[Any]:
+        """Every rank's `items` concatenated in rank order, on every rank (picklable items)."""
+        if self.size == 1:
+            return items
+        parts: list[Any] = [None] * self.size
+        dist.all_gather_object(parts, items)
+        return [x for part in parts for x in part]
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            dist.barrier()
+
+
+#: The world of a run on one process, whose collectives do nothing.
+SOLO = World(0, 1)
 
 
 def rank_placement(local_rank: int, local_world: int, gpus: int) -> tuple[str, int]:
@@ -55,11 +136,11 @@ def rank_placement(local_rank: int, local_world: int, gpus: int) -> tuple[str, i
     return "gloo", local_rank % gpus
 
 
-def init_from_env(device: torch.device) -> World | None:
-    """Join the process group torchrun describes (WORLD_SIZE > 1), else None (one process)."""
+def init_from_env(device: torch.device) -> World:
+    """Join the process group torchrun describes (WORLD_SIZE > 1), else SOLO (one process)."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
-        return None
+        return SOLO
     if not dist.is_initialized():
         backend = "gloo"
         if device.type == "cuda":
@@ -71,10 +152,10 @@ def init_from_env(device: torch.device) -> World | None:
     return World(dist.get_rank(), dist.get_world_size())
 
 
-def current() -> World | None:
+def current() -> World:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         return World(dist.get_rank(), dist.get_world_size())
-    return None
+    return SOLO
 
 
 def shard(batch: Any, world: World) -> Any:
@@ -115,53 +196,6 @@ def _slice(value: Any, size: int, lo: int, hi: int) -> Any:
     return value
 
 
-def average_gradients(params: list[torch.nn.Parameter], world: World) -> None:
-    """grad ← mean over ranks, in one flat all-reduce (parameters without a grad count as 0)."""
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world.size
-    offset = 0
-    for p, g in zip(params, grads, strict=True):
-        n = g.numel()
-        p.grad = flat[offset:offset + n].view_as(p)
-        offset += n
-
-
-def all_finite(loss: Tensor, world: World | None) -> bool:
-    """Whether the loss is finite on every rank (all ranks stop together, none hangs)."""
-    ok = torch.isfinite(loss.detach()).float().reshape(1)
-    if world is not None:
-        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-    return bool(ok.item())
-
-
-def average_terms(terms: dict[str, Tensor], world: World) -> dict[str, Tensor]:
-    """Each loss term averaged over ranks (what one process would report for the global batch)."""
-    if not terms:
-        return terms
-    stacked = torch.stack([v.detach().float() for v in terms.values()])
-    dist.all_reduce(stacked)
-    stacked /= world.size
-    return {k: stacked[i] for i, k in enumerate(terms)}
-
-
-def gather_heads(outputs: Outputs, world: World) -> Outputs:
-    """The global batch's final heads and ids on every rank (for per-sample memories)."""
-    local = {"heads": {k: (h.logits, h.target, h.mask, h.weight, h.matched) for k, h in outputs.heads.items()},
-             "ids": outputs.ids}
-    parts: list[Any] = [None] * world.size
-    dist.all_gather_object(parts, _cpu(local))
-    device = next(iter(outputs.heads.values())).logits.device
-
-    def cat(values: list[Any]) -> Any:
-        return None if values[0] is None else torch.cat(values).to(device)
-
-    heads = {name: Head(*(cat([p["heads"][name][i] for p in parts]) for i in range(5)), kind=head.kind)
-             for name, head in outputs.heads.items()}
-    return Outputs(heads=heads, ids=cat([p["ids"] for p in parts]))
-
-
 def _cpu(value: Any) -> Any:
     if isinstance(value, Tensor):
         return value.detach().cpu()
@@ -171,14 +205,3 @@ def _cpu(value: Any) -> Any:
         return tuple(_cpu(v) for v in value)
     return value
 
-
-def gather_lists(items: list[Any], world: World) -> list[Any]:
-    """Every rank's `items` concatenated in rank order, on every rank (picklable items)."""
-    parts: list[Any] = [None] * world.size
-    dist.all_gather_object(parts, items)
-    return [x for part in parts for x in part]
-
-
-def barrier(world: World | None) -> None:
-    if world is not None:
-        dist.barrier()

@@ -18,7 +18,7 @@ from kdbench.outputs import Outputs
 from kdbench.records import read_record, record_path, write_record
 from kdbench.runner import checkpoint
 from kdbench.runner.cache_budget import choose, epoch_rows, estimate
-from kdbench.runner.distributed import World, barrier, gather_lists, init_from_env
+from kdbench.runner.distributed import SOLO, World, init_from_env
 from kdbench.runner.env import count_flops, count_params, gpus_used, method_params, resolve_device
 from kdbench.runner.record import Outcome, build_record
 from kdbench.runner.spec import RunOptions, RunSpec, refuse_existing, resolve
@@ -56,7 +56,7 @@ def run(options: RunOptions) -> tuple[dict[str, Any], Path]:
     spec, device = prepare(options)
     options = spec.options  # the method by its registered name, should `options` name an alias
     world = init_from_env(device)  # under torchrun: one run on world.size processes
-    main = world is None or world.is_main
+    main = world.is_main
     adapter = spec.adapter_cls(spec.protocol, options.data_root, device)
     adapter.configure(spec.method_cls.needs | spec.method_cls.requests)
     teacher = None
@@ -100,16 +100,16 @@ def run(options: RunOptions) -> tuple[dict[str, Any], Path]:
                   "flops": count_flops(student, adapter.example_input()),
                   "method_params": method_params(method, student), "checkpoint_sha256": student_sha}
     gpus = gpus_used(device)
-    if world is not None and device.type == "cuda":  # every rank's GPU, in rank order
-        gpus = gather_lists(gpus, world)
-    record = build_record(spec, outcome, device=device, world_size=world.size if world else 1,
+    if device.type == "cuda":  # every rank's GPU, in rank order
+        gpus = world.gather_lists(gpus)
+    record = build_record(spec, outcome, device=device, world_size=world.size,
                           precision=job.precision, student=model_info, teacher=_teacher_entry(teacher),
                           teacher_outputs=teacher_outputs, evaluation=_evaluation(adapter), gpus=gpus)
     if main:
         write_record(spec.record_path, record)
         if outcome.error is None:  # only now: a rerun after a failed write resumes instead of training again
             clean_checkpoints(run_dir)
-    barrier(world)
+    world.barrier()
     return record, spec.record_path
 
 
@@ -152,7 +152,7 @@ def _precision(spec: RunSpec, device: torch.device) -> str | None:
     return "bf16" if spec.protocol.typed.train.amp == "bf16" and device.type == "cuda" else None
 
 
-def _attach_cache(job: Job, spec: RunSpec, teacher: Teacher | None, world: World | None,
+def _attach_cache(job: Job, spec: RunSpec, teacher: Teacher | None, world: World,
                   probe: Outputs | None) -> dict[str, Any] | None:
     """Read the teacher's logits from the shared cache where that cannot change the result, in the
     mode the budget allows (kdbench.runner.cache_budget); says which on one line."""
@@ -163,7 +163,7 @@ def _attach_cache(job: Job, spec: RunSpec, teacher: Teacher | None, world: World
         print(f"teacher: run on every batch, not read from the teacher-output cache: {reason}", file=sys.stderr)
         return {"mode": "online", "topk": None, "reason": reason, "epoch_bytes": None, "budget_bytes": None}
     train = spec.protocol.typed.train
-    size = world.size if world else 1
+    size = world.size
     batch = int(train.batch_size)
 
     def rows(epoch: int) -> dict[str, int]:
@@ -172,21 +172,22 @@ def _attach_cache(job: Job, spec: RunSpec, teacher: Teacher | None, world: World
 
     choice = choose(estimate(probe, rows(0)), train.teacher_cache_topk, train.teacher_cache_budget_mib,
                     int(train.epochs))
-    if world is None or world.is_main:
+    if world.is_main:
         print(choice.line, file=sys.stderr)
     if choice.mode != "online":
         key = sha256_json({
             "teacher": teacher.info.get("checkpoint_sha256"), "protocol": spec.protocol.sha256,
-            "seed": spec.options.seed, "world": [world.rank, world.size] if world else None,
+            "seed": spec.options.seed, "world": [world.rank, world.size] if world != SOLO else None,  # key as before
             "precision": job.precision, "topk": choice.topk, "format": FORMAT})
         job.teacher_cache = TeacherCache(
             cache_dir() / "teacher-outputs" / spec.protocol.task / key[:24], choice.topk, rows)
     return choice.entry()
 
 
-def run_key(spec: RunSpec, teacher: Teacher | None, world: World | None = None) -> str:
-    """What a checkpoint belongs to: a resumed run must be the very same run."""
-    return sha256_json({**({"world_size": world.size} if world else {}),
+def run_key(spec: RunSpec, teacher: Teacher | None, world: World = SOLO) -> str:
+    """What a checkpoint belongs to: a resumed run must be the very same run (one process's key
+    names no world, as it always has)."""
+    return sha256_json({**({"world_size": world.size} if world != SOLO else {}),
         "protocol": spec.protocol.sha256, "method": spec.options.method, "hparams": spec.hparams,
         "seed": spec.options.seed, "teacher": teacher.info.get("checkpoint_sha256") if teacher else None})
 

@@ -24,7 +24,7 @@ from kdbench.methods.base import RUNNER_NEEDS, Method, RunState
 from kdbench.outputs import OUTPUT_NEEDS, Outputs
 from kdbench.records import printable
 from kdbench.runner import checkpoint
-from kdbench.runner.distributed import World, all_finite, average_gradients, average_terms, gather_heads, shard
+from kdbench.runner.distributed import SOLO, World
 from kdbench.runner.ema import EMA
 from kdbench.runner.optim import build_optimizer, build_schedule
 from kdbench.runner.teacher_cache import TeacherCache
@@ -46,7 +46,7 @@ class Job:
     seed: int
     checkpoint: Path | None
     label: str = "train"
-    world: World | None = None  # set for the student of a `torchrun` run (kdbench.runner.distributed)
+    world: World = SOLO  # the student's ranks under `torchrun` (kdbench.runner.distributed); one process: SOLO
     teacher_cache: TeacherCache | None = None  # the teacher's logits read back, not recomputed
     precision: str | None = None  # "bf16": forward and losses under autocast (cards that allow it, on GPU)
     primary: str = ""  # the card's primary metric (shown on the progress bar)
@@ -98,7 +98,7 @@ def fit(job: Job) -> FitResult:
         result.train_seconds += seconds
         entry: dict[str, Any] = {"epoch": epoch, "loss": terms.pop("loss"), "terms": terms,
                                  "lr": optimizer.param_groups[0]["lr"], "seconds": seconds}
-        main = job.world is None or job.world.is_main
+        main = job.world.is_main
         if main and _should_eval(cfg, epoch, epochs):
             entry["metrics"] = job.adapter.evaluate(ema.model if ema else job.student, "val")
         result.history.append(entry)
@@ -258,8 +258,7 @@ def _train_steps(
     count = 0
     steps = epochs * steps_per_epoch
     for i, batch in enumerate(job.adapter.train_batches(int(job.train["batch_size"]), generator)):
-        if job.world is not None:
-            batch = shard(batch, job.world)
+        batch = job.world.shard(batch)  # this rank's part (all of it on one process)
         state = RunState(epoch, epochs, epoch * steps_per_epoch + i, steps)
         with torch.autocast(job.adapter.device.type, torch.bfloat16, enabled=job.precision == "bf16"):
             student = job.adapter.forward(job.student, batch)
@@ -268,31 +267,29 @@ def _train_steps(
                 teacher = _teacher_outputs(job, batch, student, i)
             terms = _terms(job, student, teacher, state)
         loss = torch.stack(list(terms.values())).sum()
-        if not all_finite(loss, job.world):
+        if not job.world.all_finite(loss):
             values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
             raise NonFiniteLoss(f"non-finite loss at epoch {epoch}, step {state.step} "
                                 f"(batch {i} of the epoch): {values}")
         optimizer.zero_grad(set_to_none=True)
         stepped = [p for g in optimizer.param_groups for p in g["params"]]
         job.method.backward(loss, terms, stepped)  # loss.backward() unless the method combines its gradients
-        if job.world is not None:
-            average_gradients(stepped, job.world)
+        job.world.average_gradients(stepped)
         if clip:
             torch.nn.utils.clip_grad_norm_(stepped, float(clip))
         optimizer.step()
         schedule.step()
         for average in averages:
             average.update(job.student)
-        detached = {k: v.detach() for k, v in terms.items()}
+        # per-step memories see the global batch on every rank: terms averaged, heads gathered
+        total, detached = job.world.global_losses(loss, {k: v.detach() for k, v in terms.items()})
         seen = student.detach()
-        if job.world is not None:  # per-step memories see the global batch on every rank
-            detached = average_terms(detached, job.world)
-            if type(job.method).after_step is not Method.after_step:
-                seen = gather_heads(seen, job.world)
+        if type(job.method).after_step is not Method.after_step:  # only a method that reads them
+            seen = job.world.gather_heads(seen)
         job.method.after_step(seen, detached, state)
         for k, v in detached.items():
             sums[k] += float(v)
-        sums["loss"] += float(loss.detach()) if job.world is None else float(sum(detached.values()))
+        sums["loss"] += total
         count += 1
     return {k: v / max(count, 1) for k, v in sums.items()}
 
