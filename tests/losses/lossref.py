@@ -61,3 +61,20 @@ def valid_mean(values: Sequence[float], valid: Sequence[bool]) -> float:
 
 def without(row: Row, index: int) -> list[float]:
     return [v for i, v in enumerate(row) if i != index]
+
+
+def close(value: torch.Tensor, expected: float) -> None:
+    """A float64 loss equals the hand value to 1e-10."""
+    assert value.dtype == torch.float64
+    assert math.isclose(float(value.detach()), expected, rel_tol=0, abs_tol=1e-10), (float(value), expected)
+
+
+def logit_case(k: int) -> dict[str, torch.Tensor]:
+    """(2, 3, k) float64 student and teacher logits, labels and a mask: six positions, four valid."""
+    g = torch.Generator().manual_seed(0)
+    return {
+        "s": torch.randn(2, 3, k, generator=g, dtype=torch.float64) * 2,
+        "t": torch.randn(2, 3, k, generator=g, dtype=torch.float64) * 2,
+        "y": torch.randint(0, k, (2, 3), generator=g),
+        "mask": torch.tensor([[True, False, True], [True, True, False]]),
+    }

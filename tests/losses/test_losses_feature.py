@@ -8,14 +8,10 @@ import pytest
 import torch
 
 from kdbench.losses import feature_mse, minilm_relations, nd, similarity
-from tests.losses.lossref import flat, kl, rows, softmax
+from tests.losses.lossref import close, flat, kl, rows, softmax
 
 TOL = dict(rtol=0, atol=1e-10)
 
-
-def close(value: torch.Tensor, expected: float) -> None:
-    assert value.dtype == torch.float64
-    assert math.isclose(float(value), expected, rel_tol=0, abs_tol=1e-10), (float(value), expected)
 
 
 def _randn(*shape: int, seed: int) -> torch.Tensor:

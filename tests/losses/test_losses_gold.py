@@ -8,15 +8,11 @@ import pytest
 import torch
 
 from kdbench.losses import ddf, layer_self_distillation
-from tests.losses.lossref import flat, kl, rows, scaled, softmax, valid_mean
+from tests.losses.lossref import close, flat, kl, rows, scaled, softmax, valid_mean
 
 P, E, BINS = 5, 4, 7
 TEMP = 5.0
 
-
-def close(value: torch.Tensor, expected: float) -> None:
-    assert value.dtype == torch.float64
-    assert math.isclose(float(value), expected, rel_tol=0, abs_tol=1e-10), (float(value), expected)
 
 
 @pytest.fixture

@@ -9,10 +9,12 @@ import torch
 
 from kdbench.losses import bdkd, binary_kl_norm, dkd, kd, nkd, taid
 from tests.losses.lossref import (
+    close,
     entropy,
     flat,
     kl,
     log_softmax,
+    logit_case,
     rows,
     scaled,
     sigmoid,
@@ -28,18 +30,8 @@ TOL = dict(rtol=0, atol=1e-10)
 @pytest.fixture
 def data() -> dict[str, torch.Tensor]:
     """(2, 3, K) float64 logits with a mask, i.e. six positions, four of them valid."""
-    g = torch.Generator().manual_seed(0)
-    return {
-        "s": torch.randn(2, 3, K, generator=g, dtype=torch.float64) * 2,
-        "t": torch.randn(2, 3, K, generator=g, dtype=torch.float64) * 2,
-        "y": torch.randint(0, K, (2, 3), generator=g),
-        "mask": torch.tensor([[True, False, True], [True, True, False]]),
-    }
+    return logit_case(K)
 
-
-def close(value: torch.Tensor, expected: float) -> None:
-    assert value.dtype == torch.float64
-    assert math.isclose(float(value), expected, rel_tol=0, abs_tol=1e-10), (float(value), expected)
 
 
 def test_kd_value(data):

@@ -4,14 +4,12 @@ teacher; masked positions inert."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
 
 from kdbench.losses import ofa
-from tests.losses.lossref import entropy, flat, log_softmax, rows, scaled, softmax, valid_mean
+from tests.losses.lossref import close, entropy, flat, log_softmax, logit_case, rows, scaled, softmax, valid_mean
 
 K = 5
 
@@ -19,18 +17,8 @@ K = 5
 @pytest.fixture
 def data() -> dict[str, torch.Tensor]:
     """(2, 3, K) float64 logits with a mask: six positions, four of them valid."""
-    g = torch.Generator().manual_seed(0)
-    return {
-        "s": torch.randn(2, 3, K, generator=g, dtype=torch.float64) * 2,
-        "t": torch.randn(2, 3, K, generator=g, dtype=torch.float64) * 2,
-        "y": torch.randint(0, K, (2, 3), generator=g),
-        "mask": torch.tensor([[True, False, True], [True, True, False]]),
-    }
+    return logit_case(K)
 
-
-def close(value: torch.Tensor, expected: float) -> None:
-    assert value.dtype == torch.float64
-    assert math.isclose(float(value.detach()), expected, rel_tol=0, abs_tol=1e-10), (float(value), expected)
 
 
 def _weights(t: list[float], y: int, eps: float, temp: float) -> list[float]:

@@ -16,14 +16,10 @@ from kdbench.losses import (
     uskd,
     uskd_terms,
 )
-from tests.losses.lossref import entropy, flat, log_softmax, rows, softmax, valid_mean
+from tests.losses.lossref import close, entropy, flat, log_softmax, rows, softmax, valid_mean
 
 K = 5
 
-
-def close(value: torch.Tensor, expected: float) -> None:
-    assert value.dtype == torch.float64
-    assert math.isclose(float(value), expected, rel_tol=0, abs_tol=1e-10), (float(value), expected)
 
 
 @pytest.fixture
