@@ -71,7 +71,12 @@ class MethodLoss(nn.Module):
         refused = refusal(self.method_cls, where, provides, heads)
         if refused:
             raise UsageError(refused)
-        self.method = self.method_cls(self.config, ctx)
+        method = self.method_cls(self.config, ctx)
+        if method.runtime_needs:  # kdbench's runner serves these; an mmengine loop does not
+            raise UsageError(f"method {self.name!r} needs {', '.join(sorted(method.runtime_needs))} from "
+                             f"kdbench's runner, which {where} under mmengine does not serve; run it with "
+                             "`kdbench run`")
+        self.method = method
 
     def _bound(self) -> Method:
         if self.method is None:

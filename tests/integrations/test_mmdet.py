@@ -123,6 +123,11 @@ def test_a_method_the_detector_cannot_serve_is_refused(mm_env: dict[str, Path]) 
     model.update(distill_loss=dict(type="KDLoss"))
     with DefaultScope.overwrite_default_scope("mmdet"), pytest.raises(UsageError, match=r"kdbench\.KDLoss"):
         MODELS.build(model)
+    # emasd's EMA teacher is a runner service (ema_model): refused, never run without its teacher
+    model.update(distill_loss=dict(type="kdbench.EMASDLoss"))
+    refused = pytest.raises(UsageError, match="needs ema_model from kdbench's runner")
+    with DefaultScope.overwrite_default_scope("mmdet"), refused:
+        MODELS.build(model)
 
 
 def test_config_hash_ignores_run_local_keys_only(mm_env: dict[str, Path]) -> None:
