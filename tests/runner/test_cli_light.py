@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from kdbench import listing
+from tests.recordkit import valid_record
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,9 +27,12 @@ def _imported(argv: list[str]) -> tuple[set[str], str]:
 
 
 @pytest.mark.parametrize("argv", [["list", "tasks"], ["list", "methods"], ["list", "protocols"], ["--help"],
-                                  ["run", "--help"], ["validate", "results/classification/small/baseline"]])
-def test_light_commands_import_no_torch(argv: list[str]) -> None:
-    modules, out = _imported(argv)
+                                  ["run", "--help"], ["validate", "RECORD"]])
+def test_light_commands_import_no_torch(argv: list[str], tmp_path: Path) -> None:
+    record = tmp_path / "classification" / "small" / "kd" / "seed0.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps(valid_record()))
+    modules, out = _imported([str(record) if a == "RECORD" else a for a in argv])
     assert "torch" not in modules, f"kdbench {' '.join(argv)} imported torch"
     assert out.strip()
 
