@@ -38,9 +38,8 @@ class Batch:
 
     @property
     def input(self) -> TextInput:
-        """What the models read: the ids, the flat n-gram ids and each sample's offset into them
-        (a Transformer reads only the ids)."""
-        return (self.tokens, *D.bag(self.ngrams))
+        """What the models read: the ids and the n-grams (a Transformer reads only the ids)."""
+        return self.tokens, self.ngrams
 
 
 class OODAdapter(Adapter[Batch, Outputs]):
@@ -116,8 +115,8 @@ class OODAdapter(Adapter[Batch, Outputs]):
     def _batch(self, data: D.TextSet, idx: Tensor) -> Batch:
         rows = idx.tolist()
         tokens = D.pad([data.tokens[i] for i in rows])
-        pad = torch.tensor([D.PAD])
-        ngrams = [(data.ngrams[i] if data.ngrams is not None else pad).to(self.device) for i in rows]
+        ngrams = [data.ngrams[i].to(self.device) for i in rows] if data.ngrams is not None else \
+            [torch.tensor([D.PAD], device=self.device)] * len(rows)  # one shared placeholder
         return Batch(tokens.to(self.device), data.labels[idx].to(self.device), idx.to(self.device), ngrams)
 
     def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.adapters.ood.data import PAD
+from kdbench.adapters.ood.data import bag as flat_bag
 
 
 @dataclass
@@ -74,7 +75,7 @@ class Block(nn.Module):
         return x, (q, k, v)
 
 
-TextInput = Tensor | tuple[Tensor, Tensor, Tensor]  # ids, or (ids, flat n-gram ids, their offsets)
+TextInput = Tensor | tuple[Tensor, list[Tensor]]  # (B, T) ids, or (ids, each sample's n-gram ids)
 
 
 class TextEncoder(nn.Module):
@@ -115,7 +116,7 @@ class TextEncoder(nn.Module):
         return x + self.pos[:, : x.shape[1]], mask
 
     def forward(self, tokens: TextInput) -> EncoderOutput:
-        """(B, T) ids; given (ids, n-grams, offsets), it reads the ids only."""
+        """(B, T) ids; given (ids, n-grams), it reads the ids only."""
         if isinstance(tokens, tuple):
             tokens = tokens[0]
         x, mask = self._stem(tokens)
@@ -145,8 +146,8 @@ class NgramBag(nn.Module):
         self.fc = nn.Linear(dim, num_classes)
 
     def forward(self, tokens: TextInput) -> EncoderOutput:
-        """(ids, flat n-gram ids, per-sample offsets) → logits and the mean embedding."""
+        """(ids, each sample's n-gram ids) → logits and the mean embedding."""
         if not isinstance(tokens, tuple):
-            raise ValueError("NgramBag reads n-grams: pass (tokens, ngrams, offsets) (data.ngrams)")
-        embedding = self.bag(tokens[1], tokens[2])  # (B, D)
+            raise ValueError("NgramBag reads n-grams: pass (tokens, ngrams) (data.ngrams)")
+        embedding = self.bag(*flat_bag(tokens[1]))  # (B, D), from the flat ids and each sample's offset
         return EncoderOutput(self.fc(self.drop(embedding)), features={"embedding": embedding})
