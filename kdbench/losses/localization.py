@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import box_convert, generalized_box_iou
 
 
 def fgl(
@@ -131,6 +130,10 @@ def box_giou(pred_cxcywh: Tensor, gt_cxcywh: Tensor, num_boxes: float | Tensor) 
     Returns:
         Scalar loss.
     """
+    # torchvision is imported here, not at the top: every task imports kdbench.losses, and
+    # torchvision.ops costs about 2 s and 170 MiB that only detection needs
+    from torchvision.ops import box_convert, generalized_box_iou
+
     pred = box_convert(pred_cxcywh, "cxcywh", "xyxy")
     gt = box_convert(gt_cxcywh.detach(), "cxcywh", "xyxy")
     return (1.0 - generalized_box_iou(pred, gt).diagonal()).sum() / num_boxes

@@ -37,6 +37,18 @@ def test_light_commands_import_no_torch(argv: list[str], tmp_path: Path) -> None
     assert out.strip()
 
 
+@pytest.mark.parametrize("task", ["classification", "ood", "translation"])
+def test_a_run_of_a_task_without_boxes_imports_no_torchvision(task: str, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchvision (about 2 s and 170 MiB) is detection's and pose's: a kd run elsewhere, which
+    imports every method and so all of kdbench.losses, must not load it."""
+    monkeypatch.setenv("KDBENCH_CACHE", str(tmp_path / "cache"))
+    modules, out = _imported(["run", "--task", task, "--method", "kd", "--protocol", "smoke",
+                              "--results", str(tmp_path / "results")])
+    assert "record:" in out, out[-2000:]
+    assert "torchvision" not in modules, f"a {task} run imported torchvision"
+
+
 def _columns_align(text: str) -> None:
     """Every row's cells start where the header's do (the last column may be any width)."""
     lines = text.splitlines()
