@@ -133,7 +133,7 @@ def test_an_adapter_overrides_the_hooks_of_the_services_it_provides(task: str) -
 def test_a_later_stage_on_a_task_without_head_stage_is_refused_before_training() -> None:
     adapter = _adapter("classification")
     assert "head_stage" not in adapter.provides
-    method = type("TwoStages", (), {"later_stages": lambda self: (Stage(0.5),)})()
+    method = type("TwoStages", (), {"later_stages": lambda self: (Stage(0.5),), "runtime_needs": frozenset()})()
     job = Job(adapter, adapter.build_model("student", frozenset()), method, None, {"epochs": 1}, 0, None)  # type: ignore[arg-type]
     with pytest.raises(KDBenchError, match="task 'classification' cannot train a head alone"):
         fit_stages(job)
