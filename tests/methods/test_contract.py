@@ -45,9 +45,10 @@ def _adapter(task: str) -> Adapter:
     return _ADAPTERS[task]
 
 
-def test_registry_holds_the_twenty_one_methods() -> None:
+def test_registry_holds_the_twenty_two_methods() -> None:
     assert set(ALL) == {"baseline", "ls", "kd", "dkd", "nkd", "uskd", "pskd", "taid", "bdkd", "dhkd", "nd",
-                        "mlkd", "lsskd", "gold", "dwpose", "minilm", "seqkd", "emasd", "tgeokd", "ofakd", "slasd"}
+                        "mlkd", "lsskd", "gold", "dwpose", "minilm", "seqkd", "emasd", "tgeokd", "ofakd", "slasd",
+                        "gtsd"}
 
 
 def test_duplicate_registration_raises() -> None:
