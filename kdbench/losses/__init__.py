@@ -15,7 +15,9 @@ from kdbench.losses.logit import binary_kd, dkd, kd, nkd, taid
 from kdbench.losses.ofa import ofa
 from kdbench.losses.self_distill import (
     emasd,
+    gtsd,
     label_smoothing,
+    probability_squared_error,
     pskd_targets,
     soft_cross_entropy,
     uskd,
@@ -35,6 +37,7 @@ __all__ = [
     "feature_mse",
     "fgl",
     "fused_kd",
+    "gtsd",
     "kd",
     "label_smoothing",
     "layer_self_distillation",
@@ -42,6 +45,7 @@ __all__ = [
     "nd",
     "nkd",
     "ofa",
+    "probability_squared_error",
     "pskd_targets",
     "similarity",
     "sla_aggregate",

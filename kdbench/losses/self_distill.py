@@ -1,5 +1,5 @@
 """Target-refining losses without an external teacher: soft CE, label smoothing, PS-KD, USKD,
-and EMA self-distillation (DeGLA).
+EMA self-distillation (DeGLA) and self-distillation with weighted ground-truth targets (GTSD).
 
 Distribution on the last dimension, any leading position dimensions; `mask` (bool, the
 leading shape) selects the averaged positions (summed ones in `emasd`). Soft targets and the
@@ -249,4 +249,69 @@ def emasd(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None = 
     return squared.sum()
 
 
-__all__ = ["emasd", "label_smoothing", "pskd_targets", "soft_cross_entropy", "uskd", "uskd_terms"]
+def probability_squared_error(logits: Tensor, target_probs: Tensor, mask: Tensor | None = None,
+                              weight: Tensor | None = None) -> Tensor:
+    """Squared error between the predicted distribution σ(z) and a target distribution q.
+
+    Per position e = (1/K)·Σ_k (σ(z)_k − sg(q)_k)², times the position's weight w where given,
+    averaged over the valid positions: L = mean_valid(w·e). Without mask and weight this is
+    `F.mse_loss(F.softmax(z, dim=1), q)` (the mean over every element), the reduction of both
+    terms of Borup & Andersen's official loss (`gtsd`). Zero exactly where σ(z) = q.
+
+    Args:
+        logits: (..., K) predicted logits.
+        target_probs: (..., K) target distributions (detached here).
+        mask: (...) bool, True at valid positions, a prefix of the leading shape; None: all valid.
+        weight: per-position weights, a prefix of the leading shape (pose's keypoint visibility);
+            None: 1.
+
+    Returns:
+        Scalar loss.
+    """
+    p = F.softmax(logits, dim=-1)
+    per_position = ((p - target_probs.detach().to(p.dtype)) ** 2).mean(dim=-1)
+    if weight is not None:
+        per_position = per_position * expand_prefix(weight.to(p.dtype), per_position.shape)
+    return mean_valid(per_position, mask)
+
+
+def gtsd(logits: Tensor, target: Tensor, teacher_logits: Tensor | None, alpha: float,
+         mask: Tensor | None = None, weight: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """Self-distillation with weighted ground-truth targets: the two terms of one generation.
+
+    Borup & Andersen, "Even your Teacher Needs Guidance: Ground-Truth Targets Dampen
+    Regularization Imposed by Self-Distillation", NeurIPS 2021 (arXiv 2102.13088); official code
+    Kennethborup/self_distillation, `self_distiller.py` `LitResnet.training_step`. With y the
+    one-hot of the target class (or the target distribution itself, for heads whose target has
+    the logits' shape), SE = `probability_squared_error` and z_T the previous generation's logits:
+
+        L_labels  = SE(σ(z), y)
+        L_teacher = SE(σ(z), σ(sg(z_T)))                  (no temperature)
+        L = α·L_labels + (1 − α)·L_teacher                 (generation k ≥ 1)
+        L = L_labels                                        (generation 0: no teacher, weight 1)
+
+    α weighs the ground truth (α = 1: labels only; α = 0: the teacher only, Mobahi et al.'s
+    self-distillation). Per element α(p − y)² + (1 − α)(p − q)² = (p − (α·y + (1 − α)·q))² +
+    α(1 − α)(y − q)², so the sum is the squared loss towards the α-mixture of labels and teacher,
+    the paper's weighted target, plus a term the student does not change.
+
+    Args:
+        logits: (..., K) the student's logits.
+        target: (...) class indices, or (..., K) a target distribution used in place of the one-hot.
+        teacher_logits: (..., K) the previous generation's logits (detached here), or None.
+        alpha: α, the weight of the ground truth, in [0, 1].
+        mask: (...) bool, True at valid positions; None: all valid.
+        weight: per-position weights (a prefix of the leading shape); None: 1.
+
+    Returns:
+        (α·L_labels, (1 − α)·L_teacher), or (L_labels, None) without a teacher.
+    """
+    labels = probability_squared_error(logits, _one_hot_or_soft(target, logits, mask), mask, weight)
+    if teacher_logits is None:
+        return labels, None
+    teacher = probability_squared_error(logits, F.softmax(teacher_logits.detach(), dim=-1), mask, weight)
+    return alpha * labels, (1 - alpha) * teacher
+
+
+__all__ = ["emasd", "gtsd", "label_smoothing", "probability_squared_error", "pskd_targets", "soft_cross_entropy",
+           "uskd", "uskd_terms"]

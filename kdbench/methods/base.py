@@ -25,7 +25,7 @@ TeacherKind = Literal["none", "external", "self"]
 #   OUTPUT_NEEDS (kdbench.outputs): parts of the Outputs beyond the final heads; the adapter's
 #     `forward` fills them, and the student's probe checks them against what it returned;
 #   ADAPTER_NEEDS: what only the task's adapter can supply beside its Outputs' parts;
-#   RUNNER_NEEDS: teachers the runner serves on any task.
+#   RUNNER_NEEDS: teachers (and the trainings that make them) the runner serves on any task.
 # A method lists the first two in `needs`, which a task must `provide` or it refuses the method,
 # and the third in `runtime_needs`, which no adapter provides.
 
@@ -45,7 +45,7 @@ ADAPTER_NEEDS: dict[str, str] = {
                           "augmentation; Outputs.auxiliary['joint'])",
 }
 
-#: The third kind: teachers the runner serves on every task (kdbench.runner.train.fit), listed in
+#: The third kind: teachers the runner serves on every task (kdbench.runner.train: fit, fit_stages), listed in
 #: a method's `runtime_needs`, never in its `needs` nor in an adapter's `provides`.
 RUNNER_NEEDS: dict[str, str] = {
     "past_model": "the student as it was at the end of the previous epoch, run on every batch and "
@@ -55,6 +55,12 @@ RUNNER_NEEDS: dict[str, str] = {
                  "as BatchNorm statistics copied from the student), run in eval "
                  "mode without gradients on every batch and handed to the method as its teacher, saved in "
                  "the checkpoint (served by the runner on any task)",
+    "generations": "G + 1 trainings of the student for the card's epochs each (G = Method.generations()): "
+                   "generation 0 without a teacher, each later one from a fresh initialisation (seed derived from "
+                   "the run's seed and the generation) with the previous generation's final model (its EMA "
+                   "weights under the card's train.ema) frozen in eval mode as its teacher; the last generation "
+                   "is the run's model, each earlier one's val metrics are kept in the record's history, and a "
+                   "rerun resumes in the generation a crash interrupted (served by the runner on any task)",
 }
 
 #: Every need a method may declare, of all three kinds, with its meaning (error messages, the catalog).
@@ -144,8 +150,9 @@ class Method(nn.Module, metaclass=ABCMeta):
     #: `kdbench tune`'s grid: one or two key hyperparameters, TUNE_BUDGET points in all (the same
     #: budget for every method), the paper default among them. Empty: nothing to tune.
     tune_grid: ClassVar[dict[str, tuple[Any, ...]]] = {}
-    #: The RUNNER_NEEDS (`past_model`, `ema_model`) this instance uses, decided once it has seen
-    #: the Outputs: PS-KD keeps a per-sample table where heads are (B, K), else the previous epoch.
+    #: The RUNNER_NEEDS (`past_model`, `ema_model`, `generations`) this instance uses, decided once it
+    #: has seen the Outputs: PS-KD keeps a per-sample table where heads are (B, K), else the previous
+    #: epoch. A method that needs `generations` declares it on the class (sweeps size its cost by it).
     runtime_needs: frozenset[str] = frozenset()
     Config: ClassVar[type]
 
@@ -155,6 +162,7 @@ class Method(nn.Module, metaclass=ABCMeta):
         # the heads it distils, whose hard-label terms `ce_weight` re-weights (others keep weight 1)
         self.head_names = frozenset(n for n, h in ctx.student.heads.items() if h.kind in self.accepts)
         self.stage = 0  # which stage trains: 0 the first, i the i-th of `later_stages()`
+        self.generation = 0  # which generation trains under the `generations` service (0: no teacher)
 
     def later_stages(self) -> tuple[Stage, ...]:
         """Stages after the first (none by default); a method with some needs `head_stage`."""
@@ -176,6 +184,11 @@ class Method(nn.Module, metaclass=ABCMeta):
     def ema_momentum(self) -> float:
         """m of the `ema_model` teacher: `Config.ema_momentum` of a method that uses one."""
         return float(self.config.ema_momentum)
+
+    def generations(self) -> int:
+        """G of the `generations` service, the generations trained after generation 0:
+        `Config.generations` of a method that uses it."""
+        return int(self.config.generations)
 
     def prepare(self, teacher_pass: Callable[[], Iterable[Outputs]]) -> None:
         """Called once before training when `teacher_pass` is needed."""
@@ -233,6 +246,13 @@ def paired_heads(student: Outputs, teacher: Outputs | None) -> Iterator[tuple[st
             mask = other.mask if head.mask is None else head.mask & other.mask
             head = dataclasses.replace(head, mask=mask)
         yield name, head, other
+
+
+def trainings(method: type[Method], config: Any) -> int:
+    """How many times a run of `method` with `config` trains the student for the card's epochs:
+    G + 1 under the `generations` service (`Config.generations`), else 1 (sweep cost estimates).
+    Read from the class's `runtime_needs`, which a method with generations declares on the class."""
+    return 1 + int(config.generations) if "generations" in method.runtime_needs else 1
 
 
 def across_models(method: type[Method]) -> bool:

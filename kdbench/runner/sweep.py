@@ -56,10 +56,12 @@ class Plan:
     estimates: dict[str, float | None] = field(default_factory=dict)  # item label → training seconds
 
 
-def estimate_seconds(results: Path, task: str, key: str, method: str) -> float | None:
+def estimate_seconds(results: Path, task: str, key: str, method: str, trainings: int = 1) -> float | None:
     """Mean measured training time of the ok records of (task, card key, method) under `results`,
-    else of any method of that card (a method's cost is close to the baseline's), else None."""
-    for pattern in (f"{method}/seed*.json", "*/seed*.json"):
+    else that of any method of that card per training of the card's epochs, times `trainings` (a
+    method's cost is close to the baseline's per training; a record trains once per generation in
+    its history, `kdbench.methods.base.trainings`), else None."""
+    for pattern, own in ((f"{method}/seed*.json", True), ("*/seed*.json", False)):
         seconds = []
         for file in sorted((Path(results) / task / key).glob(pattern)):
             try:
@@ -69,10 +71,19 @@ def estimate_seconds(results: Path, task: str, key: str, method: str) -> float |
             if isinstance(record, dict) and record.get("status") == "ok":
                 value = (record.get("cost") or {}).get("train_seconds")
                 if isinstance(value, (int, float)):
-                    seconds.append(float(value))
+                    seconds.append(float(value) if own else float(value) / _trainings(record) * trainings)
         if seconds:
             return sum(seconds) / len(seconds)
     return None
+
+
+def _trainings(record: dict[str, Any]) -> int:
+    """How many trainings of the card's epochs a record's run made: its generations (1 + the
+    largest `generation` in its history), 1 for a run without them."""
+    history = record.get("history")
+    entries = history if isinstance(history, list) else []
+    found = [h["generation"] for h in entries if isinstance(h, dict) and isinstance(h.get("generation"), int)]
+    return 1 + max(found, default=0)
 
 
 @dataclass
@@ -137,6 +148,7 @@ def make_plan(tasks: str, methods: str, seeds: str, protocols: str, sets: dict[s
     from kdbench.adapters import TASKS, get_adapter
     from kdbench.adapters.base import why_not_served
     from kdbench.methods import get_method
+    from kdbench.methods.base import trainings
     from kdbench.protocol import TIERS, load_protocol, task_cards
     from kdbench.runner.spec import RunOptions, resolve
     from kdbench.runner.teachers import teacher_path
@@ -167,7 +179,8 @@ def make_plan(tasks: str, methods: str, seeds: str, protocols: str, sets: dict[s
                         plan.skipped.append(item)
                         continue
                     plan.runs.append(item)
-                    plan.estimates[item.label] = estimate_seconds(results, task, spec.protocol.key, method)
+                    plan.estimates[item.label] = estimate_seconds(results, task, spec.protocol.key, method,
+                                                                  trainings(spec.method_cls, spec.config))
                     if spec.method_cls.teacher == "external" and spec.protocol.get("teacher.train") is not False:
                         key = str(teacher_path(spec.protocol, task, spec.teacher_seed))
                         teacher_sets = tuple((k, v) for k, v in frozen_sets if not k.startswith("method."))

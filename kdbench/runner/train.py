@@ -63,6 +63,15 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1)
 
 
+def generation_seed(seed: int, generation: int) -> int:
+    """The seed generation `generation` of a `generations` run trains under: the run's own seed for
+    generation 0 (its student is the one the run built), and for each later one a seed derived from
+    (seed, generation) alone, which fixes its fresh initialisation, data order and in-model randomness."""
+    if generation == 0:
+        return seed
+    return (seed * 1_000_033 + generation * 104_729 + 7_919) % (2**63 - 1)
+
+
 def fit(job: Job) -> FitResult:
     """Train `job.student` (and the method's own modules) for the card's epochs."""
     cfg = job.train
@@ -110,7 +119,8 @@ def fit(job: Job) -> FitResult:
                   file=sys.stderr, flush=True)
         if job.checkpoint is not None and main:
             checkpoint.save(job.checkpoint, {
-                "epoch": epoch + 1, "stage": job.method.stage, "student": job.student.state_dict(),
+                "epoch": epoch + 1, "stage": job.method.stage, "generation": job.method.generation,
+                "student": job.student.state_dict(),
                 "method": job.method.state_dict(), "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(), "history": result.history,
                 "train_seconds": result.train_seconds, "ema": ema.state_dict() if ema else None,
@@ -136,6 +146,8 @@ def _resume(job: Job, ema: EMA | None, optimizer: torch.optim.Optimizer, schedul
     fresh = {name: copy.deepcopy(part.state_dict()) for name, part in parts.items()}
     try:
         state = checkpoint.load(path, job.adapter.device)
+        if int(state.get("generation", 0)) != job.method.generation:
+            raise ValueError(f"it belongs to generation {state.get('generation')}, not {job.method.generation}")
         for name, part in parts.items():
             part.load_state_dict(state[name])
         return FitResult(list(state["history"]), float(state["train_seconds"]), int(state["epoch"]))
@@ -166,8 +178,15 @@ def fit_stages(job: Job) -> FitResult:
     (with its index, model, method state and history) and stage i checkpoints every epoch to
     `last-stage<i>.pt`, so a rerun after a crash resumes in the stage it was in; the runner
     removes them once the record is written (clean_checkpoints).
+
+    A method that needs `generations` trains its generations instead (`fit_generations`).
     """
     stages = job.method.later_stages()
+    if "generations" in job.method.runtime_needs:
+        if stages:
+            raise KDBenchError(f"method {job.method.name!r} needs generations and has later stages; the runner "
+                               "serves one or the other")
+        return fit_generations(job)
     if not stages:
         return fit(job)
     if "head_stage" not in job.adapter.provides:  # refused before any stage trains
@@ -178,7 +197,7 @@ def fit_stages(job: Job) -> FitResult:
     for i in range(len(stages) + 1):
         done = folder / f"stage{i}.pt" if folder is not None else None
         job.method.stage = i
-        result = _finished_stage(done, model, job) if done is not None and done.is_file() else None
+        result = _finished(done, model, job, "stage") if done is not None and done.is_file() else None
         if result is None:
             ckpt = job.checkpoint if i == 0 or folder is None else folder / f"last-stage{i}.pt"
             epochs = int(job.train["epochs"]) if i == 0 else \
@@ -201,14 +220,69 @@ def fit_stages(job: Job) -> FitResult:
     return total  # the stage files stay until the run's record is written (clean_checkpoints)
 
 
+def fit_generations(job: Job) -> FitResult:
+    """The `generations` service: generations 0..G of the student (G = `Method.generations()`),
+    each trained by `fit` for the card's epochs; `job.student` ends as generation G's model.
+
+    Generation 0 trains `job.student` under the run's seed with no teacher. Generation g > 0
+    trains a fresh student, built by the adapter under `generation_seed(seed, g)` (which also
+    fixes that generation's data order), with generation g − 1's final model (its EMA weights
+    where the card has `train.ema`: `fit` leaves them in the model), frozen in eval mode, as its
+    teacher; the method learns which generation trains from `Method.generation`. Its own modules
+    (none for most methods) carry on across generations. Each finished generation but the last
+    is scored on val, on its history's last entry (`metrics`; the last one's are the run's).
+
+    A finished generation is saved as `generation<g>.pt` beside `job.checkpoint` (its index,
+    model, method state and history: the next generation's teacher), and generation g > 0
+    checkpoints every epoch to `last-generation<g>.pt` (recording g; generation 0 to
+    `job.checkpoint`), so a rerun after a crash reads the finished generations back and resumes
+    inside the one it was in; the runner removes them once the record is written.
+    """
+    count = job.method.generations()
+    if count < 0:
+        raise KDBenchError(f"method {job.method.name!r} asks for {count} generations; 0 or more")
+    folder = job.checkpoint.parent if job.checkpoint is not None else None
+    needs = type(job.method).needs
+    total, model = FitResult(), job.student
+    teacher: nn.Module | None = None
+    for g in range(count + 1):
+        job.method.generation = g
+        seed = generation_seed(job.seed, g)
+        if g > 0:
+            torch.manual_seed(seed)  # the fresh initialisation
+            model = job.adapter.build_model("student", needs).to(job.adapter.device)
+        done = folder / f"generation{g}.pt" if folder is not None else None
+        result = _finished(done, model, job, "generation") if done is not None and done.is_file() else None
+        if result is None:
+            ckpt = job.checkpoint if g == 0 or folder is None else folder / f"last-generation{g}.pt"
+            result = fit(replace(job, student=model, teacher=teacher, seed=seed, checkpoint=ckpt,
+                                 label=f"{job.label} generation {g}"))
+            for entry in result.history:
+                entry["generation"] = g
+            if g < count and job.world.is_main and result.history:
+                result.history[-1]["metrics"] = job.adapter.evaluate(model, "val")
+            if done is not None and job.world.is_main:
+                checkpoint.save(done, {"generation": g, "student": model.state_dict(),
+                                       "method": job.method.state_dict(), "history": result.history,
+                                       "train_seconds": result.train_seconds})
+        total.history += result.history
+        total.train_seconds += result.train_seconds
+        teacher = copy.deepcopy(model).eval().requires_grad_(False) if g < count else None
+    job.student.load_state_dict(model.state_dict())
+    return total  # the generation files stay until the run's record is written (clean_checkpoints)
+
+
 def clean_checkpoints(folder: Path) -> None:
-    """Remove a finished run's resume checkpoints (`last.pt`, `stage*.pt`, `last-stage*.pt`)."""
-    for path in [folder / "last.pt", *folder.glob("stage*.pt"), *folder.glob("last-stage*.pt")]:
+    """Remove a finished run's resume checkpoints (`last.pt`, `stage*.pt`, `last-stage*.pt`,
+    `generation*.pt`, `last-generation*.pt`)."""
+    for path in [folder / "last.pt", *folder.glob("stage*.pt"), *folder.glob("last-stage*.pt"),
+                 *folder.glob("generation*.pt"), *folder.glob("last-generation*.pt")]:
         path.unlink(missing_ok=True)
 
 
-def _finished_stage(path: Path, model: nn.Module, job: Job) -> FitResult | None:
-    """A finished stage read back from `stage<i>.pt`; None (the stage trains again) when damaged."""
+def _finished(path: Path, model: nn.Module, job: Job, what: str) -> FitResult | None:
+    """A finished stage or generation (`what`) read back from `stage<i>.pt` / `generation<g>.pt`;
+    None (it trains again) when damaged."""
     fresh = copy.deepcopy(model.state_dict()), copy.deepcopy(job.method.state_dict())
     try:
         state = checkpoint.load(path, job.adapter.device)
@@ -218,7 +292,7 @@ def _finished_stage(path: Path, model: nn.Module, job: Job) -> FitResult | None:
     except (checkpoint.CheckpointError, KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
         model.load_state_dict(fresh[0])
         job.method.load_state_dict(fresh[1])
-        discard(path, e, "training the stage again")
+        discard(path, e, f"training the {what} again")
         return None
 
 

@@ -128,6 +128,10 @@ def test_a_method_the_detector_cannot_serve_is_refused(mm_env: dict[str, Path]) 
     refused = pytest.raises(UsageError, match="needs ema_model from kdbench's runner")
     with DefaultScope.overwrite_default_scope("mmdet"), refused:
         MODELS.build(model)
+    # gtsd's generations are a runner service as well; the detector refuses it before that, for its needs
+    model.update(distill_loss=dict(type="kdbench.GTSDLoss"))
+    with DefaultScope.overwrite_default_scope("mmdet"), pytest.raises(UsageError, match="needs label_heads"):
+        MODELS.build(model)
 
 
 def test_config_hash_ignores_run_local_keys_only(mm_env: dict[str, Path]) -> None:

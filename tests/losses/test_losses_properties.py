@@ -16,6 +16,7 @@ from kdbench.losses import (
     dkd,
     emasd,
     feature_mse,
+    gtsd,
     kd,
     label_smoothing,
     layer_self_distillation,
@@ -44,6 +45,8 @@ CASES: dict[str, Case] = {
     "feature_mse": lambda s, t, y, m: feature_mse(s, t, m),
     "feature_mse_sum": lambda s, t, y, m: feature_mse(s, t, m, reduction="sum"),
     "emasd": lambda s, t, y, m: emasd(s, t, m),
+    "gtsd": lambda s, t, y, m: sum(v for v in gtsd(s, y, t, 0.6, m) if v is not None),
+    "gtsd_generation0": lambda s, t, y, m: gtsd(s, y, None, 0.6, m)[0],
 }
 # "sum" divides by dim 0, which flattening the valid positions changes.
 SUBSET_CASES = [name for name in CASES if name != "feature_mse_sum"]

@@ -45,9 +45,10 @@ def _adapter(task: str) -> Adapter:
     return _ADAPTERS[task]
 
 
-def test_registry_holds_the_twenty_one_methods() -> None:
+def test_registry_holds_the_twenty_two_methods() -> None:
     assert set(ALL) == {"baseline", "ls", "kd", "dkd", "nkd", "uskd", "pskd", "taid", "bdkd", "dhkd", "nd",
-                        "mlkd", "lsskd", "gold", "dwpose", "minilm", "seqkd", "emasd", "tgeokd", "ofakd", "slasd"}
+                        "mlkd", "lsskd", "gold", "dwpose", "minilm", "seqkd", "emasd", "tgeokd", "ofakd", "slasd",
+                        "gtsd"}
 
 
 def test_duplicate_registration_raises() -> None:
@@ -133,7 +134,7 @@ def test_an_adapter_overrides_the_hooks_of_the_services_it_provides(task: str) -
 def test_a_later_stage_on_a_task_without_head_stage_is_refused_before_training() -> None:
     adapter = _adapter("classification")
     assert "head_stage" not in adapter.provides
-    method = type("TwoStages", (), {"later_stages": lambda self: (Stage(0.5),)})()
+    method = type("TwoStages", (), {"later_stages": lambda self: (Stage(0.5),), "runtime_needs": frozenset()})()
     job = Job(adapter, adapter.build_model("student", frozenset()), method, None, {"epochs": 1}, 0, None)  # type: ignore[arg-type]
     with pytest.raises(KDBenchError, match="task 'classification' cannot train a head alone"):
         fit_stages(job)

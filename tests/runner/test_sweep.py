@@ -130,3 +130,28 @@ def test_dry_run_estimates_from_measured_costs(tmp_path: Path, capsys: pytest.Ca
     plan = make_plan("classification", "kd", "3", "smoke", {}, tmp_path, None)
     describe(plan)
     assert "~15 s" in capsys.readouterr().out
+
+
+def test_a_method_with_generations_is_estimated_at_one_training_a_generation(tmp_path: Path) -> None:
+    """gtsd trains G + 1 times the card's epochs: without records of its own, (G + 1) × the card's
+    cost per training; its own records count whole, and count per training for other methods."""
+    from kdbench.records import write_record
+    from kdbench.runner.sweep import estimate_seconds
+    from tests.recordkit import valid_record
+
+    def write(method: str, seed: int, seconds: float, generations: int) -> None:
+        record = valid_record(seed=seed, method={"name": method, "teacher": "none", "hparams": {}})
+        record["cost"]["train_seconds"] = seconds
+        record["protocol"]["key"] = "smoke"
+        record["history"] = [{"epoch": 0, "loss": 1.0, "seconds": 0.5, **({"generation": g} if generations else {})}
+                             for g in range(generations or 1)]
+        write_record(tmp_path / "classification" / "smoke" / method / f"seed{seed}.json", record)
+
+    write("baseline", 0, 10.0, 0)
+    write("baseline", 1, 20.0, 0)
+    plan = make_plan("classification", "gtsd", "3", "smoke", {}, tmp_path, None)
+    assert list(plan.estimates.values()) == [75.0]  # 5 trainings (generations 4) at 15 s
+    assert estimate_seconds(tmp_path, "classification", "smoke", "gtsd", 2) == 30.0  # generations 1
+    write("gtsd", 0, 100.0, 5)
+    assert estimate_seconds(tmp_path, "classification", "smoke", "gtsd", 5) == 100.0  # its own, whole
+    assert estimate_seconds(tmp_path, "classification", "smoke", "kd") == pytest.approx((10 + 20 + 100 / 5) / 3)
