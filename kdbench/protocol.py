@@ -34,7 +34,7 @@ from kdbench.errors import UsageError
 from kdbench.tasks import TASKS
 
 #: Card fields that describe rather than determine a run: left out of the card's sha256.
-PROSE = ("description", "reference", "default", "seeds", "tuning")
+PROSE = ("description", "reference", "default", "seeds", "tuning", "comparisons")
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
@@ -136,6 +136,9 @@ def _typed(raw: dict[str, Any], task: str, where: str) -> tuple[Card, dict[str, 
     if not NAME.match(typed.name):
         raise UsageError(f"{where}name {typed.name!r} must be lower-case letters, digits, "
                          "'-' or '_' (it names a results folder)")
+    if typed.comparisons is not None and typed.comparisons < 1:
+        raise UsageError(f"{where}comparisons must be a positive number of methods besides the baseline, "
+                         f"not {typed.comparisons}")
     _check_methods(typed, where)
     plain = drop_none(to_plain(typed))
     return typed, plain, card_sha256(plain)

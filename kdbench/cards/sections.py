@@ -86,6 +86,9 @@ class Card:
     train: Train
     metrics: Metrics
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # the seeds a table of this card runs
+    # The Holm family (methods besides the baseline) this card's power is stated for; unset, the
+    # methods the task serves today. `kdbench protocol check` fails R3 when the task serves more.
+    comparisons: int | None = None
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method settings of this card
     tuning: dict[str, str] = field(default_factory=dict)  # method → its `kdbench tune` file (card folder)
     reference: Any = None  # published numbers quoted for context; never compared automatically

@@ -8,8 +8,9 @@ scored on **val**, and reports:
   baseline gap (a card whose baseline still climbs measures training speed, not distillation);
   the same for the teacher at 1.5×;
 - the gap over the baseline's seed SD, and the headroom from the teacher to the metric's ceiling;
-- power: the minimal detectable difference (two-sided paired t-test, 80 % power, α / m with m
-  the methods the task serves besides the baseline: Holm's most stringent level) at the card's
+- power: the minimal detectable difference (two-sided paired t-test, 80 % power, α / m: Holm's
+  most stringent level, m the card's `comparisons` — the family it is planned for — or, where a
+  card leaves it unset, the methods the task serves besides the baseline) at the card's
   seeds, over the gap, and the seeds that would bring it to a quarter of the gap. The paired
   SD is estimated as √2 × the baseline's seed SD, i.e. a method uncorrelated with the baseline
   on a seed; methods that share the seed's data order correlate and do better than this;
@@ -17,10 +18,11 @@ scored on **val**, and reports:
 
 and a verdict on each rule a small or medium card must pass (`RULES`): R1 converged (both
 convergence changes ≤ 10 % of the gap), R2 a real teacher with headroom (gap ≥ 3 baseline seed
-SDs; the baseline at most 95 % of the way to the metric's ceiling), R3 power (≥ 5 seeds and an
-MDD ≤ 25 % of the gap), R4 cost (a baseline run's training ≤ 120 s, 240 s for detection and pose,
-on small cards). R5 (real data is credible: reference models beside the teacher) is stated in the
-medium cards and not computed here. Smoke cards are reported, never judged.
+SDs; the baseline at most 95 % of the way to the metric's ceiling), R3 power (≥ 5 seeds, an
+MDD ≤ 25 % of the gap, and a family m no smaller than the methods the task serves), R4 cost
+(a baseline run's training ≤ 120 s, 240 s for detection and pose, on small cards). R5 (real data
+is credible: reference models beside the teacher) is stated in the medium cards and not computed
+here. Smoke cards are reported, never judged.
 
 The 2× and 1.5× runs are ablations (stored under `<card>+<sha8>`), never the card's records.
 """
@@ -139,7 +141,8 @@ def protocol_check(task: str, protocol: str, results: Path, *, device: str = "au
     sd_pair = math.sqrt(2.0) * b.std if b.n >= 2 else math.nan
     served = [m for m, cls in registry().items()
               if m != "baseline" and why_not_served(get_adapter(task), cls) is None and m not in ("teacher",)]
-    alpha_holm = alpha / max(len(served), 1)
+    family = typed.comparisons if typed.comparisons is not None else len(served)
+    alpha_holm = alpha / max(family, 1)
     mdd = minimal_detectable_difference(sd_pair, len(seeds), alpha_holm, POWER)
     best = ceiling(primary)
 
@@ -159,7 +162,7 @@ def protocol_check(task: str, protocol: str, results: Path, *, device: str = "au
         "convergence_teacher": ratio(sign * (t15_val - t_val), gap),
         "gap_over_sd": ratio(gap, b.std),
         "ceiling": best, "headroom": None if best is None else sign * (best - t_val),
-        "power": {"alpha": alpha, "methods": len(served), "alpha_holm": alpha_holm, "power": POWER,
+        "power": {"alpha": alpha, "methods": family, "served": len(served), "alpha_holm": alpha_holm, "power": POWER,
                   "paired_sd": sd_pair if math.isfinite(sd_pair) else None, "paired_sd_rule": "sqrt(2) x baseline SD",
                   "n": len(seeds), "mdd": mdd if math.isfinite(mdd) else None,
                   "mdd_over_gap": ratio(mdd, gap), "n_for_quarter_gap": needed},
@@ -194,9 +197,12 @@ def verdicts(d: dict[str, Any], tier: str) -> dict[str, dict[str, Any]]:
                "rule": f"gap >= {GAP_SDS:g} baseline seed SDs, baseline <= {CEILING_FRACTION:g} of the way "
                        "to the ceiling",
                "values": [d["gap_over_sd"], reach]},
-        "R3": {"pass": p["n"] >= MIN_SEEDS and le(p["mdd_over_gap"], MDD_FRACTION),
-               "rule": f">= {MIN_SEEDS} seeds and MDD <= {MDD_FRACTION:g} of the gap",
-               "values": [p["n"], p["mdd_over_gap"]]},
+        "R3": {"pass": p["n"] >= MIN_SEEDS and le(p["mdd_over_gap"], MDD_FRACTION)
+               and p.get("served", p["methods"]) <= p["methods"],
+               "rule": f">= {MIN_SEEDS} seeds and MDD <= {MDD_FRACTION:g} of the gap, at a Holm family "
+                       "(the card's comparisons) no smaller than the methods the task serves",
+               "values": [p["n"], p["mdd_over_gap"], p["methods"]]},  # not `served`: a new method changes no
+               # verdict of a card planned for it
         "R4": {"pass": tier != "small" or le(run_s, limit),
                "rule": f"small cards: a baseline run trains in <= {limit:g} s"
                        + ("" if tier == "small" else " (not a small card)"),
@@ -230,6 +236,8 @@ def _text(d: dict[str, Any]) -> str:
         f"               teacher 1.5× − 1×  {_fmt(d['convergence_teacher'], '.2f')} of the gap",
         f"  gap / baseline seed SD          {_fmt(d['gap_over_sd'], '.2f')}",
         f"  headroom teacher → ceiling      {_fmt(d['headroom'])} (ceiling {_fmt(d['ceiling'], 'g')})",
+        f"  Holm family                     {p['methods']} comparisons (the task serves {p.get('served', '?')} "
+        "methods besides the baseline)",
         f"  MDD at n = {p['n']} (80% power, α = {p['alpha']}/{p['methods']}, paired SD {_fmt(p['paired_sd'])})"
         f"  {_fmt(p['mdd'])} = {_fmt(p['mdd_over_gap'], '.2f')} of the gap",
         f"  seeds for MDD ≤ gap/4           {p['n_for_quarter_gap'] if p['n_for_quarter_gap'] else 'n/a'}",

@@ -21,7 +21,8 @@ CHECKS = sorted((ROOT / "results").glob("*/*/protocol-check.json"))
 PASSING: dict[str, Any] = {
     "task": "classification", "direction": "higher", "gap": 4.0, "ceiling": 100.0,
     "baseline": {"mean": 90.0}, "convergence_baseline": 0.05, "convergence_teacher": -0.02,
-    "gap_over_sd": 8.0, "power": {"n": 8, "mdd_over_gap": 0.2}, "cost_seconds": {"baseline": 60.0},
+    "gap_over_sd": 8.0, "power": {"n": 8, "mdd_over_gap": 0.2, "methods": 24, "served": 18},
+    "cost_seconds": {"baseline": 60.0},
 }
 
 
@@ -49,6 +50,7 @@ def test_a_card_meeting_every_rule_passes() -> None:
     ("power.n", 4, "R3"),
     ("power.mdd_over_gap", 0.26, "R3"),
     ("power.mdd_over_gap", None, "R3"),
+    ("power.served", 25, "R3"),  # the task serves more methods than the card's power is stated for
     ("cost_seconds.baseline", 121.0, "R4"),
 ])
 def test_each_rule_fails_on_its_own_figure(path: str, value: Any, rule: str) -> None:
@@ -66,6 +68,47 @@ def test_detection_and_pose_runs_may_take_four_minutes_and_medium_cards_any() ->
 def test_lower_is_better_metrics_have_no_ceiling_fraction() -> None:
     d = dict(PASSING, direction="lower", ceiling=0.0)
     assert verdicts(d, "small")["R2"]["pass"]
+
+
+def test_a_card_judged_at_its_planned_family_keeps_its_verdicts_when_a_method_is_added() -> None:
+    before = verdicts(PASSING, "small")
+    after = verdicts(_with("power.served", 19), "small")
+    assert before == after
+
+
+def test_the_family_is_the_cards_comparisons_and_a_new_method_leaves_the_check_unchanged(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kdbench.methods import registry
+    from kdbench.protocol import load_protocol
+
+    text = (ROOT / "kdbench" / "benchmarks" / "classification" / "smoke.yaml").read_text()
+    planned = tmp_path / "planned.yaml"
+    planned.write_text(text.replace("name: smoke", "name: planned") + "\ncomparisons: 30\n")
+    unset = tmp_path / "unset" / "planned.yaml"
+    unset.parent.mkdir()
+    unset.write_text(text.replace("name: smoke", "name: planned"))
+    assert load_protocol("classification", str(planned)).sha256 == load_protocol("classification", str(unset)).sha256
+    a = protocol_check("classification", str(planned), tmp_path / "r").data["power"]
+    assert (a["methods"], a["alpha_holm"]) == (30, pytest.approx(0.05 / 30))
+    served = a["served"]
+    unplanned = protocol_check("classification", "smoke", tmp_path / "r").data["power"]
+    assert unplanned["methods"] == served  # unset: the methods the task serves today
+    fake = dict(registry())
+    fake["zzz-new"] = fake["kd"]
+    monkeypatch.setattr("kdbench.methods.registry", lambda: fake)
+    b = protocol_check("classification", str(planned), tmp_path / "r").data["power"]
+    assert b["served"] == served + 1
+    assert {k: v for k, v in b.items() if k != "served"} == {k: v for k, v in a.items() if k != "served"}
+
+
+def test_a_card_with_no_comparisons_is_refused(tmp_path: Path) -> None:
+    from kdbench.protocol import load_protocol
+
+    text = (ROOT / "kdbench" / "benchmarks" / "classification" / "smoke.yaml").read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace("name: smoke", "name: bad") + "\ncomparisons: 0\n")
+    with pytest.raises(UsageError, match="comparisons must be a positive number"):
+        load_protocol("classification", str(bad))
 
 
 def test_records_only_trains_nothing(tmp_path: Path) -> None:
