@@ -30,7 +30,7 @@ def bdkd(
     """BD-KD's student loss: forward and reverse KL, balanced per position by the entropy gap.
 
     The student's side of both kdbench variants: `bdkd` (offline, the card's frozen teacher) and
-    `bdkd-online` (the teacher trained beside the student, by `bdkd_teacher` and its task loss).
+    `bdkd_online` (the teacher trained beside the student, by `bdkd_teacher` and its task loss).
 
     Amara, Sepahvand, Meyer, Gross, Clark, "BD-KD: Balancing the Divergences for Online
     Knowledge Distillation", arXiv:2212.12965, 2022. No official code was found; this is
