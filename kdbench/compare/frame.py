@@ -87,7 +87,12 @@ def _keep_one_card(records: list[dict[str, Any]], warn: TextIO) -> tuple[list[di
 
 
 def _teacher_sha(record: dict[str, Any]) -> str | None:
-    """The checkpoint sha256 of the teacher a student learnt from (None: no external teacher)."""
+    """The checkpoint sha256 of the teacher a student learnt from (None: no external teacher). An
+    online teacher (teacher kind "online") trained beside this one student and is no table's
+    teacher: None, so a table's teacher row is the card's external teacher even where a method's
+    students outnumber the external teacher's."""
+    if record["method"].get("teacher") == "online":
+        return None
     if record["teacher"] and record["teacher"].get("checkpoint_sha256"):
         return str(record["teacher"]["checkpoint_sha256"])
     ref = record["spec"].get("teacher")
@@ -95,7 +100,10 @@ def _teacher_sha(record: dict[str, Any]) -> str | None:
 
 
 def _teacher_test(record: dict[str, Any]) -> float:
-    """The teacher's test value of the primary metric, as the student's spec names it (NaN: none)."""
+    """The teacher's test value of the primary metric, as the student's spec names it (NaN: none, or
+    an online teacher's, which is no table's teacher)."""
+    if record["method"].get("teacher") == "online":
+        return math.nan
     ref = record["spec"].get("teacher") or {}
     metric = ref.get("metric") or {}
     value = metric.get("test")

@@ -3,10 +3,11 @@
 Distributions are on the last dimension with any leading position dimensions; losses sum
 over the last dimension and average over valid positions (`mask`, bool over the leading
 shape) unless the original method defines otherwise, which each docstring then says.
-Teacher inputs are detached inside every loss.
+Teacher inputs are detached inside every loss; the one loss that trains a teacher (`bdkd_teacher`,
+BD-KD's online teacher) detaches the student's instead.
 """
 
-from kdbench.losses.divergence import bdkd, binary_kl_norm
+from kdbench.losses.divergence import bdkd, bdkd_teacher, binary_kl_norm
 from kdbench.losses.feature import feature_mse, minilm_relations, nd, similarity
 from kdbench.losses.fusion import fused_kd, trilateral_relations
 from kdbench.losses.gold import ddf, layer_self_distillation
@@ -27,6 +28,7 @@ from kdbench.losses.sla import sla_aggregate, sla_joint_ce, sla_sd
 
 __all__ = [
     "bdkd",
+    "bdkd_teacher",
     "binary_kd",
     "binary_kl_norm",
     "box_giou",

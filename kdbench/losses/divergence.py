@@ -1,7 +1,10 @@
-"""Alternative divergences between student and teacher logits: BD-KD and DHKD's BinaryKL-Norm.
+"""Alternative divergences between student and teacher logits: BD-KD (its student's balanced
+divergence and its online teacher's reverse KL) and DHKD's BinaryKL-Norm.
 
 Distribution on the last dimension, any leading position dimensions, `mask` (bool, the
-leading shape) selects the averaged positions. Teacher logits are detached inside.
+leading shape) selects the averaged positions. The other model's logits are detached inside:
+the teacher's in the student's losses, the student's in `bdkd_teacher`, the one loss here that
+trains a teacher (BD-KD's online teacher).
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ def bdkd(
     temperature: float = 4.0,
     mask: Tensor | None = None,
 ) -> Tensor:
-    """BD-KD: forward and reverse KL, balanced per position by the entropy gap.
+    """BD-KD's student loss: forward and reverse KL, balanced per position by the entropy gap.
+
+    The student's side of both kdbench variants: `bdkd` (offline, the card's frozen teacher) and
+    `bdkd_online` (the teacher trained beside the student, by `bdkd_teacher` and its task loss).
 
     Amara, Sepahvand, Meyer, Gross, Clark, "BD-KD: Balancing the Divergences for Online
     Knowledge Distillation", arXiv:2212.12965, 2022. No official code was found; this is
@@ -55,6 +61,41 @@ def bdkd(
     forward = kl_log(log_p_teacher, log_p_student)
     reverse = kl_log(log_p_student, log_p_teacher)
     return mean_valid(t**2 * (w_fwd * forward + w_rev * reverse), mask)
+
+
+def bdkd_teacher(
+    teacher_logits: Tensor,
+    student_logits: Tensor,
+    temperature: float = 4.0,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """BD-KD's online-teacher regulariser: the reverse KL, trained into the teacher.
+
+    Amara, Sepahvand, Meyer, Gross, Clark, arXiv:2212.12965 (BD-KD). In online KD the teacher
+    trains beside the student; BD-KD regularises the teacher's objective with the reverse KL
+    (kdbench's reading, `kdbench.methods.bdkd_online` says what was read). With
+    p_S = σ(z_S/T), p_T = σ(z_T/T),
+
+        L = T² · KL(sg(p_S) ‖ p_T)      averaged over valid positions,
+
+    the reverse KL of `bdkd` (the student's distribution first), here differentiated with
+    respect to the teacher only: the student's logits are detached, so this term never trains
+    the student (∂L/∂z_T = T·(p_T − p_S) per position). It is zero where the two
+    distributions agree.
+
+    Args:
+        teacher_logits: (..., K) logits of the online teacher, with their graph.
+        student_logits: (..., K) student logits (detached here).
+        temperature: softmax temperature T of both distributions.
+        mask: (...) bool, True at valid positions; None means all valid.
+
+    Returns:
+        Scalar loss.
+    """
+    t = temperature
+    log_p_student = F.log_softmax(student_logits.detach() / t, dim=-1)
+    log_p_teacher = F.log_softmax(teacher_logits / t, dim=-1)
+    return mean_valid(t**2 * kl_log(log_p_student, log_p_teacher), mask)
 
 
 def binary_kl_norm(
@@ -96,4 +137,4 @@ def binary_kl_norm(
     return mean_valid(t**2 * per_class.sum(dim=-1), mask)
 
 
-__all__ = ["bdkd", "binary_kl_norm"]
+__all__ = ["bdkd", "bdkd_teacher", "binary_kl_norm"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from kdbench.methods.base import Method, MethodContext, RunState, make_config
+from kdbench.methods.base import TEACHER_KINDS, Method, MethodContext, RunState, make_config
 from kdbench.registry import Registry, import_submodules
 
 
@@ -22,8 +22,11 @@ METHODS: Registry[type[Method]] = Registry("method", base=Method, discover=_disc
 
 def register(cls: type[Method]) -> type[Method]:
     """Class decorator adding a method under `cls.name` and its `aliases`."""
-    if cls.teacher not in ("none", "external", "self"):
-        raise ValueError(f"method {cls.name!r} declares teacher {cls.teacher!r}")
+    if cls.teacher not in TEACHER_KINDS:
+        raise ValueError(f"method {cls.name!r} declares teacher {cls.teacher!r}; valid: {', '.join(TEACHER_KINDS)}")
+    if (cls.teacher == "online") != ("online_teacher" in cls.runtime_needs):  # the run builds it before the method
+        raise ValueError(f"method {cls.name!r}: teacher kind 'online' and the class's runtime_needs "
+                         "'online_teacher' go together (kdbench.methods.base.RUNNER_NEEDS)")
     return METHODS.register(cls.name, cls, aliases=cls.aliases)
 
 

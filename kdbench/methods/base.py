@@ -19,7 +19,12 @@ from torch import Tensor, nn
 from kdbench.errors import UsageError
 from kdbench.outputs import HEAD_KINDS, OUTPUT_NEEDS, Head, Outputs
 
-TeacherKind = Literal["none", "external", "self"]
+#: Who teaches: nobody ("none"), the card's trained and frozen teacher ("external"), the student
+#: itself ("self": its layers, past epochs, an average or earlier generations), or the card's teacher
+#: architecture trained from scratch beside the student, in the same steps ("online": the runner's
+#: `online_teacher` service).
+TeacherKind = Literal["none", "external", "self", "online"]
+TEACHER_KINDS: tuple[str, ...] = ("none", "external", "self", "online")
 
 # A method's needs are of three kinds, by who supplies them (docs/architecture.md, Methods):
 #   OUTPUT_NEEDS (kdbench.outputs): parts of the Outputs beyond the final heads; the adapter's
@@ -61,6 +66,12 @@ RUNNER_NEEDS: dict[str, str] = {
                    "weights under the card's train.ema) frozen in eval mode as its teacher; the last generation "
                    "is the run's model, each earlier one's val metrics are kept in the record's history, and a "
                    "rerun resumes in the generation a crash interrupted (served by the runner on any task)",
+    "online_teacher": "a second trainable model, the card's teacher architecture built fresh under a seed derived "
+                      "from the run's seed (no cached teacher is loaded), run in training mode on the student's batch "
+                      "in every step and trained in that step by its task loss plus Method.teacher_loss, with its "
+                      "own optimiser and schedule (the card's train section, as the student's), saved with the "
+                      "student in every checkpoint (weights, optimiser, schedule) and named in the record's teacher "
+                      "section as trained online (served by the runner on any task)",
 }
 
 #: Every need a method may declare, of all three kinds, with its meaning (error messages, the catalog).
@@ -150,9 +161,11 @@ class Method(nn.Module, metaclass=ABCMeta):
     #: `kdbench tune`'s grid: one or two key hyperparameters, TUNE_BUDGET points in all (the same
     #: budget for every method), the paper default among them. Empty: nothing to tune.
     tune_grid: ClassVar[dict[str, tuple[Any, ...]]] = {}
-    #: The RUNNER_NEEDS (`past_model`, `ema_model`, `generations`) this instance uses, decided once it
-    #: has seen the Outputs: PS-KD keeps a per-sample table where heads are (B, K), else the previous
-    #: epoch. A method that needs `generations` declares it on the class (sweeps size its cost by it).
+    #: The RUNNER_NEEDS (`past_model`, `ema_model`, `generations`, `online_teacher`) this instance uses,
+    #: decided once it has seen the Outputs: PS-KD keeps a per-sample table where heads are (B, K), else
+    #: the previous epoch. A method that needs `generations` declares it on the class (sweeps size its
+    #: cost by it), and so does one that needs `online_teacher` (its teacher kind is "online", and the
+    #: run builds that teacher before the method).
     runtime_needs: frozenset[str] = frozenset()
     Config: ClassVar[type]
 
@@ -209,6 +222,17 @@ class Method(nn.Module, metaclass=ABCMeta):
         """
         loss.backward()
 
+    def teacher_loss(
+        self, student: Outputs, teacher: Outputs, progress: float, state: RunState
+    ) -> dict[str, Tensor]:
+        """The `online_teacher` service's teacher terms for this step, beside the teacher's own task
+        loss (which the runner adds at weight 1); the runner names them `teacher/<term>`, sums them
+        and back-propagates the sum into the teacher alone. `student` is detached (the runner cuts
+        it from the graph), `teacher` is the online teacher's aligned outputs with their graph, and
+        `loss`, which trains the student, gets those outputs detached: each model's objective
+        trains only that model. A method with teacher kind "online" overrides this."""
+        raise NotImplementedError(f"method {self.name!r} has no teacher_loss (the online_teacher service needs one)")
+
     def after_step(self, student: Outputs, losses: dict[str, Tensor], state: RunState) -> None:
         """Called after each optimiser step with that step's (detached) student outputs."""
 
@@ -256,10 +280,10 @@ def trainings(method: type[Method], config: Any) -> int:
 
 
 def across_models(method: type[Method]) -> bool:
-    """Whether the method compares heads of two models: an external teacher's, or (a self-teacher
+    """Whether the method compares heads of two models: an external or online teacher's, or (a self-teacher
     without `layers`) another pass of the student's own (PS-KD's previous epoch). Layers of one
     forward pass (GO-LSD, LSSKD) share their model's reference."""
-    return method.teacher == "external" or (method.teacher == "self" and "layers" not in method.needs)
+    return method.teacher in ("external", "online") or (method.teacher == "self" and "layers" not in method.needs)
 
 
 def head_refusals(method: type[Method], heads: Mapping[str, str], relative: Iterable[str] = ()) -> dict[str, str]:

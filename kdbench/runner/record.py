@@ -15,6 +15,7 @@ from kdbench.metrics import metric
 from kdbench.record_checks import cut
 from kdbench.records import SCHEMA_VERSION
 from kdbench.runner.env import environment, hardware, peak_memory_mb
+from kdbench.runner.online import ONLINE_SOURCE
 from kdbench.runner.spec import RunSpec
 
 #: A failed record's error and traceback tail are cut to fit the schema's bounds.
@@ -34,12 +35,21 @@ class Outcome:
 
 
 def teacher_ref(spec: RunSpec, info: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The spec's `teacher`: which checkpoint the student learnt from, its record and metric."""
+    """The spec's `teacher`: which checkpoint the student learnt from, its record and metric. An online
+    teacher (source "trained online", kdbench.runner.online) names the seed it was initialised under
+    and its final weights, and has no record of its own; without final weights (a failed run) there is
+    no checkpoint to name, and the spec's teacher is None."""
     if info is None:
         return None
     primary = spec.primary_metric
     metrics = info.get("metrics") or {}
     given = info.get("source") == "given"
+    if info.get("source") == ONLINE_SOURCE:
+        if info.get("checkpoint_sha256") is None:
+            return None
+        return {"seed": int(info["seed"]), "sha256": info["checkpoint_sha256"], "record": None,
+                "metric": {"name": primary, "val": (metrics.get("val") or {}).get(primary),
+                           "test": (metrics.get("test") or {}).get(primary)}}
     return {"seed": None if given else spec.teacher_seed, "sha256": info["checkpoint_sha256"],
             "record": None if given else teacher_record_relpath(spec),
             "metric": {"name": primary, "val": (metrics.get("val") or {}).get(primary),

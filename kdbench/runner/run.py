@@ -20,6 +20,7 @@ from kdbench.runner import checkpoint
 from kdbench.runner.cache_budget import choose, epoch_rows, estimate
 from kdbench.runner.distributed import SOLO, World, init_from_env
 from kdbench.runner.env import count_flops, count_params, gpus_used, method_params, resolve_device
+from kdbench.runner.online import build_online_teacher, finish_online_teacher
 from kdbench.runner.record import Outcome, build_record
 from kdbench.runner.spec import RunOptions, RunSpec, refuse_existing, resolve
 from kdbench.runner.teacher_cache import FORMAT, TeacherCache, why_online
@@ -65,18 +66,22 @@ def run(options: RunOptions) -> tuple[dict[str, Any], Path]:
         if main and teacher.trained is not None:
             ensure_teacher_record(spec, adapter, teacher, device)
         adapter.attach_teacher(teacher.model)
+    online, online_info = None, None  # the online_teacher service: the card's teacher arch, fresh, trained here
+    if spec.method_cls.teacher == "online":
+        online, online_info = build_online_teacher(adapter, options.seed)
     torch.manual_seed(options.seed)
     student = adapter.build_model("student", spec.method_cls.needs).to(device)
+    teacher_model = teacher.model if teacher is not None else online  # frozen, or trained online
     ctx = MethodContext(
         probe_outputs(adapter, student, spec.method_cls),
-        probe_outputs(adapter, teacher.model) if teacher else None,
+        probe_outputs(adapter, teacher_model) if teacher_model is not None else None,
         adapter.train_size, int(spec.protocol.typed.train.epochs))
     method = spec.method_cls(spec.config, ctx).to(device)
     if "teacher_pass" in spec.method_cls.needs and teacher is not None:
         method.prepare(lambda: adapter.teacher_pass(teacher.model))
     run_dir = cache_dir() / "runs" / spec.protocol.task / spec.protocol.key / \
         options.method / f"seed{options.seed}-{run_key(spec, teacher, world)[:16]}"
-    job = Job(adapter, student, method, teacher.model if teacher else None,
+    job = Job(adapter, student, method, teacher_model,
               spec.protocol.card["train"], options.seed, run_dir / "last.pt",
               label=f"{options.method} seed {options.seed}", world=world,
               precision=_precision(spec, device), primary=spec.primary_metric)
@@ -94,6 +99,8 @@ def run(options: RunOptions) -> tuple[dict[str, Any], Path]:
             student_sha = checkpoint.save(run_dir / "student.pt", {
                 "arch": adapter.arch_name("student"), "state_dict": student.state_dict(),
                 "method": method.state_dict()})
+        if online is not None and online_info is not None:  # its final weights (online-teacher.pt), val and test
+            online_info = finish_online_teacher(adapter, online, online_info, run_dir, save=main)
         if result.history:
             result.history[-1]["metrics"] = outcome.val
     model_info = {"arch": adapter.arch_name("student"), "params": count_params(student),
@@ -103,7 +110,7 @@ def run(options: RunOptions) -> tuple[dict[str, Any], Path]:
     if device.type == "cuda":  # every rank's GPU, in rank order
         gpus = world.gather_lists(gpus)
     record = build_record(spec, outcome, device=device, world_size=world.size,
-                          precision=job.precision, student=model_info, teacher=_teacher_entry(teacher),
+                          precision=job.precision, student=model_info, teacher=online_info or _teacher_entry(teacher),
                           teacher_outputs=teacher_outputs, evaluation=_evaluation(adapter), gpus=gpus)
     if main:
         write_record(spec.record_path, record)

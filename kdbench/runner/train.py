@@ -26,6 +26,7 @@ from kdbench.records import printable
 from kdbench.runner import checkpoint
 from kdbench.runner.distributed import SOLO, World
 from kdbench.runner.ema import EMA
+from kdbench.runner.online import OnlineTeacher
 from kdbench.runner.optim import build_optimizer, build_schedule
 from kdbench.runner.teacher_cache import TeacherCache
 
@@ -41,7 +42,7 @@ class Job:
     adapter: Adapter
     student: nn.Module
     method: Method
-    teacher: nn.Module | None
+    teacher: nn.Module | None  # frozen; under the online_teacher service the trainable online teacher
     train: dict[str, Any]  # the card's `train` section
     seed: int
     checkpoint: Path | None
@@ -90,11 +91,16 @@ def fit(job: Job) -> FitResult:
     # the method's EMA teacher: a copy of the student now, averaged after every optimiser step
     ema_teacher = EMA(job.student, job.method.ema_momentum(), None, "copy") \
         if "ema_model" in job.method.runtime_needs else None
-    result = _resume(job, ema, optimizer, schedule, ema_teacher) or FitResult()
+    online = None  # the online_teacher service: the teacher trains in the student's steps (kdbench.runner.online)
+    if "online_teacher" in job.method.runtime_needs:
+        if job.teacher is None:
+            raise KDBenchError(f"method {job.method.name!r} needs an online teacher, and the job has none")
+        online = OnlineTeacher(job.teacher, cfg, steps_per_epoch, epochs)
+    result = _resume(job, ema, optimizer, schedule, ema_teacher, online) or FitResult()
     if ema_teacher is not None:
         job.teacher = ema_teacher.model
     averages = tuple(e for e in (ema, ema_teacher) if e is not None)
-    if job.teacher is not None:
+    if job.teacher is not None and online is None:
         job.teacher.eval()
     bar = tqdm(range(result.resumed_from, epochs), desc=job.label, unit="epoch",
                initial=result.resumed_from, total=epochs, leave=False, disable=None)
@@ -102,7 +108,7 @@ def fit(job: Job) -> FitResult:
         if "past_model" in job.method.runtime_needs and epoch > 0:  # the previous epoch's model
             job.teacher = copy.deepcopy(job.student).eval().requires_grad_(False)
         started = time.perf_counter()
-        terms = _train_epoch(job, optimizer, schedule, epoch, epochs, steps_per_epoch, clip, averages)
+        terms = _train_epoch(job, optimizer, schedule, epoch, epochs, steps_per_epoch, clip, averages, online=online)
         seconds = time.perf_counter() - started
         result.train_seconds += seconds
         entry: dict[str, Any] = {"epoch": epoch, "loss": terms.pop("loss"), "terms": terms,
@@ -124,25 +130,30 @@ def fit(job: Job) -> FitResult:
                 "method": job.method.state_dict(), "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(), "history": result.history,
                 "train_seconds": result.train_seconds, "ema": ema.state_dict() if ema else None,
-                **({"ema_model": ema_teacher.state_dict()} if ema_teacher is not None else {})})
+                **({"ema_model": ema_teacher.state_dict()} if ema_teacher is not None else {}),
+                **({"online_teacher": online.state_dict()} if online is not None else {})})
     bar.close()
+    if online is not None:
+        online.model.eval()
     if ema is not None:  # what is evaluated and saved from here on is the averaged model
         job.student.load_state_dict(ema.model.state_dict())
     return result
 
 
 def _resume(job: Job, ema: EMA | None, optimizer: torch.optim.Optimizer, schedule: Any,
-            ema_teacher: EMA | None = None) -> FitResult | None:
+            ema_teacher: EMA | None = None, online: OnlineTeacher | None = None) -> FitResult | None:
     """Load `job.checkpoint` into the run's modules and return where it stopped; None when there
     is none or it is damaged (then it is moved aside, said on stderr, and every module is as it
     was: the run starts from scratch). `ema_teacher` (the `ema_model` service) is restored from
-    the checkpoint's "ema_model" entry."""
+    the checkpoint's "ema_model" entry, `online` (the `online_teacher` service: its weights,
+    optimiser and schedule) from its "online_teacher" entry."""
     path = job.checkpoint
     if path is None or not path.is_file():
         return None
     parts: dict[str, Any] = {"student": job.student, "method": job.method, "optimizer": optimizer,
                              "schedule": schedule, **({"ema": ema} if ema is not None else {}),
-                             **({"ema_model": ema_teacher} if ema_teacher is not None else {})}
+                             **({"ema_model": ema_teacher} if ema_teacher is not None else {}),
+                             **({"online_teacher": online} if online is not None else {})}
     fresh = {name: copy.deepcopy(part.state_dict()) for name, part in parts.items()}
     try:
         state = checkpoint.load(path, job.adapter.device)
@@ -182,6 +193,9 @@ def fit_stages(job: Job) -> FitResult:
     A method that needs `generations` trains its generations instead (`fit_generations`).
     """
     stages = job.method.later_stages()
+    if "online_teacher" in job.method.runtime_needs and (stages or "generations" in job.method.runtime_needs):
+        raise KDBenchError(f"method {job.method.name!r} needs an online teacher and later stages or generations; "
+                           "the runner serves an online teacher in a single training only")
     if "generations" in job.method.runtime_needs:
         if stages:
             raise KDBenchError(f"method {job.method.name!r} needs generations and has later stages; the runner "
@@ -303,18 +317,22 @@ def _should_eval(cfg: dict[str, Any], epoch: int, epochs: int) -> bool:
 
 def _train_epoch(
     job: Job, optimizer: torch.optim.Optimizer, schedule: Any, epoch: int, epochs: int,
-    steps_per_epoch: int, clip: float | None, averages: tuple[EMA, ...] = (),
+    steps_per_epoch: int, clip: float | None, averages: tuple[EMA, ...] = (), online: OnlineTeacher | None = None,
 ) -> dict[str, float]:
     torch.manual_seed(epoch_seed(job.seed, epoch))  # dropout and other in-model randomness
     generator = torch.Generator().manual_seed(epoch_seed(job.seed, epoch))
     job.student.train()
     job.method.train()
+    if online is not None:
+        online.model.train()
     cache = job.teacher_cache
     if cache is None:
-        return _train_steps(job, optimizer, schedule, epoch, epochs, steps_per_epoch, clip, averages, generator)
+        return _train_steps(job, optimizer, schedule, epoch, epochs, steps_per_epoch, clip, averages, generator,
+                            online)
     cache.start_epoch(epoch)
     try:
-        means = _train_steps(job, optimizer, schedule, epoch, epochs, steps_per_epoch, clip, averages, generator)
+        means = _train_steps(job, optimizer, schedule, epoch, epochs, steps_per_epoch, clip, averages, generator,
+                             online)
     except BaseException:
         cache.abort()  # an epoch that did not finish is never published
         raise
@@ -325,9 +343,12 @@ def _train_epoch(
 def _train_steps(
     job: Job, optimizer: torch.optim.Optimizer, schedule: Any, epoch: int, epochs: int,
     steps_per_epoch: int, clip: float | None, averages: tuple[EMA, ...], generator: torch.Generator,
+    online: OnlineTeacher | None = None,
 ) -> dict[str, float]:
     """One epoch's steps; returns the mean of every logged term. `averages` (the card's EMA, the
-    method's `ema_model` teacher) are updated after every optimiser step."""
+    method's `ema_model` teacher) are updated after every optimiser step; `online` (the
+    `online_teacher` service) runs on every batch after the student, whose terms see its outputs
+    detached, and takes its own step on its own terms (logged as `teacher/...`) after the student's."""
     sums: dict[str, float] = defaultdict(float)
     count = 0
     steps = epochs * steps_per_epoch
@@ -336,13 +357,20 @@ def _train_steps(
         state = RunState(epoch, epochs, epoch * steps_per_epoch + i, steps)
         with torch.autocast(job.adapter.device.type, torch.bfloat16, enabled=job.precision == "bf16"):
             student = job.adapter.forward(job.student, batch)
-            teacher = None
-            if job.teacher is not None:
+            teacher: Any = None
+            taught: dict[str, Tensor] = {}  # the online teacher's terms
+            if online is not None:  # trainable: its outputs keep their graph for its own terms only
+                raw = job.adapter.forward(online.model, batch)
+                aligned = job.adapter.align(student, raw)
+                teacher = aligned.detach()
+                taught = online.terms(job.adapter, job.method, student, raw, aligned, state)
+            elif job.teacher is not None:
                 teacher = _teacher_outputs(job, batch, student, i)
             terms = _terms(job, student, teacher, state)
         loss = torch.stack(list(terms.values())).sum()
-        if not job.world.all_finite(loss):
-            values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
+        teacher_loss = torch.stack(list(taught.values())).sum() if taught else None
+        if not job.world.all_finite(loss if teacher_loss is None else loss + teacher_loss.detach()):
+            values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in {**terms, **taught}.items())
             raise NonFiniteLoss(f"non-finite loss at epoch {epoch}, step {state.step} "
                                 f"(batch {i} of the epoch): {values}")
         optimizer.zero_grad(set_to_none=True)
@@ -355,6 +383,10 @@ def _train_steps(
         schedule.step()
         for average in averages:
             average.update(job.student)
+        if online is not None and teacher_loss is not None:
+            online.step(teacher_loss, job.world)
+            for k, v in job.world.global_losses(teacher_loss, {k: v.detach() for k, v in taught.items()})[1].items():
+                sums[k] += float(v)
         # per-step memories see the global batch on every rank: terms averaged, heads gathered
         total, detached = job.world.global_losses(loss, {k: v.detach() for k, v in terms.items()})
         seen = student.detach()

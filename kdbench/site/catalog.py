@@ -22,7 +22,7 @@ from typing import Any
 
 #: Family of a method, shown and filtered on the overview. Rule: the teacher kind decides "self"
 #: (self-distillation) and "none" (no teacher: the baseline and regularisers such as label
-#: smoothing); an external-teacher method is "feature" when it distils intermediate features or
+#: smoothing); an external- or online-teacher method is "feature" when it distils intermediate features or
 #: attention (it needs `features` or `attentions`), else "logit". A method whose needs mislead the
 #: rule is listed here with the reason.
 FAMILY_OVERRIDES: dict[str, str] = {

@@ -1,4 +1,5 @@
-"""Properties shared by every masked loss: no teacher gradient, masked positions are inert.
+"""Properties shared by every masked loss: no gradient into the model it does not train (the
+teacher; for `bdkd_teacher`, which trains BD-KD's online teacher, the student), masked positions are inert.
 
 Each case is called as fn(student, teacher, target, mask) on (B, T, K) float64 tensors.
 """
@@ -12,6 +13,7 @@ import torch
 
 from kdbench.losses import (
     bdkd,
+    bdkd_teacher,
     binary_kl_norm,
     dkd,
     emasd,
@@ -36,6 +38,9 @@ CASES: dict[str, Case] = {
     "ofa": lambda s, t, y, m: ofa(s, t, y, 1.0, 2.0, m),
     "ofa_eps": lambda s, t, y, m: ofa(s, t, y, 1.5, 2.0, m),
     "bdkd": lambda s, t, y, m: bdkd(s, t, 2.0, m),
+    # BD-KD's online-teacher loss trains the teacher: its logits take the trained slot (s here), the
+    # student's the detached one (t), so "no teacher gradient" reads "no gradient into the student"
+    "bdkd_teacher": lambda s, t, y, m: bdkd_teacher(s, t, 2.0, m),
     "binary_kl_norm": lambda s, t, y, m: binary_kl_norm(s, t, 2.0, m),
     "soft_cross_entropy": lambda s, t, y, m: soft_cross_entropy(s, torch.softmax(t, -1), m),
     "label_smoothing": lambda s, t, y, m: label_smoothing(s, y, 0.1, m),

@@ -32,6 +32,7 @@ from kdbench.protocol import load_protocol
 from kdbench.runner.cache_budget import epoch_rows
 from kdbench.runner.distributed import World, shard
 from kdbench.runner.ema import EMA
+from kdbench.runner.online import OnlineTeacher
 from kdbench.runner.train import Job, _terms, fit, fit_stages, probe_outputs
 
 ALL = sorted(registry())
@@ -45,10 +46,10 @@ def _adapter(task: str) -> Adapter:
     return _ADAPTERS[task]
 
 
-def test_registry_holds_the_twenty_two_methods() -> None:
-    assert set(ALL) == {"baseline", "ls", "kd", "dkd", "nkd", "uskd", "pskd", "taid", "bdkd", "dhkd", "nd",
-                        "mlkd", "lsskd", "gold", "dwpose", "minilm", "seqkd", "emasd", "tgeokd", "ofakd", "slasd",
-                        "gtsd"}
+def test_registry_holds_the_twenty_three_methods() -> None:
+    assert set(ALL) == {"baseline", "ls", "kd", "dkd", "nkd", "uskd", "pskd", "taid", "bdkd", "bdkd_online", "dhkd",
+                        "nd", "mlkd", "lsskd", "gold", "dwpose", "minilm", "seqkd", "emasd", "tgeokd", "ofakd",
+                        "slasd", "gtsd"}
 
 
 def test_duplicate_registration_raises() -> None:
@@ -64,7 +65,9 @@ def test_unknown_method_lists_registered() -> None:
 @pytest.mark.parametrize("name", ALL)
 def test_method_declares_itself(name: str) -> None:
     cls = get_method(name)
-    assert cls.name == name and cls.teacher in ("none", "external", "self")
+    assert cls.name == name and cls.teacher in ("none", "external", "self", "online")
+    assert (cls.teacher == "online") == ("online_teacher" in cls.runtime_needs)  # declared on the class
+    assert (cls.teacher_loss is not Method.teacher_loss) == (cls.teacher == "online")  # the hook it is served by
     assert cls.paper and cls.__doc__
     assert cls.needs <= set(NEEDS)
     assert dataclasses.is_dataclass(cls.Config)
@@ -90,6 +93,9 @@ def test_one_step_trains_the_student_only(task: str, name: str) -> None:
         teacher = adapter.build_model("teacher", frozenset()).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
+    elif cls.teacher == "online":  # the online_teacher service: trainable, in training mode, its own step
+        teacher = adapter.build_model("teacher", frozenset()).train()
+    if teacher is not None:
         before = {k: v.clone() for k, v in teacher.state_dict().items()}
     ctx = MethodContext(probe_outputs(adapter, student, cls),  # the structural needs are in the Outputs
                         probe_outputs(adapter, teacher) if teacher else None, adapter.train_size, 2)
@@ -104,7 +110,8 @@ def test_one_step_trains_the_student_only(task: str, name: str) -> None:
     job = Job(adapter, student, method, teacher, {"batch_size": 16}, 0, None)
     batch = next(iter(adapter.train_batches(16, torch.Generator().manual_seed(0))))
     out = adapter.forward(student, batch)
-    t_out = adapter.align(out, adapter.forward(teacher, batch)) if teacher is not None else None
+    raw = adapter.forward(teacher, batch) if teacher is not None else None
+    t_out = adapter.align(out, raw) if teacher is not None else None  # with its graph where it is online
     state = RunState(epoch=1, epochs=2, step=5, steps=10)
     terms = _terms(job, out, t_out, state)
     loss = torch.stack(list(terms.values())).sum()
@@ -116,10 +123,24 @@ def test_one_step_trains_the_student_only(task: str, name: str) -> None:
     grads = [p.grad for p in student.parameters() if p.grad is not None]
     assert grads and any(g.abs().sum() > 0 for g in grads)
     method.after_step(out.detach(), {k: v.detach() for k, v in terms.items()}, state)
-    if teacher is not None:
-        assert not teacher.training
+    if teacher is not None:  # the student's loss sends no gradient into any teacher
+        assert teacher.training == (cls.teacher == "online")
         assert all(p.grad is None for p in teacher.parameters())
-        assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+        # a frozen teacher is as it was; an online one keeps its weights (its BatchNorm statistics move
+        # in its training-mode forward, as the student's do)
+        now = dict(teacher.named_parameters()) if cls.teacher == "online" else teacher.state_dict()
+        assert all(torch.equal(before[k], v) for k, v in now.items())
+    if cls.teacher == "online":  # and the online teacher's terms train the teacher alone
+        assert t_out is not None and teacher is not None
+        seen = {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
+        taught = OnlineTeacher(teacher, adapter.protocol.card["train"], 1, 1).terms(
+            adapter, method, out, raw, t_out, state)
+        assert any(k.startswith("teacher/task/") for k in taught) and any(
+            not k.startswith("teacher/task/") for k in taught), taught
+        torch.stack(list(taught.values())).sum().backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in teacher.parameters())
+        assert {n: p.grad for n, p in student.named_parameters() if p.grad is not None}.keys() == seen.keys()
+        assert all(torch.equal(p.grad, seen[n]) for n, p in student.named_parameters() if p.grad is not None)
 
 
 @pytest.mark.parametrize("task", sorted(TASKS))

@@ -9,7 +9,7 @@ import pytest
 
 from kdbench.cli import main
 
-METHODS = ["baseline", "ls", "kd", "dkd", "nkd", "uskd", "pskd", "taid", "bdkd", "dhkd", "nd",
+METHODS = ["baseline", "ls", "kd", "dkd", "nkd", "uskd", "pskd", "taid", "bdkd", "bdkd_online", "dhkd", "nd",
            "mlkd", "lsskd", "gold"]
 
 
@@ -23,6 +23,8 @@ def test_list_methods_shows_every_method_with_paper_and_teacher(capsys: pytest.C
     assert "self" in rows["pskd"] and "ICCV 2021" in rows["pskd"]
     assert "none" in rows["baseline"]
     assert "layers" in rows["gold"] and "D-FINE" in rows["gold"]
+    assert rows["bdkd_online"].split()[1] == "online" and "Amara" in rows["bdkd_online"]  # its teacher kind
+    assert rows["bdkd"].split()[1] == "external"
 
 
 def test_list_tasks_and_protocols(capsys: pytest.CaptureFixture[str]) -> None:
