@@ -16,7 +16,7 @@ from kdbench.errors import UsageError
 from kdbench.methods.base import MethodContext
 from kdbench.outputs import Outputs
 from kdbench.records import read_record, record_path, write_record
-from kdbench.runner import checkpoint
+from kdbench.runner import checkpoint, data_fraction
 from kdbench.runner.cache_budget import choose, epoch_rows, estimate
 from kdbench.runner.distributed import SOLO, World, init_from_env
 from kdbench.runner.env import count_flops, count_params, gpus_used, method_params, resolve_device
@@ -65,6 +65,7 @@ def run(options: RunOptions) -> tuple[dict[str, Any], Path]:
         if main and teacher.trained is not None:
             ensure_teacher_record(spec, adapter, teacher, device)
         adapter.attach_teacher(teacher.model)
+    train_subset = data_fraction.apply(adapter, options.seed)  # the student's subset; the teacher saw all
     torch.manual_seed(options.seed)
     student = adapter.build_model("student", spec.method_cls.needs).to(device)
     ctx = MethodContext(
@@ -104,7 +105,8 @@ def run(options: RunOptions) -> tuple[dict[str, Any], Path]:
         gpus = world.gather_lists(gpus)
     record = build_record(spec, outcome, device=device, world_size=world.size,
                           precision=job.precision, student=model_info, teacher=_teacher_entry(teacher),
-                          teacher_outputs=teacher_outputs, evaluation=_evaluation(adapter), gpus=gpus)
+                          teacher_outputs=teacher_outputs, evaluation=_evaluation(adapter), gpus=gpus,
+                          train_subset=train_subset)
     if main:
         write_record(spec.record_path, record)
         if outcome.error is None:  # only now: a rerun after a failed write resumes instead of training again
