@@ -32,11 +32,13 @@ touched. What kdbench fixes, and why:
   class as above; ties go to the lower index. Official code read: mansheej/data_diet
   (`data_diet/scores.py` get_lord_error_fn, `data_diet/data.py` subset_train_idxs_by_scores,
   `scripts/get_mean_score.py`) at 1910b07cfe9aad1b4d7869f0dc97b5618d1fe0d2; DeepCore
-  (PatrickZH/DeepCore `main.py` at 31b6740, `deepcore/methods/uniform.py` at 4312342,
-  `deepcore/methods/grand.py` at 7436c0a) for the class-balanced selection and the score model
-  being the trained model's architecture. The scores are the card's, not the seed's: one score
-  vector prunes every seed (as one vector prunes every run in the official code), cached under
-  `$KDBENCH_CACHE/data-scores/` per scoring model, so a sweep computes each model once.
+  (PatrickZH/DeepCore `main.py` at 31b6740: `--balance` true by default, `specific_model=None`;
+  `deepcore/methods/uniform.py` at 4312342; `deepcore/methods/earlytrain.py` and `grand.py` at
+  7436c0a: the scoring model is the trained model's architecture, the top scores kept per class
+  under balance) for the class-balanced selection and the scoring model. The scores are the
+  card's, not the seed's: one score vector prunes every seed (as one vector prunes every run in
+  the official code), cached under `$KDBENCH_CACHE/data-scores/` per scoring model, so a sweep
+  computes each model once.
 - **Which tasks.** `random` needs `Adapter.train_subsets` (every shipped task has it); `el2n`
   also one categorical prediction per sample over the training set (`sample_heads`,
   `teacher_pass`; classification, OOD). A card a task cannot serve is refused in one line when
