@@ -53,7 +53,7 @@ class Adapter(ABC, Generic[BatchT, OutT]):
     Abstract: `train_size`, `train_batches`, `build_model`, `forward`, `task_loss`, `evaluate`,
     `example_input`. Hooks with a default (the runner calls every one of them): `configure`,
     `steps_per_epoch`, `align`, `attach_teacher`, `head_stage`, `evaluation_info`, `teacher_pass`,
-    `arch_name`.
+    `arch_name`, `keep_train` and `train_classes` (the data-fraction service).
 
     Batches (`BatchT`). Under torchrun every rank draws the same global batch and trains on its
     contiguous shard, cut by kdbench.runner.distributed.shard: rank r of N keeps rows
@@ -85,6 +85,10 @@ class Adapter(ABC, Generic[BatchT, OutT]):
     """True promises that an epoch's batches and augmentation derive from (seed, epoch) alone,
     whatever the method, so a frozen teacher's outputs may be cached across the runs of a card
     (kdbench.runner.teacher_cache). Default False: the teacher runs on every batch."""
+    train_subsets: ClassVar[bool] = False
+    """True when `keep_train` can restrict the training split to some of its samples, so the task
+    serves the data-fraction service (card `train.data_fraction`, kdbench.runner.data_fraction).
+    Default False: such a card is refused before any work."""
 
     def __init__(self, protocol: Protocol, data_root: Path | None, device: torch.device) -> None:
         self.protocol = protocol
@@ -153,6 +157,21 @@ class Adapter(ABC, Generic[BatchT, OutT]):
         """What the record's `evaluation` field says about how `split` was scored (translation:
         the dataset's split name, decoding settings, sacrebleu signatures). Default: nothing, {}."""
         return {}
+
+    def keep_train(self, indices: Tensor) -> None:
+        """Keep only the training samples at `indices` (sorted, distinct int64 positions in the
+        training split), in their order, for the rest of the run: `train_size`, `train_batches`,
+        `teacher_pass` and whatever else reads the training split see the kept samples alone, and
+        sample ids index them (0 .. len(indices) − 1). Vocabularies, tokenizers, normalisation and
+        anything else built from the training split stay as built from all of it, as the
+        teacher's. Called once, after the teacher is built, before the student (need: the class
+        attribute `train_subsets`). Default: a KDBenchError."""
+        raise KDBenchError(f"task {self.task!r} cannot train on a subset of its training split")
+
+    def train_classes(self) -> Tensor | None:
+        """(N,) int64 class of each training sample, for class-stratified subsets (the data-fraction
+        service), or None where a training sample has no single class (default)."""
+        return None
 
     def teacher_pass(self, model: nn.Module) -> Iterator[Outputs]:
         """Eval-mode Outputs over the training set, without augmentation (need `teacher_pass`)."""

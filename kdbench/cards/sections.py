@@ -43,6 +43,30 @@ class EMA:
     warmup_steps: int = bounded(2000, ge=0)
 
 
+#: The data-fraction service's pruning rules (kdbench.runner.data_fraction): which training
+#: samples the student keeps.
+DATA_FRACTION_RULES = ("random", "el2n")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataFraction:
+    """The student trains on a fraction of the training split; the teacher, val and test do not
+    change (the data-fraction service, kdbench.runner.data_fraction; Ben-Baruch et al., "Distilling
+    the Knowledge in Data Pruning", ICML 2025).
+
+    `keep` is the fraction kept, in (0, 1]: round(keep · n_c) samples of each class c on tasks with
+    a class per training sample, round(keep · N) of the N samples on the others. `rule`: `random`
+    (drawn from the run's seed) or `el2n` (the samples of highest EL2N score, Paul et al. 2021:
+    the mean over `score_runs` models of the student's architecture, each trained `score_epochs`
+    epochs of the card's schedule on the whole training split, of ‖softmax(f(x)) − onehot(y)‖₂).
+    """
+
+    keep: float = bounded(gt=0, le=1)
+    rule: Literal["random", "el2n"] = "random"
+    score_epochs: int | None = bounded(None, ge=1)  # el2n: default a tenth of train.epochs (at least 1)
+    score_runs: int | None = bounded(None, ge=1)  # el2n: independent scoring models averaged (default 10)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Train:
     epochs: int = bounded(ge=1)
@@ -57,6 +81,8 @@ class Train:
     teacher_cache_topk: int | None = bounded(None, ge=1)  # store the teacher's top-k log-probs only
     # one epoch's teacher-output cache files per rank, at most (unset: 1024; kdbench.runner.cache_budget)
     teacher_cache_budget_mib: int | None = bounded(None, ge=0)
+    # the student's training subset (the teacher always trains on the whole split); unset: all of it
+    data_fraction: DataFraction | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

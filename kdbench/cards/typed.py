@@ -71,9 +71,12 @@ def _check_range(f: dataclasses.Field[Any], value: Any, path: str) -> None:
         return
     checks = {"ge": (lambda a, b: a >= b, "≥"), "gt": (lambda a, b: a > b, ">"),
               "le": (lambda a, b: a <= b, "≤"), "lt": (lambda a, b: a < b, "<")}
+    lower = [(f.metadata[k], s) for k, s in (("gt", "<"), ("ge", "≤")) if k in f.metadata]
+    upper = [(f.metadata[k], s) for k, s in (("lt", "<"), ("le", "≤")) if k in f.metadata]
+    interval = f" (valid: {lower[0][0]} {lower[0][1]} {f.name} {upper[0][1]} {upper[0][0]})" if lower and upper else ""
     for key, (ok, sign) in checks.items():
         if key in f.metadata and not ok(value, f.metadata[key]):
-            raise UsageError(f"{path}: must be {sign} {f.metadata[key]}, got {value!r}")
+            raise UsageError(f"{path}: must be {sign} {f.metadata[key]}, got {value!r}{interval}")
 
 
 def _name(tp: Any) -> str:

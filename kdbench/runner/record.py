@@ -64,9 +64,13 @@ def build_record(spec: RunSpec, outcome: Outcome, *, device: torch.device, world
                  precision: str | None = None, student: dict[str, Any] | None = None,
                  teacher: dict[str, Any] | None = None, teacher_outputs: dict[str, Any] | None = None,
                  evaluation: dict[str, Any] | None = None, as_teacher: bool = False,
-                 gpus: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                 gpus: list[dict[str, Any]] | None = None,
+                 train_subset: dict[str, Any] | None = None) -> dict[str, Any]:
     """The record of one run (or, `as_teacher`, of the card's teacher as a table row); `gpus`: the
-    GPUs it trained on, one per rank (`env.gpus_used`), kept as `cost.gpus` when there are any."""
+    GPUs it trained on, one per rank (`env.gpus_used`), kept as `cost.gpus` when there are any;
+    `train_subset`: the training samples the student kept under the card's `train.data_fraction`
+    (kdbench.runner.data_fraction.apply), recorded as `spec.train_subset` (null: all of them, and
+    always for a teacher's record)."""
     protocol = spec.protocol
     primary = spec.primary_metric
     method = {"name": "teacher", "teacher": "none", "hparams": {}} if as_teacher else \
@@ -97,6 +101,7 @@ def build_record(spec: RunSpec, outcome: Outcome, *, device: torch.device, world
             "device": device.type, "threads": torch.get_num_threads(), "teacher_seed": spec.teacher_seed,
             "teacher": None if as_teacher else teacher_ref(spec, teacher),
             "teacher_outputs": teacher_outputs,
+            "train_subset": None if as_teacher else train_subset,
         },
     }
     if gpus:

@@ -16,7 +16,7 @@ from kdbench.errors import UsageError
 from kdbench.methods.base import MethodContext
 from kdbench.outputs import Outputs
 from kdbench.records import read_record, record_path, write_record
-from kdbench.runner import checkpoint
+from kdbench.runner import checkpoint, data_fraction
 from kdbench.runner.cache_budget import choose, epoch_rows, estimate
 from kdbench.runner.distributed import SOLO, World, init_from_env
 from kdbench.runner.env import count_flops, count_params, gpus_used, method_params, resolve_device
@@ -69,6 +69,7 @@ def run(options: RunOptions) -> tuple[dict[str, Any], Path]:
     online, online_info = None, None  # the online_teacher service: the card's teacher arch, fresh, trained here
     if spec.method_cls.teacher == "online":
         online, online_info = build_online_teacher(adapter, options.seed)
+    train_subset = data_fraction.apply(adapter, options.seed)  # the student's subset; the teacher saw all
     torch.manual_seed(options.seed)
     student = adapter.build_model("student", spec.method_cls.needs).to(device)
     teacher_model = teacher.model if teacher is not None else online  # frozen, or trained online
@@ -111,7 +112,8 @@ def run(options: RunOptions) -> tuple[dict[str, Any], Path]:
         gpus = world.gather_lists(gpus)
     record = build_record(spec, outcome, device=device, world_size=world.size,
                           precision=job.precision, student=model_info, teacher=online_info or _teacher_entry(teacher),
-                          teacher_outputs=teacher_outputs, evaluation=_evaluation(adapter), gpus=gpus)
+                          teacher_outputs=teacher_outputs, evaluation=_evaluation(adapter), gpus=gpus,
+                          train_subset=train_subset)
     if main:
         write_record(spec.record_path, record)
         if outcome.error is None:  # only now: a rerun after a failed write resumes instead of training again

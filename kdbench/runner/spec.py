@@ -17,6 +17,8 @@ from kdbench.metrics import METRICS
 from kdbench.protocol import Protocol, apply_overrides, load_protocol
 from kdbench.record_checks import SEED_LIMIT
 from kdbench.records import default_results, record_path
+from kdbench.runner.data_fraction import SubsetRefused
+from kdbench.runner.data_fraction import refusal as data_fraction_refusal
 
 #: The method slot of a teacher-only run (`kdbench teacher`, a sweep's teacher items, the protocol
 #: check's teacher rows). It is no registered method: it names no loss, takes no `--set method.*`
@@ -124,6 +126,13 @@ def resolve(options: RunOptions) -> RunSpec:
     refused = None if teacher_only else why_not_served(adapter_cls, method_cls)  # needs, head kinds
     if refused:
         raise UsageError(refused)
+    subset = None if teacher_only else data_fraction_refusal(adapter_cls, protocol)  # the teacher sees all anyway
+    if not subset and method_cls.teacher == "online" and protocol.get("train.data_fraction") is not None:
+        subset = (f"method {options.method!r} trains its teacher online, in the student's steps, so under "
+                  "train.data_fraction its teacher would see only the student's subset; the data-fraction "
+                  "setting needs a teacher trained on the whole split (an external or self teacher)")
+    if subset:
+        raise SubsetRefused(subset)
     if not 0 <= options.seed < SEED_LIMIT:
         shown = str(options.seed) if len(str(options.seed)) <= 40 else f"an integer of {len(str(options.seed))} digits"
         raise UsageError(f"--seed must be an integer in [0, 2**32), got {shown} (torch seeds with 32 bits: "

@@ -150,6 +150,7 @@ def make_plan(tasks: str, methods: str, seeds: str, protocols: str, sets: dict[s
     from kdbench.methods import get_method
     from kdbench.methods.base import trainings
     from kdbench.protocol import TIERS, load_protocol, task_cards
+    from kdbench.runner.data_fraction import SubsetRefused
     from kdbench.runner.spec import RunOptions, resolve
     from kdbench.runner.teachers import teacher_path
 
@@ -173,8 +174,14 @@ def make_plan(tasks: str, methods: str, seeds: str, protocols: str, sets: dict[s
                 card = loaded.name
                 for seed in (loaded.typed.seeds if by_card else seed_list):
                     item = Item(task, choice, seed, method, frozen_sets, card)
-                    spec = resolve(RunOptions(task=task, method=method, protocol=choice, seed=seed,
-                                              data_root=data_root, results=results, sets=dict(sets)))
+                    try:
+                        spec = resolve(RunOptions(task=task, method=method, protocol=choice, seed=seed,
+                                                  data_root=data_root, results=results, sets=dict(sets)))
+                    except SubsetRefused as e:  # the card's data fraction, for every method of the task
+                        if tasks.strip() != "all" and "," not in tasks:
+                            raise
+                        plan.not_served.append((task, method, str(e)))
+                        break
                     if _done(spec, results):
                         plan.skipped.append(item)
                         continue

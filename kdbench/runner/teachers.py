@@ -70,10 +70,23 @@ def check_architecture(model: nn.Module, state: dict[str, Any], arch: str, path:
 NOT_TEACHER = ("student", "methods", "description", "reference", "default", "seeds", "tuning", "name", "tier")
 
 
+#: Keys of the card's `train` section that cannot change the teacher: the student's training
+#: subset (the teacher always trains on the whole training split; kdbench.runner.data_fraction).
+NOT_TEACHER_TRAIN = ("data_fraction",)
+
+
+def teacher_train_section(card: dict[str, Any]) -> dict[str, Any]:
+    """The card's `train` section as the teacher inherits it (without NOT_TEACHER_TRAIN)."""
+    return {k: v for k, v in card["train"].items() if k not in NOT_TEACHER_TRAIN}
+
+
 def teacher_key(protocol: Protocol, task: str, seed: int, evaluation_version: int = 0) -> str:
     """What a cached teacher is the teacher of: every effective card field that trains or scores it
-    (data, teacher, train with its overrides, ...), the teacher seed and the evaluation version."""
+    (data, teacher, train with its overrides but without the student's data fraction, ...), the
+    teacher seed and the evaluation version."""
     card = {k: v for k, v in protocol.card.items() if k not in NOT_TEACHER}
+    if "train" in card:
+        card["train"] = teacher_train_section(card)
     return sha256_json({"task": task, "card": card, "seed": seed, "evaluation": evaluation_version})
 
 
@@ -118,7 +131,8 @@ def get_teacher(adapter: Adapter, seed: int, given: Path | None) -> Teacher:
 
 def _train(adapter: Adapter, model: nn.Module, seed: int, path: Path) -> dict[str, Any]:
     card = adapter.protocol.card
-    train = {**card["train"], **(card["teacher"].get("train") or {})}  # the card leaves unset keys out
+    # the card leaves unset keys out; the student's data fraction is not the teacher's: it sees every sample
+    train = {**teacher_train_section(card), **(card["teacher"].get("train") or {})}
     print(f"training the {adapter.arch_name('teacher')} teacher once (seed {seed}); "
           f"cached at {path}", file=sys.stderr)
     torch.manual_seed(seed)

@@ -51,6 +51,7 @@ class Job:
     teacher_cache: TeacherCache | None = None  # the teacher's logits read back, not recomputed
     precision: str | None = None  # "bf16": forward and losses under autocast (cards that allow it, on GPU)
     primary: str = ""  # the card's primary metric (shown on the progress bar)
+    stop_epoch: int | None = None  # train only the first this many epochs of the card's schedule (None: all)
 
 
 @dataclass
@@ -102,8 +103,9 @@ def fit(job: Job) -> FitResult:
     averages = tuple(e for e in (ema, ema_teacher) if e is not None)
     if job.teacher is not None and online is None:
         job.teacher.eval()
-    bar = tqdm(range(result.resumed_from, epochs), desc=job.label, unit="epoch",
-               initial=result.resumed_from, total=epochs, leave=False, disable=None)
+    last = epochs if job.stop_epoch is None else min(epochs, job.stop_epoch)  # the schedule still spans `epochs`
+    bar = tqdm(range(result.resumed_from, last), desc=job.label, unit="epoch",
+               initial=result.resumed_from, total=last, leave=False, disable=None)
     for epoch in bar:
         if "past_model" in job.method.runtime_needs and epoch > 0:  # the previous epoch's model
             job.teacher = copy.deepcopy(job.student).eval().requires_grad_(False)
@@ -121,7 +123,7 @@ def fit(job: Job) -> FitResult:
         bar.set_postfix(loss=f"{entry['loss']:.3f}", **shown)
         if bar.disable and main:  # no terminal (CI, a pipe, nohup): one plain line an epoch instead of the bar
             val = "".join(f", val {k} {v}" for k, v in shown.items())
-            print(f"{job.label}: epoch {epoch + 1}/{epochs}, loss {entry['loss']:.4f}{val}, {seconds:.1f} s",
+            print(f"{job.label}: epoch {epoch + 1}/{last}, loss {entry['loss']:.4f}{val}, {seconds:.1f} s",
                   file=sys.stderr, flush=True)
         if job.checkpoint is not None and main:
             checkpoint.save(job.checkpoint, {

@@ -52,6 +52,7 @@ class ClassificationAdapter(Adapter[Batch, Outputs]):
     head_kinds: ClassVar[dict[str, HeadKind]] = {"cls": "categorical"}
     evaluation_version = 2  # 2: train/val/test (val held out of the training data), test scored once
     teacher_inputs_fixed = True  # batches and augmentation derive from (seed, epoch) alone
+    train_subsets = True
 
     def __init__(self, protocol: Protocol, data_root: Path | None, device: torch.device) -> None:
         super().__init__(protocol, data_root, device)
@@ -110,6 +111,15 @@ class ClassificationAdapter(Adapter[Batch, Outputs]):
     @property
     def train_size(self) -> int:
         return len(self.train_set)
+
+    def keep_train(self, indices: Tensor) -> None:
+        """The training set's images, labels and source ids at `indices` (Adapter.keep_train)."""
+        data, idx = self.train_set, indices.cpu()
+        self.train_set = D.ArrayDataset(data.images[idx], data.labels[idx], data.num_classes, data.class_names,
+                                        None if data.source_ids is None else data.source_ids[idx.numpy()])
+
+    def train_classes(self) -> Tensor:
+        return self.train_set.labels
 
     def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
         data = self.train_set

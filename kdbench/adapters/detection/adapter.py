@@ -62,6 +62,7 @@ class DetectionAdapter(Adapter[Batch, DetectionOutputs]):
     # 2: train/val/test (shapes: n_test scenes; COCO: val held out of train2017); 3: the queries are
     # selected from the encoder (D-FINE), not learnt: every detection number and teacher changed
     evaluation_version = 3
+    train_subsets = True
 
     def __init__(self, protocol: Protocol, data_root: Path | None, device: torch.device) -> None:
         super().__init__(protocol, data_root, device)
@@ -104,6 +105,15 @@ class DetectionAdapter(Adapter[Batch, DetectionOutputs]):
     @property
     def train_size(self) -> int:
         return len(self.train_set.image_ids)
+
+    def keep_train(self, indices: Tensor) -> None:
+        """The training images at `indices` with their boxes and labels (Adapter.keep_train)."""
+        data, idx, rows = self.train_set, indices.cpu(), indices.tolist()
+        self.train_set = replace(
+            data, boxes=[data.boxes[i] for i in rows], labels=[data.labels[i] for i in rows],
+            image_ids=[data.image_ids[i] for i in rows], orig_sizes=data.orig_sizes[idx],
+            images=None if data.images is None else data.images[idx],
+            files=None if data.files is None else [data.files[i] for i in rows])
 
     def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
         order = torch.randperm(self.train_size, generator=generator)

@@ -4,7 +4,7 @@ OOD sentences of the val or test split with every OOD score (kdbench.adapters.oo
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -57,6 +57,7 @@ class OODAdapter(Adapter[Batch, Outputs]):
                           "sample_heads", "ce_heads", "label_heads"})
     head_kinds: ClassVar[dict[str, HeadKind]] = {"cls": "categorical"}
     evaluation_version = 2  # 2: ID and OOD val splits (langid: generated, disjoint; CLINC150: val, oos_val)
+    train_subsets = True
 
     def __init__(self, protocol: Protocol, data_root: Path | None, device: torch.device) -> None:
         super().__init__(protocol, data_root, device)
@@ -111,6 +112,19 @@ class OODAdapter(Adapter[Batch, Outputs]):
     @property
     def train_size(self) -> int:
         return len(self.data.train)
+
+    def keep_train(self, indices: Tensor) -> None:
+        """The ID training sentences at `indices` (Adapter.keep_train); the vocabularies stay those
+        of the whole training set, and the Mahalanobis score's Gaussians are fit on the kept ones,
+        the student's training data."""
+        data, rows = self.data.train, indices.tolist()
+        kept = D.TextSet([data.tokens[i] for i in rows], data.labels[indices.cpu()],
+                         [data.texts[i] for i in rows] if data.texts else [],
+                         None if data.ngrams is None else [data.ngrams[i] for i in rows])
+        self.data = replace(self.data, train=kept)
+
+    def train_classes(self) -> Tensor:
+        return self.data.train.labels
 
     def _batch(self, data: D.TextSet, idx: Tensor) -> Batch:
         rows = idx.tolist()

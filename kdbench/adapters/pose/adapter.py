@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -69,6 +69,7 @@ class PoseAdapter(Adapter[Batch, Outputs]):
     # SimCC: a softmax over the W bins of a keypoint's x (y) in the crop, the same pixel bins in every model
     head_kinds: ClassVar[dict[str, HeadKind]] = {"simcc_x": "binned", "simcc_y": "binned"}
     evaluation_version = 2  # 2: train/val/test (figures: n_test images; COCO: val held out of train2017)
+    train_subsets = True
 
     def __init__(self, protocol: Protocol, data_root: Path | None, device: torch.device) -> None:
         super().__init__(protocol, data_root, device)
@@ -128,6 +129,15 @@ class PoseAdapter(Adapter[Batch, Outputs]):
     @property
     def train_size(self) -> int:
         return len(self.train_set)
+
+    def keep_train(self, indices: Tensor) -> None:
+        """The person instances at `indices` (Adapter.keep_train): their keypoints, boxes, ids,
+        files and preloaded crops; an image's other persons may be left out."""
+        data, idx, rows = self.train_set, indices.cpu(), indices.tolist()
+        self.train_set = replace(
+            data, keypoints=data.keypoints[idx], centers=data.centers[idx], scales=data.scales[idx],
+            image_ids=[data.image_ids[i] for i in rows], ann_ids=[data.ann_ids[i] for i in rows],
+            files=[data.files[i] for i in rows], crops=None if data.crops is None else data.crops[idx])
 
     def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
         order = torch.randperm(self.train_size, generator=generator)

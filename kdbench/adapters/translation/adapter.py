@@ -51,6 +51,7 @@ class TranslationAdapter(Adapter[Batch, Outputs]):
     head_kinds: ClassVar[dict[str, HeadKind]] = {HEAD: "categorical"}
     teacher_inputs_fixed = True  # batches derive from (seed, epoch) alone; SeqKD's targets go online
     evaluation_version = 2  # 2: the datasets' valid splits are scored as "val", test only at the end
+    train_subsets = True
 
     def __init__(self, protocol: Protocol, data_root: Path | None, device: torch.device) -> None:
         super().__init__(protocol, data_root, device)
@@ -106,6 +107,15 @@ class TranslationAdapter(Adapter[Batch, Outputs]):
     @property
     def train_size(self) -> int:
         return len(self.splits["train"])
+
+    def keep_train(self, indices: Tensor) -> None:
+        """The training pairs at `indices`, raw and encoded (SeqKD's teacher-decoded targets, which
+        `attach_teacher` put there before, included; Adapter.keep_train); the vocabulary stays the
+        one trained on every training pair."""
+        rows = indices.tolist()
+        train, (src, tgt) = self.splits["train"], self.encoded["train"]
+        self.splits["train"] = D.Parallel([train.source[i] for i in rows], [train.target[i] for i in rows])
+        self.encoded["train"] = ([src[i] for i in rows], [tgt[i] for i in rows])
 
     def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
         """Shuffled batches of similar source lengths: shuffle, sort chunks of 50 batches by
