@@ -27,6 +27,9 @@ def register(cls: type[Method]) -> type[Method]:
     if (cls.teacher == "online") != ("online_teacher" in cls.runtime_needs):  # the run builds it before the method
         raise ValueError(f"method {cls.name!r}: teacher kind 'online' and the class's runtime_needs "
                          "'online_teacher' go together (kdbench.methods.base.RUNNER_NEEDS)")
+    if cls.teacher == "online" and cls.teacher_loss is Method.teacher_loss:
+        raise ValueError(f"method {cls.name!r}: teacher kind 'online' needs its own teacher_loss "
+                         "(what trains the online teacher beside its task loss)")
     return METHODS.register(cls.name, cls, aliases=cls.aliases)
 
 

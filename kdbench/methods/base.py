@@ -230,8 +230,9 @@ class Method(nn.Module, metaclass=ABCMeta):
         and back-propagates the sum into the teacher alone. `student` is detached (the runner cuts
         it from the graph), `teacher` is the online teacher's aligned outputs with their graph, and
         `loss`, which trains the student, gets those outputs detached: each model's objective
-        trains only that model. A method with teacher kind "online" overrides this."""
-        raise NotImplementedError(f"method {self.name!r} has no teacher_loss (the online_teacher service needs one)")
+        trains only that model. The default adds none (the teacher learns from its task loss
+        alone); every method with teacher kind "online" overrides it (registration checks)."""
+        return {}
 
     def after_step(self, student: Outputs, losses: dict[str, Tensor], state: RunState) -> None:
         """Called after each optimiser step with that step's (detached) student outputs."""
