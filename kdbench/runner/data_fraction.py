@@ -68,7 +68,7 @@ from kdbench.adapters.base import Adapter
 from kdbench.cache import cache_dir, sha256_json
 from kdbench.cards.sections import DATA_FRACTION_RULES
 from kdbench.errors import UsageError
-from kdbench.methods.base import MethodContext
+from kdbench.methods.base import Method, MethodContext
 from kdbench.methods.baseline import Baseline
 from kdbench.protocol import Protocol
 from kdbench.records import atomic_write_bytes
@@ -105,11 +105,17 @@ def served(adapter: type[Adapter], rule: str) -> bool:
     return rule != "el2n" or sum(kind == "categorical" for kind in adapter.head_kinds.values()) == 1
 
 
-def refusal(adapter: type[Adapter], protocol: Protocol) -> str | None:
-    """Why the task cannot serve the card's data fraction (one line), or None when it can."""
+def refusal(adapter: type[Adapter], protocol: Protocol, method: type[Method] | None = None) -> str | None:
+    """Why the task (or the method) cannot serve the card's data fraction (one line), or None when
+    it can. A method of teacher kind "online" cannot: its teacher trains in the student's steps, so
+    it would see only the student's subset."""
     spec = section(protocol)
     if spec is None:
         return None
+    if method is not None and method.teacher == "online":
+        return (f"method {method.name!r} trains its teacher online, in the student's steps, so under "
+                "train.data_fraction its teacher would see only the student's subset; the data-fraction "
+                "setting needs a teacher trained on the whole split (an external or self teacher)")
     rule = str(spec["rule"])
     settings = [k for k in ("score_epochs", "score_runs") if k in spec]
     if rule != "el2n" and settings:

@@ -126,11 +126,7 @@ def resolve(options: RunOptions) -> RunSpec:
     refused = None if teacher_only else why_not_served(adapter_cls, method_cls)  # needs, head kinds
     if refused:
         raise UsageError(refused)
-    subset = None if teacher_only else data_fraction_refusal(adapter_cls, protocol)  # the teacher sees all anyway
-    if not subset and method_cls.teacher == "online" and protocol.get("train.data_fraction") is not None:
-        subset = (f"method {options.method!r} trains its teacher online, in the student's steps, so under "
-                  "train.data_fraction its teacher would see only the student's subset; the data-fraction "
-                  "setting needs a teacher trained on the whole split (an external or self teacher)")
+    subset = None if teacher_only else data_fraction_refusal(adapter_cls, protocol, method_cls)  # the teacher sees all
     if subset:
         raise SubsetRefused(subset)
     if not 0 <= options.seed < SEED_LIMIT:
