@@ -34,7 +34,7 @@ from kdbench.errors import UsageError
 from kdbench.tasks import TASKS
 
 #: Card fields that describe rather than determine a run: left out of the card's sha256.
-PROSE = ("description", "reference", "default", "seeds", "tuning", "comparisons")
+PROSE = ("description", "reference", "default", "seeds", "tuning", "comparisons", "convergence_seeds")
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
@@ -139,6 +139,9 @@ def _typed(raw: dict[str, Any], task: str, where: str) -> tuple[Card, dict[str, 
     if typed.comparisons is not None and typed.comparisons < 1:
         raise UsageError(f"{where}comparisons must be a positive number of methods besides the baseline, "
                          f"not {typed.comparisons}")
+    k = typed.convergence_seeds
+    if k is not None and not 1 <= k <= len(typed.seeds):
+        raise UsageError(f"{where}convergence_seeds must be between 1 and the card's {len(typed.seeds)} seeds, not {k}")
     _check_methods(typed, where)
     plain = drop_none(to_plain(typed))
     return typed, plain, card_sha256(plain)

@@ -115,6 +115,10 @@ class Card:
     # The Holm family (methods besides the baseline) this card's power is stated for; unset, the
     # methods the task serves today. `kdbench protocol check` fails R3 when the task serves more.
     comparisons: int | None = None
+    # How many of `seeds` (the first ones) `kdbench protocol check` also trains at 2x the epochs to judge
+    # R1 by the mean change; unset, the first seed alone. Cards whose seed SD is a large part of the gap
+    # need several, or one seed's noise decides R1.
+    convergence_seeds: int | None = None
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method settings of this card
     tuning: dict[str, str] = field(default_factory=dict)  # method → its `kdbench tune` file (card folder)
     reference: Any = None  # published numbers quoted for context; never compared automatically

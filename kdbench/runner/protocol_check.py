@@ -1,12 +1,14 @@
 """`kdbench protocol check`: can a card measure distillation at all?
 
 It runs (or reuses the records of) the baseline at the card's epochs on every seed of the card
-and at 2× the epochs on its first seed, and the teacher at its epochs and at 1.5× them, all
-scored on **val**, and reports:
+and at 2× the epochs on its first `convergence_seeds` seeds (the card's field; 1 where unset),
+and the teacher at its epochs and at 1.5× them, all scored on **val**, and reports:
 
-- convergence: the baseline's change from 1× to 2× epochs, as a fraction of the teacher–
-  baseline gap (a card whose baseline still climbs measures training speed, not distillation);
-  the same for the teacher at 1.5×;
+- convergence: the baseline's mean change from 1× to 2× epochs over those seeds (each seed
+  paired with itself), as a fraction of the teacher–baseline gap (a card whose baseline still
+  climbs measures training speed, not distillation), with the standard error of that mean where
+  more than one seed is run; the same for the teacher at 1.5×. On a card whose seed SD is a
+  large part of its gap one seed's change is mostly noise, so such a card runs several;
 - the gap over the baseline's seed SD, and the headroom from the teacher to the metric's ceiling;
 - power: the minimal detectable difference (two-sided paired t-test, 80 % power, α / m: Holm's
   most stringent level, m the card's `comparisons` — the family it is planned for — or, where a
@@ -128,7 +130,8 @@ def protocol_check(task: str, protocol: str, results: Path, *, device: str = "au
           f"teacher at {teacher_epochs} and {math.ceil(1.5 * teacher_epochs)} epochs (reusing records in {results})",
           file=sys.stderr)
     base = {s: _reuse_or_run(opts("baseline", s), records_only) for s in seeds}
-    base2 = _reuse_or_run(opts("baseline", seeds[0], {"train.epochs": 2 * epochs}), records_only)
+    seeds_2x = seeds[:typed.convergence_seeds or 1]
+    base2 = {s: _reuse_or_run(opts("baseline", s, {"train.epochs": 2 * epochs}), records_only) for s in seeds_2x}
     tseed = int(typed.teacher.seed)  # type: ignore[attr-defined]
     teacher = _reuse_or_run(opts("teacher", tseed), records_only)
     teacher15 = _reuse_or_run(opts("teacher", tseed, {"teacher.train.epochs": math.ceil(1.5 * teacher_epochs)}),
@@ -136,7 +139,9 @@ def protocol_check(task: str, protocol: str, results: Path, *, device: str = "au
 
     b_vals = {s: _val(r, primary) for s, r in base.items()}
     b = summarize(b_vals.values())
-    t_val, t15_val, b2_val = _val(teacher, primary), _val(teacher15, primary), _val(base2, primary)
+    t_val, t15_val = _val(teacher, primary), _val(teacher15, primary)
+    b2_vals = {s: _val(r, primary) for s, r in base2.items()}
+    change = summarize(sign * (b2_vals[s] - b_vals[s]) for s in seeds_2x)  # paired: each seed with itself
     gap = sign * (t_val - b.mean)
     sd_pair = math.sqrt(2.0) * b.std if b.n >= 2 else math.nan
     served = [m for m, cls in registry().items()
@@ -154,11 +159,13 @@ def protocol_check(task: str, protocol: str, results: Path, *, device: str = "au
         "task": task, "protocol": card.name, "key": card.key, "sha256": card.sha256, "split": "val",
         "metric": primary, "direction": metric(primary).direction, "seeds": seeds,
         "baseline": {"epochs": epochs, "val": b_vals, "mean": b.mean, "sd": b.std,
-                     "epochs_2x": 2 * epochs, "val_2x": b2_val, "seed_2x": seeds[0]},
+                     "epochs_2x": 2 * epochs, "seeds_2x": seeds_2x, "val_2x": b2_vals,
+                     "mean_2x": summarize(b2_vals.values()).mean},
         "teacher": {"seed": tseed, "epochs": teacher_epochs, "val": t_val,
                     "epochs_1_5x": math.ceil(1.5 * teacher_epochs), "val_1_5x": t15_val},
         "gap": gap,
-        "convergence_baseline": ratio(sign * (b2_val - b_vals[seeds[0]]), gap),
+        "convergence_baseline": ratio(change.mean, gap),
+        "convergence_baseline_se": ratio(change.std / math.sqrt(change.n), gap) if change.n >= 2 else None,
         "convergence_teacher": ratio(sign * (t15_val - t_val), gap),
         "gap_over_sd": ratio(gap, b.std),
         "ceiling": best, "headroom": None if best is None else sign * (best - t_val),
@@ -228,11 +235,13 @@ def _text(d: dict[str, Any]) -> str:
     return "\n".join([
         f"protocol check: {d['task']}/{d['key']} (val {d['metric']}, {d['direction']} is better)",
         f"  baseline   {b['epochs']:>4} epochs  {_fmt(b['mean'])} ± {_fmt(b['sd'])} over seeds {d['seeds']}",
-        f"  baseline   {b['epochs_2x']:>4} epochs  {_fmt(b['val_2x'])} (seed {b['seed_2x']})",
+        f"  baseline   {b['epochs_2x']:>4} epochs  {_fmt(b['mean_2x'])} (seeds {b['seeds_2x']})",
         f"  teacher    {t['epochs']:>4} epochs  {_fmt(t['val'])} (seed {t['seed']})",
         f"  teacher    {t['epochs_1_5x']:>4} epochs  {_fmt(t['val_1_5x'])}",
         f"  teacher–baseline gap            {_fmt(d['gap'])}",
-        f"  convergence: baseline 2× − 1×   {_fmt(d['convergence_baseline'], '.2f')} of the gap",
+        f"  convergence: baseline 2× − 1×   {_fmt(d['convergence_baseline'], '.2f')} of the gap"
+        + ("" if d.get("convergence_baseline_se") is None else
+           f" (mean over {len(b['seeds_2x'])} seeds, SE {_fmt(d['convergence_baseline_se'], '.2f')})"),
         f"               teacher 1.5× − 1×  {_fmt(d['convergence_teacher'], '.2f')} of the gap",
         f"  gap / baseline seed SD          {_fmt(d['gap_over_sd'], '.2f')}",
         f"  headroom teacher → ceiling      {_fmt(d['headroom'])} (ceiling {_fmt(d['ceiling'], 'g')})",

@@ -130,3 +130,42 @@ def test_the_committed_cards_pass_from_their_committed_records(check: Path, tmp_
     assert committed["sha256"] == fresh["sha256"], "the committed protocol-check.json is of another card content"
     assert committed.get("rules") == fresh["rules"], "re-run `kdbench protocol check` and commit its output"
 
+
+
+def _seeds(smoke: str, name: str) -> str:
+    assert "\nseeds: [0]\n" in smoke
+    return smoke.replace("name: smoke", f"name: {name}").replace("\nseeds: [0]\n", "\nseeds: [0, 1, 2]\n")
+
+
+def test_convergence_over_several_seeds_is_the_mean_paired_change(tmp_path: Path) -> None:
+    from kdbench.protocol import load_protocol
+
+    text = (ROOT / "kdbench" / "benchmarks" / "classification" / "smoke.yaml").read_text()
+    card = tmp_path / "conv.yaml"
+    card.write_text(_seeds(text, "conv") + "\nconvergence_seeds: 2\n")
+    one = tmp_path / "one" / "conv.yaml"
+    one.parent.mkdir()
+    one.write_text(_seeds(text, "conv"))
+    assert load_protocol("classification", str(card)).sha256 == load_protocol("classification", str(one)).sha256
+    d = protocol_check("classification", str(card), tmp_path / "r").data
+    b = d["baseline"]
+    assert b["seeds_2x"] == [0, 1] and sorted(b["val_2x"]) == [0, 1]
+    changes = [b["val_2x"][s] - b["val"][s] for s in (0, 1)]
+    assert d["convergence_baseline"] == pytest.approx(sum(changes) / 2 / d["gap"], rel=1e-12)
+    se = abs(changes[0] - changes[1]) / 2  # SD of two values / √2
+    assert d["convergence_baseline_se"] == pytest.approx(se / d["gap"], rel=1e-9)
+    # unset: the first seed alone, and the same 1x and 2x records are reused (nothing trains)
+    d1 = protocol_check("classification", str(one), tmp_path / "r", records_only=True).data
+    assert d1["baseline"]["seeds_2x"] == [0] and d1["convergence_baseline_se"] is None
+    assert d1["convergence_baseline"] == pytest.approx(changes[0] / d1["gap"], rel=1e-12)
+
+
+@pytest.mark.parametrize("k", [0, 4])
+def test_convergence_seeds_outside_the_cards_seeds_is_refused(tmp_path: Path, k: int) -> None:
+    from kdbench.protocol import load_protocol
+
+    text = (ROOT / "kdbench" / "benchmarks" / "classification" / "smoke.yaml").read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(_seeds(text, "bad") + f"\nconvergence_seeds: {k}\n")
+    with pytest.raises(UsageError, match="convergence_seeds must be between 1 and the card's 3 seeds"):
+        load_protocol("classification", str(bad))
