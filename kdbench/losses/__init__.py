@@ -24,6 +24,7 @@ from kdbench.losses.self_distill import (
     uskd,
     uskd_terms,
 )
+from kdbench.losses.sequence import first_topk_kl
 from kdbench.losses.sla import sla_aggregate, sla_joint_ce, sla_sd
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "emasd",
     "feature_mse",
     "fgl",
+    "first_topk_kl",
     "fused_kd",
     "gtsd",
     "kd",

@@ -45,6 +45,8 @@ ADAPTER_NEEDS: dict[str, str] = {
     "head_stage": "a copy of the model with a fresh head on the frozen rest of it, trained in a later "
                   "stage (Method.later_stages; DWPose's second stage)",
     "sequence_targets": "the external teacher's decoded outputs replace the training targets (SeqKD)",
+    "token_heads": "final heads are a sequence model's teacher-forced next-token distributions over a "
+                   "vocabulary, (B, T, V) logits with padding masked (FIRST's top-k token distillation)",
     "label_augmentation": "each training sample also seen under the task's M input transformations, with a joint "
                           "(class × transformation) head of K·M logits beside the final head (SLA's label "
                           "augmentation; Outputs.auxiliary['joint'])",

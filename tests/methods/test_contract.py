@@ -46,10 +46,10 @@ def _adapter(task: str) -> Adapter:
     return _ADAPTERS[task]
 
 
-def test_registry_holds_the_twenty_three_methods() -> None:
+def test_registry_holds_the_twenty_four_methods() -> None:
     assert set(ALL) == {"baseline", "ls", "kd", "dkd", "nkd", "uskd", "pskd", "taid", "bdkd", "bdkd_online", "dhkd",
                         "nd", "mlkd", "lsskd", "gold", "dwpose", "minilm", "seqkd", "emasd", "tgeokd", "ofakd",
-                        "slasd", "gtsd"}
+                        "slasd", "gtsd", "first"}
 
 
 def test_duplicate_registration_raises() -> None:
@@ -312,7 +312,8 @@ def test_the_outputs_parts_an_adapter_provides_are_those_its_smoke_outputs_carry
     card (asked for: a student with auxiliary heads, attention inputs turned on), and the promises
     about its heads agree with the heads it returns: `sample_heads` exactly when every final head
     is (B, K) categorical, `ce_heads` with class-index targets, `label_heads` with targets of the
-    positions' or the logits' shape."""
+    positions' or the logits' shape, `token_heads` with (B, T, V) categorical heads masked over
+    (B, T)."""
     cls = get_adapter(task)
     adapter = cls(load_protocol(task, "smoke"), None, torch.device("cpu"))
     parts = cls.provides & set(OUTPUT_NEEDS)
@@ -330,6 +331,9 @@ def test_the_outputs_parts_an_adapter_provides_are_those_its_smoke_outputs_carry
         if "ce_heads" in cls.provides:
             assert head.target is not None and head.target.shape == positions
             assert not head.target.is_floating_point(), task
+        if "token_heads" in cls.provides:
+            assert head.kind == "categorical" and head.logits.dim() == 3, task
+            assert head.mask is not None and head.mask.shape == positions and not bool(head.mask.all()), task
 
 
 def test_a_runtime_need_the_runner_does_not_serve_fails_before_training() -> None:

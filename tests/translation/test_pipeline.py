@@ -1,5 +1,5 @@
 """The translation pipeline end to end on the smoke card: records with BLEU, chrF and the
-evaluation settings; SeqKD's targets come from the teacher and are cached; PS-KD's past model."""
+evaluation settings (SeqKD, MiniLM, FIRST); SeqKD's targets come from the teacher and are cached; PS-KD's past model."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def _adapter(needs: frozenset[str] = frozenset()) -> TranslationAdapter:
     return adapter
 
 
-@pytest.mark.parametrize("method", ["seqkd", "minilm"])
+@pytest.mark.parametrize("method", ["seqkd", "minilm", "first"])
 def test_run_writes_a_valid_record_with_bleu_chrf_and_settings(method: str, results: Path) -> None:
     assert main(["run", "--task", "translation", "--method", method, "--protocol", "smoke",
                  "--results", str(results)]) == 0
@@ -41,6 +41,8 @@ def test_run_writes_a_valid_record_with_bleu_chrf_and_settings(method: str, resu
     terms = record["history"][-1]["terms"]
     if method == "minilm":
         assert "minilm" in terms
+    elif method == "first":  # FIRST's top-k KL alone: no hard-label term
+        assert "first/token" in terms and "task/token" not in terms
     else:  # SeqKD's plain NLL replaces the card's hard-label term
         assert "seqkd/token" in terms and "task/token" not in terms
 

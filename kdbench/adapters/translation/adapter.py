@@ -47,7 +47,8 @@ class TranslationAdapter(Adapter[Batch, Outputs]):
     """Teacher-forced next-token heads (padding masked), decoder-layer heads, encoder q/k/v."""
 
     task = "translation"
-    provides = frozenset({"layers", "attentions", "ids", "ce_heads", "label_heads", "sequence_targets"})
+    provides = frozenset({"layers", "attentions", "ids", "ce_heads", "label_heads", "sequence_targets",
+                          "token_heads"})
     head_kinds: ClassVar[dict[str, HeadKind]] = {HEAD: "categorical"}
     teacher_inputs_fixed = True  # batches derive from (seed, epoch) alone; SeqKD's targets go online
     evaluation_version = 2  # 2: the datasets' valid splits are scored as "val", test only at the end
