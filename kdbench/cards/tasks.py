@@ -31,7 +31,12 @@ class Flip:
 class ClassificationData:
     """digits: stratified train/val/test fractions; mnist1d: the same of a pool of num_samples
     signals generated with the generator's seed; cifar100: val_size images held out of the
-    official training file (test = the official test file)."""
+    official training file (test = the official test file).
+
+    `imbalance` ρ ≥ 1 makes the training split long-tailed, after the split (val and test stay as
+    they are): class c keeps ⌊n_max · ρ^(−c/(C−1))⌋ of its training samples, n_max the smallest
+    class's count, drawn from split_seed (the CIFAR-LT recipe; kdbench.adapters.splits.long_tail_indices).
+    Unset: the split as it is."""
 
     dataset: Literal["digits", "mnist1d", "cifar100"]
     num_samples: int | None = bounded(None, ge=10)
@@ -43,6 +48,7 @@ class ClassificationData:
     limit_train: int | None = bounded(None, ge=1)
     limit_val: int | None = bounded(None, ge=1)
     limit_test: int | None = bounded(None, ge=1)
+    imbalance: float | None = bounded(None, ge=1)  # long-tailed training split: largest over smallest class
 
 
 @dataclass(frozen=True, kw_only=True)

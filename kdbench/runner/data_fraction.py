@@ -65,6 +65,7 @@ from filelock import FileLock
 from torch import Tensor
 
 from kdbench.adapters.base import Adapter
+from kdbench.adapters.splits import class_members, first_of_permutation
 from kdbench.cache import cache_dir, sha256_json
 from kdbench.cards.sections import DATA_FRACTION_RULES
 from kdbench.errors import UsageError
@@ -172,13 +173,12 @@ def choose(n: int, keep: float, classes: Tensor | None, scores: np.ndarray | Non
     Raises:
         UsageError: nothing would be kept.
     """
-    groups = [torch.arange(n)] if classes is None else \
-        [torch.nonzero(classes.cpu() == c).flatten() for c in torch.unique(classes.cpu(), sorted=True)]
+    groups = [torch.arange(n)] if classes is None else class_members(classes)
     kept = []
     for members in groups:
         count = round(keep * len(members))
         if scores is None:
-            kept.append(members[torch.randperm(len(members), generator=generator)[:count]])
+            kept.append(first_of_permutation(members, count, generator))
         else:
             order = np.argsort(-scores[members.numpy()], kind="stable")[:count]
             kept.append(members[torch.from_numpy(order.copy())])

@@ -15,7 +15,7 @@ from kdbench.adapters.classification import data as D
 from kdbench.adapters.classification import label_augmentation as LA
 from kdbench.adapters.classification.metrics import aggregated_top1, classification_metrics
 from kdbench.adapters.classification.models import build_model
-from kdbench.adapters.splits import check_split
+from kdbench.adapters.splits import check_split, long_tail_indices
 from kdbench.adapters.supervision import deep_supervision_ce
 from kdbench.cache import cache_dir
 from kdbench.errors import KDBenchError, UsageError
@@ -44,6 +44,11 @@ class ClassificationAdapter(Adapter[Batch, Outputs]):
     the joint head is `Outputs.auxiliary["joint"]`. Evaluation scores the K-way head on plain
     inputs (`top1` and the rest), and adds `agg_top1`, the aggregated classifier's top-1 over the
     M transformed passes, for a model with a joint head.
+
+    The card's `data.imbalance` ρ makes the training split long-tailed right after loading
+    (`splits.long_tail_indices`, drawn from `data.split_seed`): val and test stay as split, the
+    normalisation stays that of the whole training split, and the teacher trains on the
+    long-tailed split like the student.
     """
 
     task = "classification"
@@ -57,6 +62,9 @@ class ClassificationAdapter(Adapter[Batch, Outputs]):
     def __init__(self, protocol: Protocol, data_root: Path | None, device: torch.device) -> None:
         super().__init__(protocol, data_root, device)
         self.train_set, self.val_set, self.test_set = self._load(protocol.card["data"])
+        self.train_class_counts: list[int] | None = None  # per class, under data.imbalance
+        if protocol.card["data"].get("imbalance") is not None:
+            self._long_tail(float(protocol.card["data"]["imbalance"]), int(protocol.card["data"].get("split_seed", 0)))
         self.augmentation = str(protocol.card.get("augmentation", "none"))
         if self.augmentation not in D.AUGMENT_KINDS:
             raise UsageError(f"unknown augmentation {self.augmentation!r}; "
@@ -71,6 +79,16 @@ class ClassificationAdapter(Adapter[Batch, Outputs]):
         for this card's inputs."""
         if "label_augmentation" in needs:
             self._views()
+
+    def _long_tail(self, ratio: float, seed: int) -> None:
+        """Keep the long-tailed subset of the training split (`long_tail_indices`)."""
+        data = self.train_set
+        try:
+            indices, counts = long_tail_indices(data.labels, data.num_classes, ratio, seed)
+        except ValueError as e:
+            raise UsageError(f"protocol {self.protocol.name!r} data: {e}") from None
+        self.keep_train(indices)
+        self.train_class_counts = counts
 
     def _views(self) -> int:
         try:
