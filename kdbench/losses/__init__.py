@@ -13,6 +13,7 @@ from kdbench.losses.fusion import fused_kd, trilateral_relations
 from kdbench.losses.gold import ddf, layer_self_distillation
 from kdbench.losses.localization import box_giou, box_l1, fgl, varifocal
 from kdbench.losses.logit import binary_kd, dkd, kd, nkd, taid
+from kdbench.losses.mdcs import consistency_sd, diversity_ce, prior_shift
 from kdbench.losses.ofa import ofa
 from kdbench.losses.self_distill import (
     emasd,
@@ -34,7 +35,9 @@ __all__ = [
     "binary_kl_norm",
     "box_giou",
     "box_l1",
+    "consistency_sd",
     "ddf",
+    "diversity_ce",
     "dkd",
     "emasd",
     "feature_mse",
@@ -49,6 +52,7 @@ __all__ = [
     "nd",
     "nkd",
     "ofa",
+    "prior_shift",
     "probability_squared_error",
     "pskd_targets",
     "similarity",
