@@ -50,6 +50,12 @@ ADAPTER_NEEDS: dict[str, str] = {
     "label_augmentation": "each training sample also seen under the task's M input transformations, with a joint "
                           "(class × transformation) head of K·M logits beside the final head (SLA's label "
                           "augmentation; Outputs.auxiliary['joint'])",
+    "experts": "a student of several experts on a shared trunk, each with its own later layers and classifier, "
+               "whose final head (the one evaluated) is the mean of the experts' logits; each expert's heads in "
+               "Outputs.auxiliary['experts'], expert 0 first (MDCS's and RIDE's multi-expert model)",
+    "weak_strong_views": "each training sample also seen under a strong augmentation beside the weak one (the "
+                         "task's own), in the same pass; the strong view's heads in Outputs.auxiliary['strong'] "
+                         "(its experts' in ['experts_strong'] under experts) (MDCS's weak and strong views)",
 }
 
 #: The third kind: teachers the runner serves on every task (kdbench.runner.train: fit, fit_stages), listed in
@@ -125,6 +131,10 @@ class MethodContext:
     teacher: Outputs | None  # the same for the teacher, aligned; None without one
     train_size: int
     epochs: int
+    #: (N,) int64 class of each training sample (`Adapter.train_classes`, the training split the
+    #: student trains on), for methods that use the training label distribution (MDCS); None where
+    #: the task's training samples have no single class.
+    train_classes: Tensor | None = None
 
 
 #: Runs every method's tuning grid gets (kdbench.runner.tune): equal budgets, or the comparison is not fair.

@@ -76,7 +76,7 @@ def run(options: RunOptions) -> tuple[dict[str, Any], Path]:
     ctx = MethodContext(
         probe_outputs(adapter, student, spec.method_cls),
         probe_outputs(adapter, teacher_model) if teacher_model is not None else None,
-        adapter.train_size, int(spec.protocol.typed.train.epochs))
+        adapter.train_size, int(spec.protocol.typed.train.epochs), adapter.train_classes())
     method = spec.method_cls(spec.config, ctx).to(device)
     if "teacher_pass" in spec.method_cls.needs and teacher is not None:
         method.prepare(lambda: adapter.teacher_pass(teacher.model))

@@ -42,7 +42,8 @@ def _failures(task: str, card: str, data: Path | None, refused: dict[str, str]) 
         if "layers" in cls.needs and len(s_out.layers) < 2:
             failures.append(f"{name}: the student has {len(s_out.layers)} layer outputs, no earlier layer to distil")
             continue
-        ctx = MethodContext(s_out, probe_outputs(adapter, teacher) if teacher else None, adapter.train_size, 2)
+        ctx = MethodContext(s_out, probe_outputs(adapter, teacher) if teacher else None, adapter.train_size, 2,
+                             adapter.train_classes())
         try:
             cls(make_config(cls.Config, protocol.method_hparams(name)), ctx)
         except (KeyError, ValueError) as e:

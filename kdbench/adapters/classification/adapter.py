@@ -25,6 +25,8 @@ from kdbench.protocol import Protocol
 
 DATASETS = ("digits", "mnist1d", "cifar100")
 _MODEL_KEYS = ("arch", "seed", "train")  # card keys that are not model arguments
+#: Experts of the student under the `experts` need: MDCS's (and RIDE's, SADE's) three.
+EXPERTS = 3
 
 
 @dataclass
@@ -32,6 +34,13 @@ class Batch:
     images: Tensor  # (B, C, H, W), or (B, C, L) signals, on the device
     labels: Tensor  # (B,)
     ids: Tensor  # (B,) indices into the training set
+    strong: Tensor | None = None  # (B, ...) the strongly augmented view, under `weak_strong_views`
+
+
+def _strong_seed(generator: torch.Generator) -> int:
+    """Seed of an epoch's strong-view generator: derived from the epoch generator's own seed
+    (itself derived from the run's seed and the epoch), never drawn from it."""
+    return (generator.initial_seed() * 1_000_003 + 0x5EED) % (2**63)
 
 
 class ClassificationAdapter(Adapter[Batch, Outputs]):
@@ -45,6 +54,15 @@ class ClassificationAdapter(Adapter[Batch, Outputs]):
     inputs (`top1` and the rest), and adds `agg_top1`, the aggregated classifier's top-1 over the
     M transformed passes, for a model with a joint head.
 
+    Under `experts` (MDCS) the student is `EXPERTS` experts on a shared stem and stage1
+    (`StagedClassifier.add_experts`); its `cls` head, the one evaluated, is the mean of the
+    experts' logits, and each expert's head is in `Outputs.auxiliary["experts"]`, expert 0 first.
+    Under `weak_strong_views` each training batch also carries a strong view of every sample, the
+    card's augmentation drawn afresh followed by `data.cutout`; the weak view is the batch every
+    other method trains on (the card's augmentation), and both views run in one pass (BatchNorm
+    sees both, as MDCS concatenates them). Heads, layers and features are the weak view's; the
+    strong view's final heads are `auxiliary["strong"]` and its experts `auxiliary["experts_strong"]`.
+
     The card's `data.imbalance` ρ makes the training split long-tailed right after loading
     (`splits.long_tail_indices`, drawn from `data.split_seed`): val and test stay as split, the
     normalisation stays that of the whole training split, and the teacher trains on the
@@ -53,7 +71,7 @@ class ClassificationAdapter(Adapter[Batch, Outputs]):
 
     task = "classification"
     provides = frozenset({"layers", "features", "ids", "teacher_pass", "sample_heads", "ce_heads", "label_heads",
-                          "label_augmentation"})
+                          "label_augmentation", "experts", "weak_strong_views"})
     head_kinds: ClassVar[dict[str, HeadKind]] = {"cls": "categorical"}
     evaluation_version = 2  # 2: train/val/test (val held out of the training data), test scored once
     teacher_inputs_fixed = True  # batches and augmentation derive from (seed, epoch) alone
@@ -65,6 +83,7 @@ class ClassificationAdapter(Adapter[Batch, Outputs]):
         self.train_class_counts: list[int] | None = None  # per class, under data.imbalance
         if protocol.card["data"].get("imbalance") is not None:
             self._long_tail(float(protocol.card["data"]["imbalance"]), int(protocol.card["data"].get("split_seed", 0)))
+        self.two_views = False
         self.augmentation = str(protocol.card.get("augmentation", "none"))
         if self.augmentation not in D.AUGMENT_KINDS:
             raise UsageError(f"unknown augmentation {self.augmentation!r}; "
@@ -79,6 +98,9 @@ class ClassificationAdapter(Adapter[Batch, Outputs]):
         for this card's inputs."""
         if "label_augmentation" in needs:
             self._views()
+            if needs & {"experts", "weak_strong_views"}:
+                raise UsageError("label_augmentation cannot be combined with experts or weak_strong_views")
+        self.two_views = "weak_strong_views" in needs
 
     def _long_tail(self, ratio: float, seed: int) -> None:
         """Keep the long-tailed subset of the training split (`long_tail_indices`)."""
@@ -141,12 +163,19 @@ class ClassificationAdapter(Adapter[Batch, Outputs]):
 
     def train_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
         data = self.train_set
+        # the strong views draw from a generator of their own, so the weak batches (order and
+        # augmentation) are exactly those every other method trains on
+        strong_gen = torch.Generator(generator.device).manual_seed(_strong_seed(generator)) if self.two_views else None
         for idx in D.batches(len(data), batch_size, generator, shuffle=True):
             images = D.augment(data.images[idx], self.augmentation, generator)
-            yield self._batch(images, data.labels[idx], idx)
+            strong = None
+            if strong_gen is not None:
+                strong = D.cutout(D.augment(data.images[idx], self.augmentation, strong_gen), strong_gen)
+            yield self._batch(images, data.labels[idx], idx, strong)
 
-    def _batch(self, images: Tensor, labels: Tensor, ids: Tensor) -> Batch:
-        return Batch(images.to(self.device), labels.to(self.device), ids.to(self.device))
+    def _batch(self, images: Tensor, labels: Tensor, ids: Tensor, strong: Tensor | None = None) -> Batch:
+        return Batch(images.to(self.device), labels.to(self.device), ids.to(self.device),
+                     None if strong is None else strong.to(self.device))
 
     def build_model(self, role: Role, needs: frozenset[str]) -> nn.Module:
         spec = dict(self.protocol.card[role])
@@ -161,16 +190,31 @@ class ClassificationAdapter(Adapter[Batch, Outputs]):
             raise UsageError(f"protocol {self.protocol.name!r} {role}: {e}") from None
         if role == "student" and "label_augmentation" in needs:
             model.add_joint_head(self._views())
+        if role == "student" and "experts" in needs:
+            model.add_experts(EXPERTS)
         return model
 
     def forward(self, model: nn.Module, batch: Batch) -> Outputs:
         if getattr(model, "joint_fc", None) is not None:  # a student built under label_augmentation
             return self._forward_joint(model, batch)
-        out = model(batch.images)
-        heads = {"cls": Head(out.logits, batch.labels, kind="categorical")}
-        layers = [{"cls": Head(aux, batch.labels, kind="categorical")} for aux in out.aux_logits]
+        b, y = len(batch.labels), batch.labels
+        two = batch.strong is not None
+        out = model(batch.images if batch.strong is None else torch.cat([batch.images, batch.strong]))
+
+        def head(logits: Tensor, view: int = 0) -> dict[str, Head]:
+            return {"cls": Head(logits[view * b:(view + 1) * b], y, kind="categorical")}
+
+        heads = head(out.logits)
+        layers = [head(aux) for aux in out.aux_logits]
+        auxiliary: dict[str, list[dict[str, Head]]] = {}
+        if out.expert_logits:
+            auxiliary["experts"] = [head(e) for e in out.expert_logits]
+        if two:
+            auxiliary["strong"] = [head(out.logits, 1)]
+            if out.expert_logits:
+                auxiliary["experts_strong"] = [head(e, 1) for e in out.expert_logits]
         return Outputs(heads=heads, layers=[*layers, heads] if layers else [],
-                       features=dict(out.features), ids=batch.ids)
+                       features={k: v[:b] for k, v in out.features.items()}, ids=batch.ids, auxiliary=auxiliary)
 
     def _forward_joint(self, model: nn.Module, batch: Batch) -> Outputs:
         """One pass over the B·M transformed copies (row b·M + m is t_m(x_b), t_0 the identity):

@@ -433,6 +433,27 @@ def augment(images: Tensor, kind: str, generator: torch.Generator) -> Tensor:
     raise ValueError(f"unknown augmentation {kind!r}; valid: {', '.join(AUGMENT_KINDS)}")
 
 
+def cutout(images: Tensor, generator: torch.Generator) -> Tensor:
+    """Cutout (DeVries & Taylor, 2017): zero one window of each sample at a random centre, clipped
+    at the border; half the side of an image (an (H/2)×(W/2) square, as the 16-pixel hole on 32×32
+    CIFAR), or a quarter of a signal's length L (the same share of the input, a quarter). Zero is
+    the dataset's mean (inputs are normalised). Deterministic given the generator's state.
+
+    Args:
+        images: (N, C, H, W) images or (N, C, L) signals.
+        generator: source of the centres; its device is where they are drawn.
+    """
+    dev, n, sizes = generator.device, images.shape[0], tuple(images.shape[2:])
+    holes = [max(1, size // 2) for size in sizes] if len(sizes) == 2 else [max(1, sizes[0] // 4)]
+    window = torch.ones(n, *sizes, dtype=torch.bool, device=dev)  # (N, H, W) or (N, L)
+    for dim, (size, hole) in enumerate(zip(sizes, holes, strict=True)):
+        first = torch.randint(0, size, (n,), generator=generator, device=dev) - hole // 2  # (N,) centre − hole/2
+        pos = torch.arange(size, device=dev)
+        inside = (pos >= first[:, None]) & (pos < first[:, None] + hole)  # (N, size)
+        window &= inside.view(n, *(size if d == dim else 1 for d in range(len(sizes))))
+    return images * (~window).to(images.device, images.dtype).unsqueeze(1)
+
+
 def batches(
     n: int,
     batch_size: int,

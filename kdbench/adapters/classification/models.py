@@ -4,7 +4,8 @@ heterogeneous teachers) and the CIFAR ResNets of the KD literature.
 
 Every model returns a `ClassifierOutput`: the final logits, the logits of optional auxiliary
 heads (earliest first), those of an optional joint (class × transformation) head (SLA's
-label augmentation, `StagedClassifier.add_joint_head`) and named features ("stage1".."stage3"
+label augmentation, `StagedClassifier.add_joint_head`), those of optional experts (MDCS's
+multi-expert student, `StagedClassifier.add_experts`) and named features ("stage1".."stage3"
 maps and the pooled "embedding").
 The ResNets follow the CIFAR ResNets of He et al. (CVPR 2016) as used by CRD (Tian et al.,
 ICLR 2020) and mdistiller (`mdistiller/models/cifar/resnet.py`): `resnet8x4` has ≈1.23M and
@@ -13,6 +14,7 @@ ICLR 2020) and mdistiller (`mdistiller/models/cifar/resnet.py`): `resnet8x4` has
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 from collections.abc import Callable, Sequence
@@ -39,12 +41,16 @@ class ClassifierOutput:
         joint_logits: (B, K·M) logits of the joint head over (class k, transformation m), index
             k·M + m, when the model has one (`StagedClassifier.add_joint_head`) and the call asked
             for them (`joint=True`); else None.
+        expert_logits: (B, K) logits of each expert of a model with experts
+            (`StagedClassifier.add_experts`), expert 0 first; `logits` is then their mean. Empty
+            for a model without experts.
     """
 
     logits: Tensor
     aux_logits: list[Tensor] = field(default_factory=list)
     features: dict[str, Tensor] = field(default_factory=dict)
     joint_logits: Tensor | None = None
+    expert_logits: list[Tensor] = field(default_factory=list)
 
 
 def _conv_bn_relu(c_in: int, c_out: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
@@ -72,6 +78,26 @@ def _init_weights(modules: Sequence[nn.Module]) -> None:
             elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+
+
+#: s of the experts' cosine classifiers: the official `ResNet_s` default, used with `use_norm`.
+EXPERT_SCALE = 30.0
+
+
+class CosineClassifier(nn.Module):
+    """s · cos(x, w_k) for each class k: the official `NormedLinear` of RIDE and MDCS followed by
+    their `out * self.s` (both inputs L2-normalised over the feature dimension). The weight is
+    (D, K), initialised uniform in [−1, 1] and each column scaled to unit norm, as there
+    (`uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5)`)."""
+
+    def __init__(self, in_features: int, num_classes: int, scale: float = EXPERT_SCALE) -> None:
+        super().__init__()
+        self.scale = scale
+        weight = torch.empty(in_features, num_classes).uniform_(-1, 1)
+        self.weight = nn.Parameter(weight / weight.norm(dim=0, keepdim=True).clamp_min(1e-12))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.scale * F.normalize(x, dim=1) @ F.normalize(self.weight, dim=0)
 
 
 class AuxHead(nn.Module):
@@ -146,6 +172,44 @@ class StagedClassifier(nn.Module):
         self.aux_heads = nn.ModuleList(heads)
         _init_weights([self.aux_heads])
         self.joint_fc: nn.Linear | None = None
+        self.expert_stages = nn.ModuleList()  # experts 1 .. E−1: their own stages 2 and 3
+        self.expert_fcs = nn.ModuleList()  # experts 1 .. E−1: their own classifiers
+
+    def add_experts(self, experts: int, scale: float = EXPERT_SCALE) -> None:
+        """Make the model E experts on a shared stem and stage1 (MDCS, Zhao et al., ICCV 2023, after
+        RIDE): each expert has its own stage2, stage3 and cosine classifier, as the official
+        CIFAR experts share conv1 and layer1 and own layer2, layer3 and a `NormedLinear` whose
+        output is multiplied by s = 30 (fistyee/MDCS `model/ldam_drw_resnets/expert_resnet_cifar.py`
+        `ResNet_s` at b07f5bd, with the CIFAR-LT configs' `use_norm: true`).
+
+        Expert 0 is the model's own stage2 and stage3; experts 1 .. E−1 are copies of them
+        re-initialised independently (every module's `reset_parameters`, then the model's
+        Kaiming init of convolutions and BatchNorm). Every expert, expert 0 included, gets a
+        `CosineClassifier` in place of a linear one (the model's own `fc` is then unused). All of
+        it is created after every other module, so a given seed yields the same other weights
+        with or without experts. `logits` become the mean of the E experts' logits, the official
+        inference (`final_out = stack(outs).mean`); `expert_logits` lists each expert's. The
+        named features and the auxiliary heads stay expert 0's. Not taken over: the official
+        `reduce_dimension` (experts' layer2/layer3 at 24/48 channels instead of 32/64); the
+        experts keep the card's widths, so the model has more parameters than the single one.
+        """
+        if experts < 1:
+            raise ValueError(f"a model needs at least one expert, got {experts}")
+        for _ in range(experts - 1):
+            stages = nn.ModuleList(copy.deepcopy(stage) for stage in self.stages[1:])
+            for module in stages.modules():
+                reset = getattr(module, "reset_parameters", None) or getattr(module, "_reset_parameters", None)
+                if module is not stages and callable(reset):
+                    reset()
+            _init_weights([stages])
+            self.expert_stages.append(stages)
+        self.expert_fcs = nn.ModuleList(CosineClassifier(self.widths[-1], self.num_classes, scale)
+                                        for _ in range(experts))
+
+    @property
+    def experts(self) -> int:
+        """E, the number of experts (1 for a model without `add_experts`)."""
+        return max(1, len(self.expert_fcs))
 
     def add_joint_head(self, transformations: int) -> None:
         """Add the joint classifier of SLA (Lee et al., ICML 2020): Linear(D, K·M) on the pooled
@@ -174,8 +238,19 @@ class StagedClassifier(nn.Module):
         features["embedding"] = embedding
         aux = [head(features[name]) for name, head in zip(STAGES[:2], self.aux_heads, strict=False)]
         joint_logits = self.joint_fc(embedding) if joint and self.joint_fc is not None else None
-        return ClassifierOutput(logits=self.fc(embedding), aux_logits=aux, features=features,
-                                joint_logits=joint_logits)
+        experts: list[Tensor] = []
+        if len(self.expert_fcs):
+            experts = [self.expert_fcs[0](embedding)]
+            for stages, fc in zip(self.expert_stages, self.expert_fcs[1:], strict=True):
+                y = features[STAGES[0]]
+                for stage in stages.children():  # the expert's own stage2, stage3
+                    y = stage(y)
+                experts.append(fc(y.mean(dim=tuple(range(2, y.dim())))))
+            logits = torch.stack(experts).mean(dim=0)  # (B, K): the experts' mean, MDCS's prediction
+        else:
+            logits = self.fc(embedding)
+        return ClassifierOutput(logits=logits, aux_logits=aux, features=features,
+                                joint_logits=joint_logits, expert_logits=experts)
 
 
 class ConvNet(StagedClassifier):
