@@ -1,5 +1,5 @@
 """OOD splits: ID train / val / test and OOD val / test sentences disjoint and fixed by the card;
-evaluate per split (langid generated; CLINC150's official val and oos_val lists)."""
+evaluate per split (langid generated; CLINC150's official val list against oos_val, and oos_train where set)."""
 
 from __future__ import annotations
 
@@ -70,14 +70,16 @@ def test_unknown_split_names_the_valid_ones(adapter: OODAdapter) -> None:
         adapter.evaluate(model, "train")
 
 
-def test_clinc150_val_is_the_official_val_and_oos_val_lists() -> None:
+def test_clinc150_card_validates_on_the_official_val_list_against_oos_val_and_oos_train() -> None:
     import json
 
     root = data_root("clinc150")
     raw = json.loads((root / "clinc150" / "data_full.json").read_text())
     protocol = copy.deepcopy(load_protocol("ood", "clinc150"))
+    assert protocol.get("data.val_oos_train") is True
     data = OODAdapter(protocol, root, torch.device("cpu")).data
-    assert data.val.texts == [t for t, _ in raw["val"]] and data.ood_val["oos"].texts == [t for t, _ in raw["oos_val"]]
+    assert data.val.texts == [t for t, _ in raw["val"]]
+    assert data.ood_val["oos"].texts == [t for t, _ in raw["oos_val"]] + [t for t, _ in raw["oos_train"]]
     assert data.test.texts == [t for t, _ in raw["test"]] and data.ood["oos"].texts == [t for t, _ in raw["oos_test"]]
     assert [data.classes[y] for y in data.val.labels.tolist()] == [i for _, i in raw["val"]]
 
